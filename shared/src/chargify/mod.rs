@@ -1,0 +1,9 @@
+//! Chargify (Maxio Advanced Billing) webhooks: the wire format, signatures and the fields we use.
+
+pub mod form;
+pub mod signature;
+pub mod webhook;
+
+pub use form::{FormBody, FormError};
+pub use signature::{SharedKey, SharedKeySet, SignatureCandidate, SignatureError, SignatureSource};
+pub use webhook::{Webhook, WebhookError};

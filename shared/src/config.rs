@@ -1,0 +1,222 @@
+//! Configuration from the environment, checked once at cold start.
+//!
+//! A function that cannot work (no queue, no keys) must fail its first invocation loudly with
+//! a message that says what to set, rather than answer Chargify with errors one by one.
+
+use crate::chargify::signature::KeySetError;
+use crate::chargify::SharedKeySet;
+use std::time::Duration;
+
+pub const QUEUE_URL: &str = "QUEUE_URL";
+pub const CHARGIFY_SHARED_KEYS: &str = "CHARGIFY_SHARED_KEYS";
+pub const CHARGIFY_SHARED_KEYS_SECRET_ARN: &str = "CHARGIFY_SHARED_KEYS_SECRET_ARN";
+pub const SQS_TIMEOUT_MS: &str = "SQS_TIMEOUT_MS";
+
+/// Default budget for one SendMessage, retries included. Chargify gives up after about 15 s;
+/// this leaves the function time to answer 503 itself, which Chargify logs more usefully.
+pub const DEFAULT_SQS_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// Where the shared keys come from.
+#[derive(Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// `CHARGIFY_SHARED_KEYS`: the key specification itself (local and development).
+    Inline(String),
+    /// `CHARGIFY_SHARED_KEYS_SECRET_ARN`: a Secrets Manager secret holding the specification.
+    Secret { arn: String },
+}
+
+impl std::fmt::Debug for KeySource {
+    // The inline form is key material: never print it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Inline(_) => f.write_str("Inline(<redacted>)"),
+            Self::Secret { arn } => f.debug_struct("Secret").field("arn", arn).finish(),
+        }
+    }
+}
+
+/// Settings of the ingest function.
+#[derive(Debug, Clone)]
+pub struct IngestSettings {
+    pub queue_url: String,
+    pub keys: KeySource,
+    pub sqs_timeout: Duration,
+}
+
+/// A setting that is missing or wrong. The message names the variable and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0} is not set; {1}")]
+    Missing(&'static str, &'static str),
+    #[error("{name} is invalid: {reason}")]
+    Invalid { name: &'static str, reason: String },
+    #[error("set only one of CHARGIFY_SHARED_KEYS and CHARGIFY_SHARED_KEYS_SECRET_ARN, not both")]
+    TwoKeySources,
+    #[error("shared keys: {0}")]
+    Keys(#[from] KeySetError),
+    #[error("could not read secret {arn} from Secrets Manager: {detail}; check the ARN and the function's secretsmanager:GetSecretValue permission")]
+    SecretUnreadable { arn: String, detail: String },
+}
+
+impl IngestSettings {
+    /// Reads the settings through `var` (the process environment in production, a map in tests).
+    pub fn from_lookup(var: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let set = |name: &str| {
+            var(name)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        let queue_url = set(QUEUE_URL).ok_or(ConfigError::Missing(
+            QUEUE_URL,
+            "set it to the URL of the SQS FIFO queue webhooks go to",
+        ))?;
+        if !queue_url.ends_with(".fifo") {
+            return Err(ConfigError::Invalid {
+                name: QUEUE_URL,
+                reason: format!("`{queue_url}` is not a FIFO queue URL (it must end in .fifo); ordering and deduplication depend on FIFO"),
+            });
+        }
+        let keys = match (set(CHARGIFY_SHARED_KEYS), set(CHARGIFY_SHARED_KEYS_SECRET_ARN)) {
+            (Some(_), Some(_)) => return Err(ConfigError::TwoKeySources),
+            (Some(spec), None) => KeySource::Inline(spec),
+            (None, Some(arn)) => KeySource::Secret { arn },
+            (None, None) => {
+                return Err(ConfigError::Missing(
+                    CHARGIFY_SHARED_KEYS_SECRET_ARN,
+                    "set it to the ARN of the secret holding the Chargify Site Shared Key(s), or set CHARGIFY_SHARED_KEYS locally",
+                ))
+            }
+        };
+        let sqs_timeout = match set(SQS_TIMEOUT_MS) {
+            None => DEFAULT_SQS_TIMEOUT,
+            Some(ms) => match ms.parse::<u64>() {
+                Ok(ms) if (100..=14_000).contains(&ms) => Duration::from_millis(ms),
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        name: SQS_TIMEOUT_MS,
+                        reason: format!("`{ms}` is not a number of milliseconds between 100 and 14000 (Chargify waits about 15 s)"),
+                    })
+                }
+            },
+        };
+        // An inline specification is checked now, so a typo fails the cold start.
+        if let KeySource::Inline(spec) = &keys {
+            SharedKeySet::parse(spec)?;
+        }
+        Ok(Self {
+            queue_url,
+            keys,
+            sqs_timeout,
+        })
+    }
+
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+}
+
+/// Loads the key set, reading Secrets Manager once when the keys live there.
+pub async fn load_shared_keys(
+    source: &KeySource,
+    aws: &aws_config::SdkConfig,
+) -> Result<SharedKeySet, ConfigError> {
+    match source {
+        KeySource::Inline(spec) => Ok(SharedKeySet::parse(spec)?),
+        KeySource::Secret { arn } => {
+            let client = aws_sdk_secretsmanager::Client::new(aws);
+            let unreadable = |detail: String| ConfigError::SecretUnreadable {
+                arn: arn.clone(),
+                detail,
+            };
+            let output = client
+                .get_secret_value()
+                .secret_id(arn)
+                .send()
+                .await
+                .map_err(|e| {
+                    unreadable(aws_sdk_secretsmanager::error::DisplayErrorContext(&e).to_string())
+                })?;
+            let spec = output.secret_string().ok_or_else(|| {
+                unreadable(
+                    "the secret has no SecretString (binary secrets are not supported)".into(),
+                )
+            })?;
+            Ok(SharedKeySet::parse(spec)?)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn settings(vars: &[(&str, &str)]) -> Result<IngestSettings, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        IngestSettings::from_lookup(|name| map.get(name).cloned())
+    }
+
+    const FIFO: &str = "http://127.0.0.1:5000/123456789012/webhooks.fifo";
+
+    #[test]
+    fn reads_a_complete_configuration() {
+        let s = settings(&[(QUEUE_URL, FIFO), (CHARGIFY_SHARED_KEYS, "a,b")]).expect("valid");
+        assert_eq!(s.queue_url, FIFO);
+        assert_eq!(s.keys, KeySource::Inline("a,b".into()));
+        assert_eq!(s.sqs_timeout, DEFAULT_SQS_TIMEOUT);
+        let s = settings(&[
+            (QUEUE_URL, FIFO),
+            (CHARGIFY_SHARED_KEYS_SECRET_ARN, "arn:x"),
+            (SQS_TIMEOUT_MS, "2500"),
+        ])
+        .expect("valid");
+        assert_eq!(
+            s.keys,
+            KeySource::Secret {
+                arn: "arn:x".into()
+            }
+        );
+        assert_eq!(s.sqs_timeout, Duration::from_millis(2500));
+    }
+
+    #[test]
+    fn each_mistake_names_its_fix() {
+        let msg = |vars: &[(&str, &str)]| {
+            settings(vars)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        assert!(msg(&[(CHARGIFY_SHARED_KEYS, "a")]).starts_with("QUEUE_URL is not set"));
+        assert!(
+            msg(&[(QUEUE_URL, "https://sqs/q"), (CHARGIFY_SHARED_KEYS, "a")])
+                .contains("must end in .fifo")
+        );
+        assert!(msg(&[(QUEUE_URL, FIFO)]).contains("CHARGIFY_SHARED_KEYS"));
+        assert!(msg(&[
+            (QUEUE_URL, FIFO),
+            (CHARGIFY_SHARED_KEYS, "a"),
+            (CHARGIFY_SHARED_KEYS_SECRET_ARN, "arn")
+        ])
+        .contains("only one"));
+        assert!(
+            msg(&[(QUEUE_URL, FIFO), (CHARGIFY_SHARED_KEYS, "acme=")]).contains("empty shared key")
+        );
+        assert!(msg(&[
+            (QUEUE_URL, FIFO),
+            (CHARGIFY_SHARED_KEYS, "a"),
+            (SQS_TIMEOUT_MS, "60000")
+        ])
+        .contains("SQS_TIMEOUT_MS"));
+    }
+
+    #[test]
+    fn debug_never_prints_inline_keys() {
+        let s = settings(&[(QUEUE_URL, FIFO), (CHARGIFY_SHARED_KEYS, "hunter2-secret")])
+            .expect("valid");
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,22 @@
+//! Real Chargify webhook bodies (see `shared/fixtures/chargify/README.md` for their sources),
+//! compiled in so tests, benchmarks and local samples share one copy.
+
+pub const TEST: &str = include_str!("../fixtures/chargify/test.txt");
+pub const SIGNUP_SUCCESS: &str = include_str!("../fixtures/chargify/signup_success.txt");
+pub const SUBSCRIPTION_STATE_CHANGE: &str =
+    include_str!("../fixtures/chargify/subscription_state_change.txt");
+pub const PAYMENT_FAILURE: &str = include_str!("../fixtures/chargify/payment_failure.txt");
+pub const PAYMENT_SUCCESS: &str = include_str!("../fixtures/chargify/payment_success.txt");
+pub const CUSTOMER_UPDATE: &str = include_str!("../fixtures/chargify/customer_update.txt");
+pub const STATEMENT_SETTLED: &str = include_str!("../fixtures/chargify/statement_settled.txt");
+
+/// Every bundled body, by event key.
+pub const ALL: &[(&str, &str)] = &[
+    ("test", TEST),
+    ("signup_success", SIGNUP_SUCCESS),
+    ("subscription_state_change", SUBSCRIPTION_STATE_CHANGE),
+    ("payment_failure", PAYMENT_FAILURE),
+    ("payment_success", PAYMENT_SUCCESS),
+    ("customer_update", CUSTOMER_UPDATE),
+    ("statement_settled", STATEMENT_SETTLED),
+];

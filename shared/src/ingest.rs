@@ -1,0 +1,497 @@
+//! The ingest use case: a webhook request in, a queued message and an HTTP answer out.
+//!
+//! Transport-free, so the Lambda entrypoint and any local server share every decision. The
+//! order of checks is deliberate: cheap refusals first, no HMAC over oversized bodies, and
+//! nothing read from the body before a key verifies it.
+//!
+//! | answer | when | enqueued |
+//! |---|---|---|
+//! | 200 `enqueued` | verified, parsed, and SQS stored it (or already had it: FIFO dedup) | yes |
+//! | 200 `test_acknowledged` | verified Chargify `test` webhook | no |
+//! | 400 | verified, but not a form, or `id`/`event` missing or malformed | no |
+//! | 401 | signature missing, malformed, wrong, or a site-bound key signing for another site | no |
+//! | 405 | method other than POST | no |
+//! | 413 | body above [`MAX_BODY_BYTES`] or an envelope above the SQS limit | no |
+//! | 503 | SQS did not store it; Chargify retries | no |
+
+use crate::chargify::signature::{SIGNATURE_HEADER, SIGNATURE_QUERY_PARAM};
+use crate::chargify::{
+    SharedKeySet, SignatureCandidate, SignatureError, SignatureSource, Webhook, WebhookError,
+};
+use crate::envelope::{WebhookEnvelope, ENVELOPE_VERSION, MAX_BODY_BYTES, SQS_MAX_MESSAGE_BYTES};
+use crate::queue::{OutboundMessage, QueueError, WebhookQueue};
+use http::{HeaderMap, Method};
+use serde_json::json;
+use std::time::Instant;
+use time::OffsetDateTime;
+
+/// How a request ended. `code()` is the `outcome` field of the log line and the metric
+/// dimension.
+#[derive(Debug)]
+pub enum Outcome {
+    Enqueued { message_id: String },
+    TestAcknowledged,
+    MethodNotAllowed,
+    TooLarge { bytes: usize },
+    Unauthorized(SignatureError),
+    SiteMismatch,
+    BadBody(WebhookError),
+    QueueFailed(QueueError),
+}
+
+impl Outcome {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Enqueued { .. } => "enqueued",
+            Self::TestAcknowledged => "test_acknowledged",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::TooLarge { .. } => "body_too_large",
+            Self::Unauthorized(e) => e.code(),
+            Self::SiteMismatch => "signature_site_mismatch",
+            Self::BadBody(e) => e.code(),
+            Self::QueueFailed(e) => e.code(),
+        }
+    }
+
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::Enqueued { .. } | Self::TestAcknowledged => 200,
+            Self::BadBody(_) => 400,
+            Self::Unauthorized(_) | Self::SiteMismatch => 401,
+            Self::MethodNotAllowed => 405,
+            Self::TooLarge { .. } => 413,
+            Self::QueueFailed(_) => 503,
+        }
+    }
+
+    /// The text sent back. Refusals say what was wrong with the request, never which keys
+    /// exist or why a queue failed inside.
+    fn message(&self) -> String {
+        match self {
+            Self::Enqueued { .. } => "webhook accepted".into(),
+            Self::TestAcknowledged => "test webhook received; signature verified".into(),
+            Self::MethodNotAllowed => "only POST is accepted".into(),
+            Self::TooLarge { bytes } => {
+                format!("body of {bytes} bytes is above the {MAX_BODY_BYTES}-byte limit")
+            }
+            Self::Unauthorized(e) => e.to_string(),
+            Self::SiteMismatch => "the key that signed this webhook belongs to another site".into(),
+            Self::BadBody(e) => e.to_string(),
+            Self::QueueFailed(_) => "temporarily unable to store the webhook; retry later".into(),
+        }
+    }
+}
+
+/// What to send back, and what happened.
+#[derive(Debug)]
+pub struct IngestReply {
+    pub outcome: Outcome,
+    pub webhook_id: Option<String>,
+    pub event: Option<String>,
+}
+
+impl IngestReply {
+    pub fn status(&self) -> u16 {
+        self.outcome.status()
+    }
+
+    /// JSON body: `{"outcome": …, "message": …, "webhook_id": …}`.
+    pub fn body(&self) -> String {
+        json!({
+            "outcome": self.outcome.code(),
+            "message": self.outcome.message(),
+            "webhook_id": self.webhook_id,
+        })
+        .to_string()
+    }
+}
+
+/// A request as any transport sees it.
+#[derive(Debug)]
+pub struct InboundRequest<'a> {
+    pub method: &'a Method,
+    pub headers: &'a HeaderMap,
+    /// Values of the `signature_hmac_sha_256` query parameter, if any.
+    pub query_signatures: Vec<&'a str>,
+    /// The body as received, already base64-decoded if the event said `isBase64Encoded`.
+    pub body: &'a [u8],
+}
+
+/// The ingest use case over a queue port.
+pub struct IngestService<Q> {
+    keys: SharedKeySet,
+    queue: Q,
+}
+
+impl<Q: WebhookQueue> IngestService<Q> {
+    pub fn new(keys: SharedKeySet, queue: Q) -> Self {
+        Self { keys, queue }
+    }
+
+    pub fn queue(&self) -> &Q {
+        &self.queue
+    }
+
+    /// Handles one request and writes its one log line and metrics.
+    pub async fn handle(&self, request: InboundRequest<'_>) -> IngestReply {
+        let started = Instant::now();
+        let reply = self.decide(&request).await;
+        record(&reply, request.body.len(), started);
+        reply
+    }
+
+    async fn decide(&self, request: &InboundRequest<'_>) -> IngestReply {
+        let refuse = |outcome| IngestReply {
+            outcome,
+            webhook_id: None,
+            event: None,
+        };
+        if request.method != Method::POST {
+            return refuse(Outcome::MethodNotAllowed);
+        }
+        let body = request.body;
+        if body.len() > MAX_BODY_BYTES {
+            return refuse(Outcome::TooLarge { bytes: body.len() });
+        }
+        let candidates = signature_candidates(request);
+        // The claimed site only decides which keys are tried first; it is not trusted.
+        let site_hint = site_hint(body);
+        let verified = match self.keys.verify(body, &candidates, site_hint.as_deref()) {
+            Ok(verified) => verified,
+            Err(e) => return refuse(Outcome::Unauthorized(e)),
+        };
+        let webhook = match Webhook::parse(body) {
+            Ok(webhook) => webhook,
+            Err(e) => return refuse(Outcome::BadBody(e)),
+        };
+        let mut reply = IngestReply {
+            outcome: Outcome::TestAcknowledged,
+            webhook_id: Some(webhook.id.clone()),
+            event: Some(webhook.event.clone()),
+        };
+        if verified
+            .site_conflict(webhook.site_subdomain.as_deref())
+            .is_some()
+        {
+            reply.outcome = Outcome::SiteMismatch;
+            return reply;
+        }
+        if webhook.is_test() {
+            return reply;
+        }
+        // Webhook::parse succeeded, so the body is UTF-8.
+        let raw_body = String::from_utf8_lossy(body).into_owned();
+        let envelope = WebhookEnvelope::new(
+            &webhook,
+            raw_body,
+            verified.key,
+            verified.source,
+            OffsetDateTime::now_utc(),
+        );
+        let message = OutboundMessage {
+            group_id: envelope.message_group_id(),
+            deduplication_id: envelope.deduplication_id(),
+            body: envelope.to_json(),
+            attributes: vec![
+                ("event".into(), envelope.event.clone()),
+                ("envelope_version".into(), ENVELOPE_VERSION.to_string()),
+            ],
+        };
+        if message.body.len() > SQS_MAX_MESSAGE_BYTES {
+            reply.outcome = Outcome::TooLarge { bytes: body.len() };
+            return reply;
+        }
+        reply.outcome = match self.queue.send(&message).await {
+            Ok(sent) => Outcome::Enqueued {
+                message_id: sent.message_id,
+            },
+            Err(e) => Outcome::QueueFailed(e),
+        };
+        reply
+    }
+}
+
+fn signature_candidates<'a>(request: &InboundRequest<'a>) -> Vec<SignatureCandidate<'a>> {
+    // Bounded: a request cannot make us try an unbounded number of signatures.
+    const MAX_CANDIDATES: usize = 4;
+    let headers = request
+        .headers
+        .get_all(SIGNATURE_HEADER)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(|value| SignatureCandidate {
+            source: SignatureSource::Header,
+            value,
+        });
+    let queries = request
+        .query_signatures
+        .iter()
+        .map(|value| SignatureCandidate {
+            source: SignatureSource::QueryParameter,
+            value,
+        });
+    headers.chain(queries).take(MAX_CANDIDATES).collect()
+}
+
+/// The subdomain an unverified body claims, found without parsing the whole body.
+fn site_hint(body: &[u8]) -> Option<String> {
+    const KEY: &[u8] = b"payload[site][subdomain]=";
+    body.split(|b| *b == b'&')
+        .find_map(|pair| pair.strip_prefix(KEY))
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .map(str::to_owned)
+}
+
+/// Pulls `signature_hmac_sha_256` values out of a raw query string.
+pub fn query_signatures(raw_query: Option<&str>) -> Vec<String> {
+    let Some(query) = raw_query else {
+        return Vec::new();
+    };
+    crate::chargify::FormBody::parse(query.as_bytes())
+        .map(|form| {
+            form.get_all(SIGNATURE_QUERY_PARAM)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// One JSON log line per request (no body, no personal data: ids, event key and outcome
+/// only), and the `WebhooksReceived` counter and `IngestLatency` histogram by outcome.
+fn record(reply: &IngestReply, bytes: usize, started: Instant) {
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let outcome = reply.outcome.code();
+    let status = reply.status();
+    let webhook_id = reply.webhook_id.as_deref().unwrap_or("");
+    let event = reply.event.as_deref().unwrap_or("");
+    match &reply.outcome {
+        Outcome::Enqueued { message_id } => tracing::info!(
+            webhook_id, event, outcome, status, bytes, latency_ms, message_id = message_id.as_str(),
+            "webhook enqueued"
+        ),
+        Outcome::TestAcknowledged => {
+            tracing::info!(webhook_id, event, outcome, status, bytes, latency_ms, "test webhook acknowledged")
+        }
+        Outcome::QueueFailed(error) => tracing::error!(
+            webhook_id, event, outcome, status, bytes, latency_ms, error = %error,
+            "webhook not stored; Chargify will retry"
+        ),
+        Outcome::Unauthorized(_) | Outcome::SiteMismatch => tracing::warn!(
+            webhook_id, event, outcome, status, bytes, latency_ms,
+            "webhook refused: signature (if every webhook fails this way, check the configured Site Shared Key)"
+        ),
+        other => tracing::warn!(
+            webhook_id, event, outcome, status, bytes, latency_ms, reason = %other.message(),
+            "webhook refused"
+        ),
+    }
+    metrics::counter!("WebhooksReceived", "outcome" => outcome).increment(1);
+    metrics::histogram!("IngestLatency", "outcome" => outcome).record(latency_ms);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chargify::signature::sign;
+    use crate::fixtures;
+    use crate::queue::InMemoryQueue;
+    use http::HeaderValue;
+
+    const KEY: &str = "test-shared-key";
+
+    fn service() -> IngestService<InMemoryQueue> {
+        IngestService::new(
+            SharedKeySet::parse(KEY).expect("keys"),
+            InMemoryQueue::new(),
+        )
+    }
+
+    fn signed_headers(body: &[u8], key: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        let sig = HeaderValue::from_str(&sign(key, body)).expect("hex is a header value");
+        // Mixed case on purpose: HeaderMap lookups are case-insensitive.
+        headers.insert("X-Chargify-Webhook-Signature-Hmac-Sha-256", sig);
+        headers
+    }
+
+    async fn post(
+        svc: &IngestService<InMemoryQueue>,
+        body: &[u8],
+        headers: &HeaderMap,
+    ) -> IngestReply {
+        svc.handle(InboundRequest {
+            method: &Method::POST,
+            headers,
+            query_signatures: vec![],
+            body,
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn a_signed_webhook_is_enqueued_once() {
+        let svc = service();
+        let body = fixtures::SIGNUP_SUCCESS.as_bytes();
+        let headers = signed_headers(body, KEY);
+        let first = post(&svc, body, &headers).await;
+        assert_eq!(first.status(), 200, "{}", first.body());
+        assert_eq!(first.outcome.code(), "enqueued");
+        assert_eq!(post(&svc, body, &headers).await.status(), 200);
+        let messages = svc.queue().messages();
+        assert_eq!(messages.len(), 1);
+        assert_eq!(messages[0].group_id, "acme-test:cus:15");
+        assert_eq!(messages[0].deduplication_id, "acme-test:5");
+        let env = WebhookEnvelope::from_json(&messages[0].body).expect("envelope");
+        assert_eq!(env.raw_body, fixtures::SIGNUP_SUCCESS);
+        assert_eq!(env.verified_by.key, "*#0");
+    }
+
+    #[tokio::test]
+    async fn refusals_enqueue_nothing() {
+        let svc = service();
+        let body = fixtures::PAYMENT_FAILURE.as_bytes();
+        let no_sig = HeaderMap::new();
+        let wrong = signed_headers(body, "another-key");
+        let unsigned = post(&svc, body, &no_sig).await;
+        assert_eq!(
+            (unsigned.status(), unsigned.outcome.code()),
+            (401, "signature_missing")
+        );
+        let mismatched = post(&svc, body, &wrong).await;
+        assert_eq!(
+            (mismatched.status(), mismatched.outcome.code()),
+            (401, "signature_mismatch")
+        );
+        let tampered = fixtures::PAYMENT_FAILURE.replace("success]=false", "success]=true");
+        let reply = post(&svc, tampered.as_bytes(), &signed_headers(body, KEY)).await;
+        assert_eq!(reply.status(), 401);
+        let json_body = br#"{"id":"1","event":"signup_success"}"#;
+        let reply = post(&svc, json_body, &signed_headers(json_body, KEY)).await;
+        assert_eq!(
+            (reply.status(), reply.outcome.code()),
+            (400, "body_missing_field")
+        );
+        let binary = b"id=1&event=x&\xff\xfe";
+        assert_eq!(
+            post(&svc, binary, &signed_headers(binary, KEY))
+                .await
+                .status(),
+            400
+        );
+        let huge = vec![b'a'; MAX_BODY_BYTES + 1];
+        let reply = post(&svc, &huge, &signed_headers(&huge, KEY)).await;
+        assert_eq!(
+            (reply.status(), reply.outcome.code()),
+            (413, "body_too_large")
+        );
+        let get = svc
+            .handle(InboundRequest {
+                method: &Method::GET,
+                headers: &signed_headers(body, KEY),
+                query_signatures: vec![],
+                body,
+            })
+            .await;
+        assert_eq!(get.status(), 405);
+        assert!(svc.queue().messages().is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_body_limit_is_inclusive() {
+        let svc = service();
+        let mut body = b"id=1&event=x&pad=".to_vec();
+        body.resize(MAX_BODY_BYTES, b'a');
+        let reply = post(&svc, &body, &signed_headers(&body, KEY)).await;
+        assert_eq!(reply.status(), 200, "{}", reply.body());
+        let env = WebhookEnvelope::from_json(&svc.queue().messages()[0].body).expect("envelope");
+        assert!(env.to_json().len() <= SQS_MAX_MESSAGE_BYTES);
+    }
+
+    #[tokio::test]
+    async fn escaping_that_overflows_the_envelope_is_413() {
+        let svc = service();
+        // Quotes are legal in a raw body and double when JSON-escaped.
+        let mut body = b"id=1&event=x&pad=".to_vec();
+        body.resize(MAX_BODY_BYTES, b'"');
+        let reply = post(&svc, &body, &signed_headers(&body, KEY)).await;
+        assert_eq!(reply.status(), 413);
+        assert!(svc.queue().messages().is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_test_webhook_is_acknowledged_not_enqueued() {
+        let svc = service();
+        let body = fixtures::TEST.as_bytes();
+        let reply = post(&svc, body, &signed_headers(body, KEY)).await;
+        assert_eq!(
+            (reply.status(), reply.outcome.code()),
+            (200, "test_acknowledged")
+        );
+        assert!(svc.queue().messages().is_empty());
+        // ... but only once its signature verifies.
+        assert_eq!(post(&svc, body, &HeaderMap::new()).await.status(), 401);
+    }
+
+    #[tokio::test]
+    async fn unknown_events_are_enqueued_for_the_processor() {
+        let svc = service();
+        let body = b"id=77&event=some_future_event&payload[site][subdomain]=acme";
+        assert_eq!(
+            post(&svc, body, &signed_headers(body, KEY)).await.status(),
+            200
+        );
+        assert_eq!(svc.queue().messages().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_query_parameter_signature_verifies() {
+        let svc = service();
+        let body = fixtures::CUSTOMER_UPDATE.as_bytes();
+        let sig = sign(KEY, body);
+        let query = format!("a=b&{SIGNATURE_QUERY_PARAM}={sig}");
+        let sigs = query_signatures(Some(&query));
+        let reply = svc
+            .handle(InboundRequest {
+                method: &Method::POST,
+                headers: &HeaderMap::new(),
+                query_signatures: sigs.iter().map(String::as_str).collect(),
+                body,
+            })
+            .await;
+        assert_eq!(reply.status(), 200, "{}", reply.body());
+        let env = WebhookEnvelope::from_json(&svc.queue().messages()[0].body).expect("envelope");
+        assert_eq!(env.verified_by.source, SignatureSource::QueryParameter);
+    }
+
+    #[tokio::test]
+    async fn a_site_bound_key_cannot_sign_for_another_site() {
+        let svc = IngestService::new(
+            SharedKeySet::parse("acme-test=k1,capital-preferences-ltd=k2").expect("keys"),
+            InMemoryQueue::new(),
+        );
+        let body = fixtures::SIGNUP_SUCCESS.as_bytes(); // site acme-test
+        let reply = post(&svc, body, &signed_headers(body, "k2")).await;
+        assert_eq!(
+            (reply.status(), reply.outcome.code()),
+            (401, "signature_site_mismatch")
+        );
+        assert_eq!(
+            post(&svc, body, &signed_headers(body, "k1")).await.status(),
+            200
+        );
+        assert_eq!(svc.queue().messages().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_failing_queue_is_503() {
+        let svc = service();
+        svc.queue().fail_sends("connection refused");
+        let body = fixtures::SIGNUP_SUCCESS.as_bytes();
+        let reply = post(&svc, body, &signed_headers(body, KEY)).await;
+        assert_eq!(
+            (reply.status(), reply.outcome.code()),
+            (503, "queue_unavailable")
+        );
+        assert!(!reply.body().contains("connection refused"));
+    }
+}

@@ -1,0 +1,11 @@
+//! chargify-keap-sync's library: the domain (Chargify webhooks, the queue envelope), the
+//! ports (queue), their adapters (SQS, in-memory) and the Lambda entry points.
+
+pub mod chargify;
+pub mod config;
+pub mod entrypoints;
+pub mod envelope;
+pub mod fixtures;
+pub mod ingest;
+pub mod queue;
+pub mod telemetry;
