@@ -8,11 +8,11 @@ pub const METRICS_NAMESPACE: &str = "ChargifyKeapSync";
 
 static METRICS: OnceLock<Option<&'static metrics_cloudwatch_embedded::Collector>> = OnceLock::new();
 
-/// Installs the JSON log subscriber (level from `RUST_LOG`, default `info`) and the EMF
-/// metrics recorder, once per process. `function` becomes the `Function` metric dimension.
+/// Installs the JSON log subscriber and the EMF metrics recorder, once per process.
+/// `RUST_LOG` sets the level (`error`, `warn`, `info`, `debug`, `trace`; default `info`).
+/// `function` becomes the `Function` metric dimension.
 pub fn init(function: &'static str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let level = log_level(std::env::var("RUST_LOG").ok().as_deref());
     // try_init: a second call (tests, a local server embedding both functions) is harmless.
     let _ = tracing_subscriber::fmt()
         .json()
@@ -20,7 +20,7 @@ pub fn init(function: &'static str) {
         .with_current_span(false)
         .with_span_list(false)
         .with_target(false)
-        .with_env_filter(filter)
+        .with_max_level(level)
         .with_writer(std::io::stdout)
         .try_init();
     METRICS.get_or_init(|| {
@@ -35,6 +35,14 @@ pub fn init(function: &'static str) {
     });
 }
 
+/// A plain level rather than a full filter expression: the regex engine behind per-target
+/// filters would add about a megabyte to every Lambda bootstrap.
+fn log_level(value: Option<&str>) -> tracing::Level {
+    value
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(tracing::Level::INFO)
+}
+
 /// Writes the metrics recorded since the last flush as one EMF line. Called at the end of
 /// each invocation, so a frozen Lambda environment loses nothing.
 pub fn flush_metrics() {
@@ -42,5 +50,19 @@ pub fn flush_metrics() {
         if let Err(e) = collector.flush(std::io::stdout()) {
             tracing::warn!(error = %e, "could not write metrics");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_level;
+    use tracing::Level;
+
+    #[test]
+    fn rust_log_sets_the_level_and_defaults_to_info() {
+        assert_eq!(log_level(None), Level::INFO);
+        assert_eq!(log_level(Some("debug")), Level::DEBUG);
+        assert_eq!(log_level(Some(" WARN ")), Level::WARN);
+        assert_eq!(log_level(Some("shared=debug,info")), Level::INFO);
     }
 }

@@ -6,6 +6,16 @@ pub mod processor_lambda;
 
 use std::time::Duration;
 
+/// The HTTPS client every AWS SDK client uses: rustls over ring. The SDK's default (rustls
+/// over aws-lc) adds about 2 MB to each bootstrap and a C build to every compile; ring is
+/// also what rustls used for years, and it carries assembly SHA-256 on arm64 and x86_64.
+pub fn https_client() -> aws_sdk_sqs::config::SharedHttpClient {
+    use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::Ring))
+        .build_https()
+}
+
 /// AWS SDK configuration from the standard chain (credentials, region, and `AWS_ENDPOINT_URL`
 /// for emulators), with a bound on each call so a slow AWS dependency becomes an error we
 /// answer rather than a Lambda timeout.
@@ -16,6 +26,7 @@ pub async fn aws_config(operation_timeout: Duration) -> aws_config::SdkConfig {
         .operation_timeout(operation_timeout)
         .build();
     aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .http_client(https_client())
         .timeout_config(timeouts)
         .load()
         .await
