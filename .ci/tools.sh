@@ -1,0 +1,62 @@
+# Shared shell helpers for .ci/run, tests/run.sh and infra/local-up.sh. Source, don't run.
+#
+# CKS_VENV: where the Python tools live (default ~/.cache/chargify-keap-sync/venv), kept
+# between runs so a second run installs nothing.
+
+CKS_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CKS_VENV="${CKS_VENV:-$HOME/.cache/chargify-keap-sync/venv}"
+
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+# Creates the virtualenv and installs .ci/requirements.txt into it, then puts it on PATH.
+ensure_tools() {
+  if [ ! -x "$CKS_VENV/bin/python" ]; then
+    log "creating virtualenv $CKS_VENV"
+    python3 -m venv "$CKS_VENV"
+  fi
+  local stamp="$CKS_VENV/.requirements.sha256"
+  local want
+  want="$(sha256sum "$CKS_ROOT/.ci/requirements.txt" | cut -d' ' -f1)"
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    log "installing $(grep -c '==' "$CKS_ROOT/.ci/requirements.txt") Python tools (moto, cargo-lambda, sam, cfn-lint)"
+    "$CKS_VENV/bin/pip" install --quiet --disable-pip-version-check -r "$CKS_ROOT/.ci/requirements.txt"
+    echo "$want" > "$stamp"
+  fi
+  export PATH="$CKS_VENV/bin:$PATH"
+  export SAM_CLI_TELEMETRY=0
+}
+
+# A TCP port nothing listens on, on 127.0.0.1.
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+# Starts moto on 127.0.0.1:$1 in the background and waits (at most 30 s) until it answers.
+# Sets MOTO_PID and exports MOTO_ENDPOINT.
+start_moto() {
+  local port="$1" logfile="${2:-/tmp/chargify-keap-sync-moto-$1.log}"
+  "$CKS_VENV/bin/moto_server" -H 127.0.0.1 -p "$port" >"$logfile" 2>&1 &
+  MOTO_PID=$!
+  export MOTO_ENDPOINT="http://127.0.0.1:$port"
+  for _ in $(seq 1 60); do
+    if curl -fsS -o /dev/null "$MOTO_ENDPOINT/moto-api/" 2>/dev/null; then
+      log "moto listening on $MOTO_ENDPOINT (pid $MOTO_PID)"
+      return 0
+    fi
+    if ! kill -0 "$MOTO_PID" 2>/dev/null; then
+      cat "$logfile" >&2
+      log "moto exited before it answered"
+      return 1
+    fi
+    sleep 0.5
+  done
+  log "moto did not answer on $MOTO_ENDPOINT within 30 s"
+  return 1
+}
+
+stop_moto() {
+  if [ -n "${MOTO_PID:-}" ] && kill -0 "$MOTO_PID" 2>/dev/null; then
+    kill "$MOTO_PID" 2>/dev/null || true
+    wait "$MOTO_PID" 2>/dev/null || true
+  fi
+}
