@@ -65,6 +65,25 @@ pub async fn create_fifo_queue(client: &aws_sdk_sqs::Client, prefix: &str) -> St
         .unwrap_or_else(|| panic!("no url for queue {name}"))
 }
 
+/// A Secrets Manager secret (in the emulator) with a unique name; returns its ARN.
+pub async fn create_secret(name: &str, value: &str) -> String {
+    let config = aws_config_for(&moto_endpoint()).await;
+    let client = aws_sdk_secretsmanager::Client::new(&config);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    client
+        .create_secret()
+        .name(format!("{name}-{nanos}"))
+        .secret_string(value)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("create secret {name} on the emulator: {e:?}"))
+        .arn
+        .unwrap_or_else(|| panic!("no arn for secret {name}"))
+}
+
 /// A message read back from the queue.
 #[derive(Debug, Clone)]
 pub struct ReceivedMessage {

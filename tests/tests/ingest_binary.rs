@@ -3,7 +3,9 @@
 //! over plain HTTP through the emulator's function-URL route, as Chargify would post.
 //! Needs `cargo lambda` on PATH; `tests/run.sh` provides it.
 
-use integration_tests::{create_fifo_queue, drain, moto_endpoint, repo_root, sqs_client};
+use integration_tests::{
+    create_fifo_queue, create_secret, drain, moto_endpoint, repo_root, sqs_client,
+};
 use shared::chargify::signature::sign;
 use shared::envelope::WebhookEnvelope;
 use shared::fixtures;
@@ -36,12 +38,26 @@ fn free_port() -> u16 {
         .expect("a free port on 127.0.0.1")
 }
 
-fn start_watcher(port: u16, queue_url: &str, endpoint: &str, key: &str) -> Watcher {
+/// Where the function under test gets its shared keys.
+enum Keys<'a> {
+    Inline(&'a str),
+    SecretArn(&'a str),
+}
+
+fn start_watcher(port: u16, queue_url: &str, endpoint: &str, keys: Keys<'_>) -> Watcher {
     use std::os::unix::process::CommandExt;
     let log =
         std::fs::File::create(std::env::temp_dir().join(format!("cargo-lambda-watch-{port}.log")))
             .expect("log file");
-    let child = Command::new("cargo")
+    let mut command = Command::new("cargo");
+    command
+        .env_remove("CHARGIFY_SHARED_KEYS")
+        .env_remove("CHARGIFY_SHARED_KEYS_SECRET_ARN");
+    match keys {
+        Keys::Inline(spec) => command.env("CHARGIFY_SHARED_KEYS", spec),
+        Keys::SecretArn(arn) => command.env("CHARGIFY_SHARED_KEYS_SECRET_ARN", arn),
+    };
+    let child = command
         .current_dir(repo_root())
         .args([
             "lambda",
@@ -55,12 +71,10 @@ fn start_watcher(port: u16, queue_url: &str, endpoint: &str, key: &str) -> Watch
         .arg(port.to_string())
         .args(["--package", "ingest", "--bin", "ingest"])
         .env("QUEUE_URL", queue_url)
-        .env("CHARGIFY_SHARED_KEYS", key)
         .env("AWS_ENDPOINT_URL", endpoint)
         .env("AWS_ACCESS_KEY_ID", "testing")
         .env("AWS_SECRET_ACCESS_KEY", "testing")
         .env("AWS_REGION", "us-east-1")
-        .env_remove("CHARGIFY_SHARED_KEYS_SECRET_ARN")
         .stdout(log.try_clone().expect("log file"))
         .stderr(log)
         .process_group(0)
@@ -139,7 +153,7 @@ async fn the_built_binary_enqueues_signed_webhooks_and_refuses_the_rest() {
     let client = sqs_client(&endpoint).await;
     let queue_url = create_fifo_queue(&client, "binary").await;
     let port = free_port();
-    let _watcher = start_watcher(port, &queue_url, &endpoint, KEY);
+    let _watcher = start_watcher(port, &queue_url, &endpoint, Keys::Inline(KEY));
     wait_until_ready(port).await;
 
     // Over HTTP, as Chargify posts: signed, tampered, wrong method.
@@ -163,6 +177,21 @@ async fn the_built_binary_enqueues_signed_webhooks_and_refuses_the_rest() {
     let reply = cargo_lambda_invoke(port, "events/ingest-signup-success.json");
     assert_eq!(reply["statusCode"], 401, "{reply}");
 
+    // A body flagged base64 that is not (a direct invoke; API Gateway never sends one) gets a
+    // 401 answer, not a crashed invocation.
+    let mut event = integration_tests::http_api_event(
+        "POST",
+        body,
+        integration_tests::Signature::Header(&sig),
+        false,
+    );
+    event["isBase64Encoded"] = serde_json::Value::Bool(true);
+    event["body"] = serde_json::Value::String("not base64 at all!".into());
+    let file = std::env::temp_dir().join(format!("bad-base64-{port}.json"));
+    std::fs::write(&file, event.to_string()).expect("write event");
+    let reply = cargo_lambda_invoke(port, &file.to_string_lossy());
+    assert_eq!(reply["statusCode"], 401, "{reply}");
+
     let messages = drain(&client, &queue_url).await;
     assert_eq!(messages.len(), 1, "{messages:?}");
     let envelope = WebhookEnvelope::from_json(&messages[0].body).expect("envelope");
@@ -175,7 +204,7 @@ async fn the_built_binary_enqueues_signed_webhooks_and_refuses_the_rest() {
 }
 
 #[tokio::test]
-async fn the_built_binary_answers_event_files_signed_with_its_key() {
+async fn the_built_binary_reads_its_key_from_secrets_manager_and_answers_the_event_files() {
     let endpoint = moto_endpoint();
     let client = sqs_client(&endpoint).await;
     let queue_url = create_fifo_queue(&client, "binary-events").await;
@@ -188,7 +217,9 @@ async fn the_built_binary_answers_event_files_signed_with_its_key() {
     let demo_key = env["IngestFunction"]["CHARGIFY_SHARED_KEYS"]
         .as_str()
         .expect("demo key");
-    let _watcher = start_watcher(port, &queue_url, &endpoint, demo_key);
+    // This function reads the key from Secrets Manager at cold start, as in AWS.
+    let arn = create_secret("binary-demo-key", demo_key).await;
+    let _watcher = start_watcher(port, &queue_url, &endpoint, Keys::SecretArn(&arn));
     wait_until_ready(port).await;
     for (file, status) in [
         ("events/ingest-signup-success.json", 200),

@@ -5,7 +5,10 @@ use crate::config::{load_shared_keys, IngestSettings};
 use crate::ingest::{query_signatures, InboundRequest, IngestService};
 use crate::queue::{SqsWebhookQueue, WebhookQueue};
 use crate::telemetry;
-use lambda_http::{service_fn, Body, Error, Request, RequestExt, Response};
+use lambda_http::request::LambdaRequest;
+use lambda_http::{
+    service_fn, Adapter, Body, Error, LambdaEvent, Request, RequestExt, Response, Service,
+};
 use std::sync::Arc;
 
 /// Cold start: configuration, keys (Secrets Manager is read here, once), SQS client; then
@@ -28,11 +31,42 @@ pub async fn run() -> Result<(), Error> {
     );
     let queue = SqsWebhookQueue::new(aws_sdk_sqs::Client::new(&aws), settings.queue_url);
     let service = Arc::new(IngestService::new(keys, queue));
-    lambda_http::run(service_fn(move |request: Request| {
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<serde_json::Value>| {
         let service = Arc::clone(&service);
-        async move { handle(&service, request).await }
+        async move {
+            let LambdaEvent { payload, context } = event;
+            // lambda_http panics on a body flagged base64 that is not; API Gateway never sends
+            // one, but a direct invocation can. Such a body is passed on as the text it is, so
+            // it fails signature verification (401) like any other altered body.
+            let payload: LambdaRequest = serde_json::from_value(repair_base64_flag(payload))?;
+            let mut adapter =
+                Adapter::from(service_fn(|request: Request| handle(&service, request)));
+            adapter.call(LambdaEvent::new(payload, context)).await
+        }
     }))
     .await
+}
+
+/// Clears `isBase64Encoded` when the body does not decode as base64 (see [`run`]).
+fn repair_base64_flag(mut event: serde_json::Value) -> serde_json::Value {
+    use base64::Engine;
+    let flagged = event
+        .get("isBase64Encoded")
+        .and_then(serde_json::Value::as_bool)
+        == Some(true);
+    let decodes = event
+        .get("body")
+        .and_then(serde_json::Value::as_str)
+        .is_none_or(|body| {
+            base64::engine::general_purpose::STANDARD
+                .decode(body)
+                .is_ok()
+        });
+    if flagged && !decodes {
+        tracing::warn!("event body is flagged base64 but is not; treating it as text");
+        event["isBase64Encoded"] = serde_json::Value::Bool(false);
+    }
+    event
 }
 
 /// One invocation. Never fails: every outcome is an HTTP answer.
@@ -69,4 +103,22 @@ pub async fn handle<Q: WebhookQueue>(
         response = response.header("allow", "POST");
     }
     Ok(response.body(Body::from(reply.body()))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::repair_base64_flag;
+    use serde_json::json;
+
+    #[test]
+    fn only_an_undecodable_base64_body_loses_its_flag() {
+        let bad = json!({"body": "not base64!", "isBase64Encoded": true});
+        assert_eq!(repair_base64_flag(bad)["isBase64Encoded"], false);
+        let good = json!({"body": "aWQ9MQ==", "isBase64Encoded": true});
+        assert_eq!(repair_base64_flag(good)["isBase64Encoded"], true);
+        let text = json!({"body": "id=1&event=x", "isBase64Encoded": false});
+        assert_eq!(repair_base64_flag(text.clone()), text);
+        let empty = json!({"isBase64Encoded": true});
+        assert_eq!(repair_base64_flag(empty)["isBase64Encoded"], true);
+    }
 }

@@ -49,3 +49,33 @@ pub fn handle(event: SqsEvent) -> SqsBatchResponse {
     response.batch_item_failures = failures;
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use super::handle;
+    use aws_lambda_events::sqs::{SqsEvent, SqsMessage};
+
+    fn record(id: Option<&str>, body: &str) -> SqsMessage {
+        let mut message = SqsMessage::default();
+        message.message_id = id.map(str::to_owned);
+        message.body = Some(body.to_owned());
+        message
+    }
+
+    #[test]
+    fn every_record_goes_back_except_those_without_an_id() {
+        let mut event = SqsEvent::default();
+        event.records = vec![
+            record(Some("m1"), "{not an envelope"),
+            record(Some(""), "{}"),
+            record(None, "{}"),
+            record(Some("m2"), "{}"),
+        ];
+        let ids: Vec<String> = handle(event)
+            .batch_item_failures
+            .into_iter()
+            .map(|f| f.item_identifier)
+            .collect();
+        assert_eq!(ids, ["m1", "m2"]);
+    }
+}

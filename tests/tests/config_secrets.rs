@@ -1,0 +1,81 @@
+//! Shared keys from Secrets Manager (moto), and the fail-fast start of a misconfigured binary.
+
+use integration_tests::{aws_config_for, create_secret, moto_endpoint, repo_root};
+use shared::chargify::signature::sign;
+use shared::chargify::{SignatureCandidate, SignatureSource};
+use shared::config::{load_shared_keys, ConfigError, KeySource};
+use std::process::Command;
+
+#[tokio::test]
+async fn keys_load_from_a_secret_in_either_format() {
+    let config = aws_config_for(&moto_endpoint()).await;
+    let body = b"id=1&event=x&payload[site][subdomain]=acme";
+    for spec in [
+        "old-key,new-key",
+        r#"{"keys":["old-key"],"sites":{"acme":["new-key"]}}"#,
+    ] {
+        let arn = create_secret("keys", spec).await;
+        let keys = load_shared_keys(&KeySource::Secret { arn }, &config)
+            .await
+            .expect("keys load");
+        assert_eq!(keys.keys().len(), 2, "{spec}");
+        let sig = sign("new-key", body);
+        let candidate = [SignatureCandidate {
+            source: SignatureSource::Header,
+            value: &sig,
+        }];
+        assert!(
+            keys.verify(body, &candidate, Some("acme")).is_ok(),
+            "{spec}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_unreadable_or_invalid_secret_is_a_clear_start_error() {
+    let config = aws_config_for(&moto_endpoint()).await;
+    let missing = KeySource::Secret {
+        arn: "arn:aws:secretsmanager:us-east-1:123456789012:secret:nope-AbCdEf".into(),
+    };
+    let err = load_shared_keys(&missing, &config)
+        .await
+        .expect_err("no such secret");
+    assert!(matches!(err, ConfigError::SecretUnreadable { .. }), "{err}");
+    assert!(
+        err.to_string().contains("secretsmanager:GetSecretValue"),
+        "{err}"
+    );
+
+    let arn = create_secret("empty-entry", "acme=").await;
+    let err = load_shared_keys(&KeySource::Secret { arn }, &config)
+        .await
+        .expect_err("bad spec");
+    assert!(err.to_string().contains("empty shared key"), "{err}");
+    assert!(
+        !err.to_string().contains("acme="),
+        "the secret text is not echoed: {err}"
+    );
+}
+
+#[test]
+fn a_misconfigured_binary_stops_at_once_naming_the_fix() {
+    let output = Command::new("cargo")
+        .current_dir(repo_root())
+        .args(["run", "--quiet", "--package", "ingest", "--bin", "ingest"])
+        .env_remove("QUEUE_URL")
+        .env("CHARGIFY_SHARED_KEYS", "some-key")
+        .env("AWS_LAMBDA_RUNTIME_API", "127.0.0.1:9") // never reached
+        .output()
+        .expect("cargo run");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(!output.status.success(), "{text}");
+    assert!(text.contains("QUEUE_URL is not set"), "{text}");
+    assert!(
+        !text.contains("some-key"),
+        "keys never reach the log: {text}"
+    );
+}
