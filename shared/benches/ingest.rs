@@ -121,6 +121,16 @@ fn main() {
                 .is_ok()
         })
     });
+    // Reference only: the same HMAC in ring's assembly (ring is already linked for TLS).
+    // On x86_64 without SHA extensions, sha2's portable code is about half its speed; on
+    // Graviton (arm64) both use the CPU's SHA-256 instructions.
+    let ring_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, KEY.as_bytes());
+    let sig_bytes = hex::decode(&sig).unwrap_or_else(|e| panic!("hex: {e}"));
+    criterion.bench_function("ingest/reference/verify_hmac_ring", |b| {
+        b.iter(|| {
+            ring::hmac::verify(&ring_key, black_box(PAYMENT_SUCCESS.as_bytes()), &sig_bytes).is_ok()
+        })
+    });
     criterion.bench_function("ingest/stage/parse_webhook", |b| {
         b.iter(|| Webhook::parse(black_box(PAYMENT_SUCCESS.as_bytes())).map(|w| w.id.len()))
     });

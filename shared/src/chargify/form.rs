@@ -36,21 +36,18 @@ pub struct FormBody {
 impl FormBody {
     /// Parses a raw body. Never panics, whatever the bytes (a proptest checks this).
     pub fn parse(raw: &[u8]) -> Result<Self, FormError> {
-        std::str::from_utf8(raw).map_err(|e| FormError::NotText {
+        let body = std::str::from_utf8(raw).map_err(|e| FormError::NotText {
             valid_up_to: e.valid_up_to(),
         })?;
         let mut text = String::with_capacity(raw.len());
         let mut pairs = Vec::with_capacity(raw.len() / 24);
         let mut scratch = Vec::new();
-        for (index, segment) in raw.split(|b| *b == b'&').enumerate() {
+        for (index, segment) in body.split('&').enumerate() {
             if segment.is_empty() {
                 // `a=1&&b=2` or a trailing `&`: nothing was sent here.
                 continue;
             }
-            let (key, value) = match segment.iter().position(|b| *b == b'=') {
-                Some(eq) => (&segment[..eq], &segment[eq + 1..]),
-                None => (segment, &segment[segment.len()..]),
-            };
+            let (key, value) = segment.split_once('=').unwrap_or((segment, ""));
             let key =
                 decode_into(&mut text, &mut scratch, key).ok_or(FormError::NotUtf8 { index })?;
             let value =
@@ -106,33 +103,45 @@ impl FormBody {
 /// decoded bytes are not UTF-8. Hand-written rather than `percent_encoding::percent_decode`,
 /// whose byte-at-a-time iterator and per-call allocation made parsing 3× slower; the crate
 /// still checks this decoder in the round-trip property test.
-fn decode_into(text: &mut String, scratch: &mut Vec<u8>, raw: &[u8]) -> Option<Range<usize>> {
+fn decode_into(text: &mut String, scratch: &mut Vec<u8>, raw: &str) -> Option<Range<usize>> {
     let start = text.len();
-    if !raw.iter().any(|b| matches!(b, b'%' | b'+')) {
-        // Common case: nothing to decode. `raw` is a slice of a valid UTF-8 body split at
-        // ASCII bytes, so it is UTF-8 itself.
-        text.push_str(std::str::from_utf8(raw).ok()?);
+    let special = |b: &u8| matches!(b, b'%' | b'+');
+    let Some(first) = raw.bytes().position(|b| special(&b)) else {
+        // Common case: nothing to decode, and no second UTF-8 check needed.
+        text.push_str(raw);
         return Some(start..text.len());
-    }
+    };
+    let raw = raw.as_bytes();
     let bytes = scratch;
     bytes.clear();
-    let mut i = 0;
+    bytes.extend_from_slice(&raw[..first]);
+    let mut i = first;
     while i < raw.len() {
         match raw[i] {
-            b'+' => bytes.push(b' '),
+            b'+' => {
+                bytes.push(b' ');
+                i += 1;
+            }
             b'%' => match (
                 raw.get(i + 1).and_then(hex_value),
                 raw.get(i + 2).and_then(hex_value),
             ) {
                 (Some(hi), Some(lo)) => {
                     bytes.push(hi << 4 | lo);
-                    i += 2;
+                    i += 3;
                 }
-                _ => bytes.push(b'%'),
+                _ => {
+                    bytes.push(b'%');
+                    i += 1;
+                }
             },
-            other => bytes.push(other),
+            _ => {
+                // Copy the run up to the next escape in one go.
+                let run = raw[i..].iter().position(special).unwrap_or(raw.len() - i);
+                bytes.extend_from_slice(&raw[i..i + run]);
+                i += run;
+            }
         }
-        i += 1;
     }
     text.push_str(std::str::from_utf8(bytes).ok()?);
     Some(start..text.len())

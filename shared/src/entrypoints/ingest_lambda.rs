@@ -18,7 +18,11 @@ pub async fn run() -> Result<(), Error> {
     let settings = IngestSettings::from_env().inspect_err(|e| {
         tracing::error!(error = %e, "ingest cannot start: configuration");
     })?;
-    let aws = super::aws_config(settings.sqs_timeout).await;
+    let aws = super::aws_config(
+        settings.sqs_timeout,
+        super::region_of_queue_url(&settings.queue_url),
+    )
+    .await;
     let keys = load_shared_keys(&settings.keys, &aws)
         .await
         .inspect_err(|e| {

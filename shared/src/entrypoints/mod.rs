@@ -18,8 +18,17 @@ pub fn https_client() -> aws_sdk_sqs::config::SharedHttpClient {
 
 /// AWS SDK configuration from the standard chain (credentials, region, and `AWS_ENDPOINT_URL`
 /// for emulators), with a bound on each call so a slow AWS dependency becomes an error we
-/// answer rather than a Lambda timeout.
-pub async fn aws_config(operation_timeout: Duration) -> aws_config::SdkConfig {
+/// answer rather than a Lambda timeout. Lambda always sets `AWS_REGION`; elsewhere the region
+/// falls back to `fallback_region`, then `us-east-1` (any region works with an emulator).
+pub async fn aws_config(
+    operation_timeout: Duration,
+    fallback_region: Option<String>,
+) -> aws_config::SdkConfig {
+    use aws_config::meta::region::RegionProviderChain;
+    use aws_config::Region;
+    let region = RegionProviderChain::default_provider()
+        .or_else(fallback_region.map(Region::new))
+        .or_else(Region::from_static("us-east-1"));
     let timeouts = aws_config::timeout::TimeoutConfig::builder()
         .connect_timeout(Duration::from_secs(2))
         .operation_attempt_timeout(operation_timeout / 2)
@@ -27,7 +36,34 @@ pub async fn aws_config(operation_timeout: Duration) -> aws_config::SdkConfig {
         .build();
     aws_config::defaults(aws_config::BehaviorVersion::latest())
         .http_client(https_client())
+        .region(region)
         .timeout_config(timeouts)
         .load()
         .await
+}
+
+/// The region in an SQS queue URL (`https://sqs.eu-west-1.amazonaws.com/123/q.fifo`).
+pub fn region_of_queue_url(url: &str) -> Option<String> {
+    let host = url.split("://").nth(1)?.split('/').next()?;
+    let mut labels = host.split('.');
+    match (labels.next(), labels.next()) {
+        (Some("sqs"), Some(region)) if region.contains('-') => Some(region.to_owned()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::region_of_queue_url;
+
+    #[test]
+    fn reads_the_region_of_aws_queue_urls_only() {
+        let aws = "https://sqs.eu-west-1.amazonaws.com/123456789012/webhooks.fifo";
+        assert_eq!(region_of_queue_url(aws).as_deref(), Some("eu-west-1"));
+        assert_eq!(
+            region_of_queue_url("http://127.0.0.1:5000/123456789012/q.fifo"),
+            None
+        );
+        assert_eq!(region_of_queue_url("not a url"), None);
+    }
 }
