@@ -23,7 +23,7 @@ curl -sS -w '\nHTTP %{http_code}\n' -X POST "http://127.0.0.1:${LAMBDA_PORT:-900
   --data-binary "@$BODY_FILE"
 
 ensure_tools
-AWS_ENDPOINT_URL="http://127.0.0.1:${MOTO_PORT:-5000}" AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_REGION=us-east-1 \
+AWS_ENDPOINT_URL="http://127.0.0.1:${MOTO_PORT:-5000}" AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1 \
 python - <<'PY'
 import boto3, json
 sqs = boto3.client("sqs")

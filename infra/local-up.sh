@@ -18,7 +18,7 @@ ensure_tools
 start_moto "$MOTO_PORT" /tmp/chargify-keap-sync-local-moto.log
 trap stop_moto EXIT
 
-export AWS_ENDPOINT_URL="$MOTO_ENDPOINT" AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_REGION=us-east-1
+export AWS_ENDPOINT_URL="$MOTO_ENDPOINT" AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1
 QUEUE_URL="$(python - <<'PY'
 import boto3
 sqs = boto3.client("sqs")

@@ -44,7 +44,19 @@ enum Keys<'a> {
     SecretArn(&'a str),
 }
 
-fn start_watcher(port: u16, queue_url: &str, endpoint: &str, keys: Keys<'_>) -> Watcher {
+/// Whether the function gets `AWS_REGION` (Lambda always sets it; a laptop may not).
+enum Region {
+    Set,
+    Unset,
+}
+
+fn start_watcher(
+    port: u16,
+    queue_url: &str,
+    endpoint: &str,
+    keys: Keys<'_>,
+    region: Region,
+) -> Watcher {
     use std::os::unix::process::CommandExt;
     let log =
         std::fs::File::create(std::env::temp_dir().join(format!("cargo-lambda-watch-{port}.log")))
@@ -52,7 +64,13 @@ fn start_watcher(port: u16, queue_url: &str, endpoint: &str, keys: Keys<'_>) -> 
     let mut command = Command::new("cargo");
     command
         .env_remove("CHARGIFY_SHARED_KEYS")
-        .env_remove("CHARGIFY_SHARED_KEYS_SECRET_ARN");
+        .env_remove("CHARGIFY_SHARED_KEYS_SECRET_ARN")
+        .env_remove("AWS_REGION")
+        .env_remove("AWS_DEFAULT_REGION")
+        .env("AWS_EC2_METADATA_DISABLED", "true");
+    if let Region::Set = region {
+        command.env("AWS_REGION", "us-east-1");
+    }
     match keys {
         Keys::Inline(spec) => command.env("CHARGIFY_SHARED_KEYS", spec),
         Keys::SecretArn(arn) => command.env("CHARGIFY_SHARED_KEYS_SECRET_ARN", arn),
@@ -74,7 +92,6 @@ fn start_watcher(port: u16, queue_url: &str, endpoint: &str, keys: Keys<'_>) -> 
         .env("AWS_ENDPOINT_URL", endpoint)
         .env("AWS_ACCESS_KEY_ID", "testing")
         .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_REGION", "us-east-1")
         .stdout(log.try_clone().expect("log file"))
         .stderr(log)
         .process_group(0)
@@ -153,7 +170,7 @@ async fn the_built_binary_enqueues_signed_webhooks_and_refuses_the_rest() {
     let client = sqs_client(&endpoint).await;
     let queue_url = create_fifo_queue(&client, "binary").await;
     let port = free_port();
-    let _watcher = start_watcher(port, &queue_url, &endpoint, Keys::Inline(KEY));
+    let _watcher = start_watcher(port, &queue_url, &endpoint, Keys::Inline(KEY), Region::Set);
     wait_until_ready(port).await;
 
     // Over HTTP, as Chargify posts: signed, tampered, wrong method.
@@ -219,7 +236,13 @@ async fn the_built_binary_reads_its_key_from_secrets_manager_and_answers_the_eve
         .expect("demo key");
     // This function reads the key from Secrets Manager at cold start, as in AWS.
     let arn = create_secret("binary-demo-key", demo_key).await;
-    let _watcher = start_watcher(port, &queue_url, &endpoint, Keys::SecretArn(&arn));
+    let _watcher = start_watcher(
+        port,
+        &queue_url,
+        &endpoint,
+        Keys::SecretArn(&arn),
+        Region::Unset,
+    );
     wait_until_ready(port).await;
     for (file, status) in [
         ("events/ingest-signup-success.json", 200),

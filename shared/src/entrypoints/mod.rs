@@ -24,20 +24,29 @@ pub async fn aws_config(
     operation_timeout: Duration,
     fallback_region: Option<String>,
 ) -> aws_config::SdkConfig {
-    use aws_config::meta::region::RegionProviderChain;
-    use aws_config::Region;
-    let region = RegionProviderChain::default_provider()
-        .or_else(fallback_region.map(Region::new))
-        .or_else(Region::from_static("us-east-1"));
     let timeouts = aws_config::timeout::TimeoutConfig::builder()
         .connect_timeout(Duration::from_secs(2))
         .operation_attempt_timeout(operation_timeout / 2)
         .operation_timeout(operation_timeout)
         .build();
-    aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .http_client(https_client())
-        .region(region)
-        .timeout_config(timeouts)
+    // The loader resolves the region itself (environment, profile, instance metadata) with our
+    // HTTP client; building a RegionProviderChain by hand would make one without it.
+    let loader = || {
+        aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .http_client(https_client())
+            .timeout_config(timeouts.clone())
+    };
+    let config = loader().load().await;
+    if config.region().is_some() {
+        return config;
+    }
+    let region = fallback_region.unwrap_or_else(|| "us-east-1".to_owned());
+    tracing::info!(
+        region = region.as_str(),
+        "no AWS region configured; using a fallback"
+    );
+    loader()
+        .region(aws_config::Region::new(region))
         .load()
         .await
 }
