@@ -7,5 +7,6 @@ pub mod entrypoints;
 pub mod envelope;
 pub mod fixtures;
 pub mod ingest;
+pub mod keap;
 pub mod queue;
 pub mod telemetry;
