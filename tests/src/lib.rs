@@ -4,6 +4,8 @@
 //! Tests fail, rather than skip, when the emulator is not there: a skipped AWS test would
 //! let a broken adapter pass.
 
+pub mod keap_contract;
+
 use base64::Engine;
 use serde_json::{json, Value};
 use std::path::PathBuf;
