@@ -4,7 +4,7 @@
 //! Needs `cargo lambda` on PATH; `tests/run.sh` provides it.
 
 use integration_tests::{
-    create_fifo_queue, create_secret, drain, moto_endpoint, repo_root, sqs_client,
+    create_fifo_queue, create_secret, drain, http_request, moto_endpoint, repo_root, sqs_client,
 };
 use shared::chargify::signature::sign;
 use shared::envelope::WebhookEnvelope;
@@ -12,7 +12,6 @@ use shared::fixtures;
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const KEY: &str = "binary-test-shared-key";
 
@@ -100,33 +99,16 @@ fn start_watcher(
     Watcher(child)
 }
 
-/// A raw HTTP/1.1 POST to 127.0.0.1, so the test depends on no HTTP client crate.
+/// A form POST to the function through cargo lambda's function-URL route.
 async fn http_post(
     port: u16,
     path: &str,
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> std::io::Result<(u16, String)> {
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    let mut request = format!(
-        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n",
-        body.len()
-    );
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str("\r\n");
-    stream.write_all(request.as_bytes()).await?;
-    stream.write_all(body).await?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await?;
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    Ok((status, text))
+    let mut all = vec![("Content-Type", "application/x-www-form-urlencoded")];
+    all.extend_from_slice(headers);
+    http_request(port, "POST", path, &all, body).await
 }
 
 /// Waits (bounded) until the watcher has built and started the function and it answers.

@@ -1,0 +1,555 @@
+//! A Keap REST v1 stand-in on 127.0.0.1 for the tests: stateful (contacts, their tags,
+//! tags, goals achieved, notes), strict (any request the vendored spec would refuse gets 400,
+//! see [`KeapContract`]), and able to inject Keap's failures (each kind of 429 with Keap's
+//! real headers and bodies, 401, 5xx, slow answers).
+
+use crate::keap_contract::{KeapContract, Violation};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, Response, StatusCode};
+use serde_json::{json, Map, Value};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// One injected failure, served instead of the next request's real answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    SpikeArrest,
+    MinuteThrottle,
+    DailyQuota,
+    Unauthorized,
+    Status(u16),
+    /// Answer normally, but only after this long.
+    Slow(Duration),
+}
+
+/// A request the stand-in saw.
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub method: String,
+    pub path: String,
+    pub query: Option<String>,
+    pub body: Option<Value>,
+    /// The operation it matched, or why it was refused.
+    pub outcome: Result<String, Violation>,
+    pub api_key: Option<String>,
+    pub bearer: Option<String>,
+}
+
+/// Everything the stand-in knows. Tests read it through [`KeapStandIn::state`].
+#[derive(Debug, Default)]
+pub struct State {
+    pub contacts: BTreeMap<i64, Map<String, Value>>,
+    pub contact_tags: BTreeMap<i64, BTreeSet<i64>>,
+    pub tags: BTreeMap<i64, Value>,
+    /// `(integration, call_name, contact_id)` per achieved goal.
+    pub goals: Vec<(String, String, i64)>,
+    pub notes: Vec<Value>,
+    /// Custom fields of the contact model: `(id, label)`.
+    pub custom_fields: Vec<(i64, String)>,
+    /// API goals that a published campaign listens for: `(integration, call_name)`.
+    pub campaign_goals: Vec<(String, String)>,
+    pub calls: Vec<Call>,
+    pub faults: VecDeque<Fault>,
+    pub throttled: u32,
+    /// Per-minute throttle reported in headers: `(limit, available)`.
+    pub minute_budget: (u64, u64),
+    /// Daily quota reported in headers: `(limit, available)`.
+    pub daily_budget: (u64, u64),
+    next_id: i64,
+}
+
+impl State {
+    fn next_id(&mut self) -> i64 {
+        self.next_id += 1;
+        self.next_id
+    }
+}
+
+pub struct KeapStandIn {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for KeapStandIn {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+impl KeapStandIn {
+    /// Starts on an ephemeral port of 127.0.0.1.
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1");
+        let addr = listener.local_addr().expect("local addr");
+        let state = Arc::new(Mutex::new(State {
+            minute_budget: (240, 240),
+            daily_budget: (30_000, 30_000),
+            next_id: 1000,
+            ..State::default()
+        }));
+        let contract = Arc::new(KeapContract::load());
+        let shared = Arc::clone(&state);
+        let server = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let state = Arc::clone(&shared);
+                let contract = Arc::clone(&contract);
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |request| {
+                        let state = Arc::clone(&state);
+                        let contract = Arc::clone(&contract);
+                        async move {
+                            Ok::<_, std::convert::Infallible>(
+                                serve(&state, &contract, request).await,
+                            )
+                        }
+                    });
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, service)
+                        .await;
+                });
+            }
+        });
+        Self {
+            addr,
+            state,
+            server,
+        }
+    }
+
+    /// `http://127.0.0.1:<port>/crm/rest`: the base the client appends `/v1/...` to.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/crm/rest", self.addr)
+    }
+
+    pub fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn inject(&self, fault: Fault) {
+        self.state().faults.push_back(fault);
+    }
+
+    /// Requests the contract refused: a correct client makes none.
+    pub fn violations(&self) -> Vec<Call> {
+        self.state()
+            .calls
+            .iter()
+            .filter(|c| c.outcome.is_err())
+            .cloned()
+            .collect()
+    }
+}
+
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+async fn serve(
+    state: &Mutex<State>,
+    contract: &KeapContract,
+    request: Request<hyper::body::Incoming>,
+) -> Response<Full<Bytes>> {
+    let method = request.method().as_str().to_owned();
+    let full_path = request.uri().path().to_owned();
+    let query = request.uri().query().map(str::to_owned);
+    let header = |name: &str| {
+        request
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let api_key = header("x-keap-api-key");
+    let bearer = header("authorization").and_then(|v| v.strip_prefix("Bearer ").map(str::to_owned));
+    let body = request
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let path = full_path
+        .strip_prefix("/crm/rest")
+        .unwrap_or(&full_path)
+        .to_owned();
+    let outcome = contract
+        .check(&method, &path, query.as_deref(), Some(&body))
+        .map(str::to_owned);
+    let json_body = serde_json::from_slice::<Value>(&body).ok();
+    let fault = {
+        let mut s = lock(state);
+        s.calls.push(Call {
+            method: method.clone(),
+            path: path.clone(),
+            query: query.clone(),
+            body: json_body.clone(),
+            outcome: outcome.clone(),
+            api_key: api_key.clone(),
+            bearer: bearer.clone(),
+        });
+        s.faults.pop_front()
+    };
+    if api_key.is_none() && bearer.is_none() {
+        return respond(state, 401, json!({"message": "No credentials"}));
+    }
+    match fault {
+        Some(Fault::Slow(delay)) => tokio::time::sleep(delay).await,
+        Some(other) => return fault_response(state, &other),
+        None => {}
+    }
+    let op = match outcome {
+        Ok(op) => op,
+        Err(violation) => {
+            return respond(
+                state,
+                400,
+                json!({"code": 400, "message": format!("{violation:?}"), "status": "Bad Request"}),
+            )
+        }
+    };
+    // `/v1/contacts/12/tags` → ["", "v1", "contacts", "12", "tags"]
+    let segments: Vec<&str> = path.split('/').collect();
+    let id_at = |i: usize| {
+        segments
+            .get(i)
+            .and_then(|s| s.parse::<i64>().ok())
+            .unwrap_or_default()
+    };
+    let query_param = |name: &str| {
+        query
+            .as_deref()
+            .unwrap_or_default()
+            .split('&')
+            .find_map(|p| {
+                let (k, v) = p.split_once('=')?;
+                (k == name).then(|| percent_decode(v))
+            })
+    };
+    let body = json_body.unwrap_or(Value::Null);
+    let mut s = lock(state);
+    let (status, answer) = match op.as_str() {
+        "createOrUpdateContactUsingPUT" => upsert_contact(&mut s, &body),
+        "listContactsUsingGET" => {
+            let email = query_param("email");
+            let contacts: Vec<Value> = s
+                .contacts
+                .iter()
+                .filter(|(_, c)| {
+                    email
+                        .as_deref()
+                        .is_none_or(|e| primary_email(c).as_deref() == Some(e))
+                })
+                .map(|(id, c)| contact_json(&s, *id, c))
+                .collect();
+            (200, json!({"contacts": contacts, "count": contacts.len()}))
+        }
+        "getContactUsingGET" => match s.contacts.get(&id_at(3)) {
+            Some(c) => (200, contact_json(&s, id_at(3), c)),
+            None => (404, json!({"message": "Contact not found"})),
+        },
+        "updatePropertiesOnContactUsingPATCH" => {
+            let id = id_at(3);
+            match s.contacts.get(&id).cloned() {
+                Some(mut contact) => {
+                    merge_contact(&mut contact, &body);
+                    s.contacts.insert(id, contact.clone());
+                    (200, contact_json(&s, id, &contact))
+                }
+                None => (404, json!({"message": "Contact not found"})),
+            }
+        }
+        "retrieveContactModelUsingGET" => {
+            let fields: Vec<Value> = s
+                .custom_fields
+                .iter()
+                .map(|(id, label)| json!({"id": id, "label": label, "field_type": "Text", "record_type": "CONTACT"}))
+                .collect();
+            (
+                200,
+                json!({"custom_fields": fields, "optional_properties": ["custom_fields"]}),
+            )
+        }
+        "listTagsUsingGET" => {
+            let name = query_param("name");
+            let limit = query_param("limit")
+                .and_then(|l| l.parse().ok())
+                .unwrap_or(1000usize);
+            let offset = query_param("offset")
+                .and_then(|o| o.parse().ok())
+                .unwrap_or(0usize);
+            let matching: Vec<Value> = s
+                .tags
+                .values()
+                .filter(|t| name.as_deref().is_none_or(|n| t["name"] == n))
+                .cloned()
+                .collect();
+            let page: Vec<Value> = matching.iter().skip(offset).take(limit).cloned().collect();
+            (200, json!({"tags": page, "count": matching.len()}))
+        }
+        "createTagUsingPOST" => {
+            let id = s.next_id();
+            let tag = json!({"id": id, "name": body["name"], "description": body.get("description").cloned().unwrap_or(Value::Null)});
+            s.tags.insert(id, tag.clone());
+            (200, tag)
+        }
+        "applyTagsToContactIdUsingPOST" => {
+            let contact = id_at(3);
+            let ids: Vec<i64> = body["tagIds"]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_i64).collect())
+                .unwrap_or_default();
+            let mut results = Map::new();
+            for tag in ids {
+                let result = apply_tag(&mut s, contact, tag);
+                results.insert(tag.to_string(), json!(result));
+            }
+            (200, Value::Object(results))
+        }
+        "removeTagsFromContactUsingDELETE" => {
+            let contact = id_at(3);
+            let ids: Vec<i64> = query_param("ids")
+                .unwrap_or_default()
+                .split(',')
+                .filter_map(|i| i.trim().parse().ok())
+                .collect();
+            if let Some(tags) = s.contact_tags.get_mut(&contact) {
+                ids.iter().for_each(|id| {
+                    tags.remove(id);
+                });
+            }
+            (204, Value::Null)
+        }
+        "removeTagsFromContactUsingDELETE_1" => {
+            let (contact, tag) = (id_at(3), id_at(5));
+            if let Some(tags) = s.contact_tags.get_mut(&contact) {
+                tags.remove(&tag);
+            }
+            (204, Value::Null)
+        }
+        "applyTagToContactIdsUsingPOST" => {
+            let tag = id_at(3);
+            let ids: Vec<i64> = body["ids"]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_i64).collect())
+                .unwrap_or_default();
+            let mut results = Map::new();
+            for contact in ids {
+                let result = apply_tag(&mut s, contact, tag);
+                results.insert(contact.to_string(), json!(result));
+            }
+            (200, Value::Object(results))
+        }
+        "createAchieveApiGoalEventUsingPOST" => {
+            let (integration, call_name) = (segments[4].to_owned(), segments[5].to_owned());
+            let contact = body["contact_id"].as_i64().unwrap_or_default();
+            s.goals
+                .push((integration.clone(), call_name.clone(), contact));
+            let hits: Vec<Value> = s
+                .campaign_goals
+                .iter()
+                .enumerate()
+                .filter(|(_, g)| g.0 == integration && g.1 == call_name)
+                .map(|(i, _)| json!({"campaign_id": 500 + i, "goal_id": 900 + i, "success": true, "message": "Goal achieved"}))
+                .collect();
+            (201, Value::Array(hits))
+        }
+        "createNoteUsingPOST" => {
+            let id = s.next_id();
+            let mut note = body.clone();
+            note["id"] = json!(id);
+            s.notes.push(note.clone());
+            (201, note)
+        }
+        other => (
+            500,
+            json!({"message": format!("stand-in has no handler for {other}")}),
+        ),
+    };
+    drop(s);
+    respond(state, status, answer)
+}
+
+fn upsert_contact(s: &mut State, body: &Value) -> (u16, Value) {
+    let email = body["email_addresses"]
+        .as_array()
+        .and_then(|a| a.iter().find(|e| e["field"] == "EMAIL1"))
+        .and_then(|e| e["email"].as_str())
+        .map(str::to_owned);
+    let existing = match (body["duplicate_option"].as_str(), &email) {
+        (Some("Email"), Some(email)) => s
+            .contacts
+            .iter()
+            .find(|(_, c)| primary_email(c).as_deref() == Some(email.as_str()))
+            .map(|(id, _)| *id),
+        _ => None,
+    };
+    if existing.is_none() && email.is_none() && body.get("phone_numbers").is_none() {
+        return (
+            400,
+            json!({"message": "A new contact needs email_addresses or phone_numbers"}),
+        );
+    }
+    let id = existing.unwrap_or_else(|| s.next_id());
+    let mut contact = s.contacts.get(&id).cloned().unwrap_or_default();
+    merge_contact(&mut contact, body);
+    s.contacts.insert(id, contact.clone());
+    (200, contact_json(s, id, &contact))
+}
+
+/// "Updates a contact with only the values provided": top-level fields replace, custom
+/// fields merge by id.
+fn merge_contact(contact: &mut Map<String, Value>, body: &Value) {
+    let Some(fields) = body.as_object() else {
+        return;
+    };
+    for (key, value) in fields {
+        match key.as_str() {
+            "duplicate_option" => {}
+            "custom_fields" => {
+                let mut merged: BTreeMap<i64, Value> = contact
+                    .get("custom_fields")
+                    .and_then(Value::as_array)
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|f| Some((f["id"].as_i64()?, f.clone())))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                for field in value.as_array().into_iter().flatten() {
+                    if let Some(id) = field["id"].as_i64() {
+                        merged.insert(id, field.clone());
+                    }
+                }
+                contact.insert(key.clone(), Value::Array(merged.into_values().collect()));
+            }
+            _ => {
+                contact.insert(key.clone(), value.clone());
+            }
+        }
+    }
+}
+
+fn primary_email(contact: &Map<String, Value>) -> Option<String> {
+    contact
+        .get("email_addresses")?
+        .as_array()?
+        .iter()
+        .find(|e| e["field"] == "EMAIL1")?["email"]
+        .as_str()
+        .map(str::to_owned)
+}
+
+fn contact_json(s: &State, id: i64, contact: &Map<String, Value>) -> Value {
+    let mut out = contact.clone();
+    out.insert("id".into(), json!(id));
+    let tags: Vec<i64> = s
+        .contact_tags
+        .get(&id)
+        .map(|t| t.iter().copied().collect())
+        .unwrap_or_default();
+    out.insert("tag_ids".into(), json!(tags));
+    Value::Object(out)
+}
+
+fn apply_tag(s: &mut State, contact: i64, tag: i64) -> &'static str {
+    if !s.contacts.contains_key(&contact) {
+        "CONTACT_NOT_FOUND"
+    } else if !s.tags.contains_key(&tag) {
+        "TAG_ID_NOT_FOUND"
+    } else if s.contact_tags.entry(contact).or_default().insert(tag) {
+        "SUCCESS"
+    } else {
+        "DUPLICATE"
+    }
+}
+
+fn fault_response(state: &Mutex<State>, fault: &Fault) -> Response<Full<Bytes>> {
+    match fault {
+        Fault::SpikeArrest => {
+            lock(state).throttled += 1;
+            respond(
+                state,
+                429,
+                json!({"fault": {"faultstring": "Spike arrest violation. Allowed rate : MessageRate{messagesPerPeriod=10, periodInMicroseconds=1000000, maxBurstMessageCount=1.0}", "detail": {"errorcode": "policies.ratelimit.SpikeArrestViolation"}}}),
+            )
+        }
+        Fault::MinuteThrottle => {
+            let mut s = lock(state);
+            s.throttled += 1;
+            s.minute_budget.1 = 0;
+            drop(s);
+            respond(
+                state,
+                429,
+                json!({"code": "429", "message": "Quota Exceeded", "status": "Request Throttled", "details": null}),
+            )
+        }
+        Fault::DailyQuota => {
+            let mut s = lock(state);
+            s.throttled += 1;
+            s.daily_budget.1 = 0;
+            drop(s);
+            respond(
+                state,
+                429,
+                json!({"fault": {"faultstring": "Rate limit quota violation. Quota limit exceeded. Identifier : standin", "detail": {"errorcode": "policies.ratelimit.QuotaViolation"}}}),
+            )
+        }
+        Fault::Unauthorized => respond(
+            state,
+            401,
+            json!({"fault": {"faultstring": "Invalid access token", "detail": {"errorcode": "oauth.v2.InvalidAccessToken"}}}),
+        ),
+        Fault::Status(status) => respond(state, *status, json!({"message": "injected failure"})),
+        Fault::Slow(_) => respond(state, 500, Value::Null),
+    }
+}
+
+/// Every answer carries Keap's throttle headers and an `x-request-id`.
+fn respond(state: &Mutex<State>, status: u16, body: Value) -> Response<Full<Bytes>> {
+    let (minute, daily, request) = {
+        let mut s = lock(state);
+        if status != 429 {
+            s.minute_budget.1 = s.minute_budget.1.saturating_sub(1);
+            s.daily_budget.1 = s.daily_budget.1.saturating_sub(1);
+        }
+        (s.minute_budget, s.daily_budget, s.calls.len())
+    };
+    let text = if body.is_null() {
+        String::new()
+    } else {
+        body.to_string()
+    };
+    let mut builder = Response::builder()
+        .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
+        .header("x-request-id", format!("standin-{request}"))
+        .header("x-keap-product-throttle-limit", minute.0.to_string())
+        .header("x-keap-product-throttle-available", minute.1.to_string())
+        .header("x-keap-product-throttle-time-unit", "minute")
+        .header("x-keap-product-quota-limit", daily.0.to_string())
+        .header("x-keap-product-quota-available", daily.1.to_string())
+        .header("x-keap-product-quota-time-unit", "day")
+        .header("x-keap-product-quota-expiry-time", "1795824000000");
+    if !text.is_empty() {
+        builder = builder.header("content-type", "application/json");
+    }
+    builder
+        .body(Full::new(Bytes::from(text)))
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+}
+
+fn percent_decode(value: &str) -> String {
+    shared::chargify::FormBody::parse(format!("v={value}").as_bytes())
+        .ok()
+        .and_then(|f| f.get("v").map(str::to_owned))
+        .unwrap_or_default()
+}
