@@ -115,6 +115,13 @@ pub enum KeapError {
         reason: String,
         request_id: Option<String>,
     },
+    #[error("Keap refused part of the call: {failures:?}; these items were not applied")]
+    ItemsRefused {
+        /// `(tag or contact id, Keap's status)` for each item that did not succeed.
+        failures: Vec<(i64, String)>,
+    },
+    #[error("could not reach Keap or read its answer ({detail}); retry with backoff")]
+    Network { detail: String },
     #[error(
         "Keap failed transiently ({reason}); retry with backoff [x-request-id {request_id:?}]"
     )]
@@ -130,7 +137,10 @@ impl KeapError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            Self::Throttled { .. } | Self::DailyQuotaExhausted { .. } | Self::Transient { .. }
+            Self::Throttled { .. }
+                | Self::DailyQuotaExhausted { .. }
+                | Self::Transient { .. }
+                | Self::Network { .. }
         )
     }
 

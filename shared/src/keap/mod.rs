@@ -1,8 +1,12 @@
-//! Keap (Infusionsoft) REST v1: what its answers mean. The client, the `Crm` port and auth
-//! come with issue 3; these pieces are what they classify responses with.
+//! Keap (Infusionsoft) REST v1: the CRM port, its HTTP adapter, and what Keap's answers mean.
+//! Still to come (issue 3): OAuth with the DynamoDB token lease, and the tag/field caches.
 
+pub mod client;
+pub mod crm;
 pub mod errors;
 pub mod throttle;
 
+pub use client::{Credential, KeapClient, KeapClientConfig};
+pub use crm::{Address, Contact, ContactFields, ContactId, Crm, CustomField, GoalHit, Tag, TagId};
 pub use errors::{ErrorBody, KeapError, ThrottleKind};
 pub use throttle::{Budget, ThrottleReport};

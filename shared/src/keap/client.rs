@@ -1,0 +1,631 @@
+//! Keap REST v1 over HTTPS: the [`Crm`] adapter.
+//!
+//! Every call goes through one path ([`KeapClient::call`]): a client-side rate limit
+//! (governor) under the configured requests per second; pacing that slows down as Keap's
+//! reported per-minute budget falls, so the client eases off before Keap answers 429; the
+//! `x-keap-*` report of every answer; `x-request-id` in the log; and bounded retries with
+//! exponential backoff and jitter (backon) for transient failures, honouring the wait each
+//! kind of 429 asks for. A daily-quota 429 is never retried here: its reset is hours away,
+//! and the caller should delay the work instead.
+
+use super::crm::{
+    Address, Contact, ContactFields, ContactId, Crm, CustomField, GoalHit, Tag, TagId,
+};
+use super::errors::KeapError;
+use super::throttle::ThrottleReport;
+use async_trait::async_trait;
+use backon::{ExponentialBuilder, Retryable};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use reqwest::Method;
+use serde_json::{json, Map, Value};
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Keap's production base URL; paths are appended as `/v1/...`.
+pub const KEAP_BASE_URL: &str = "https://api.infusionsoft.com/crm/rest";
+
+/// How the client proves who it is.
+#[derive(Clone)]
+pub enum Credential {
+    /// Service account key or personal access token, sent as `X-Keap-API-Key`.
+    ApiKey(String),
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::ApiKey(_) => f.write_str("ApiKey(<redacted>)"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct KeapClientConfig {
+    pub base_url: String,
+    pub credential: Credential,
+    /// Client-side ceiling. A service account key may make 10 per second.
+    pub requests_per_second: NonZeroU32,
+    /// Retries after the first attempt, for transient failures.
+    pub max_retries: usize,
+    /// A throttle asking for a longer wait than this is returned to the caller instead.
+    pub max_wait: Duration,
+    pub request_timeout: Duration,
+}
+
+impl KeapClientConfig {
+    pub fn new(base_url: impl Into<String>, credential: Credential) -> Self {
+        Self {
+            base_url: base_url.into(),
+            credential,
+            requests_per_second: NonZeroU32::MIN.saturating_add(9),
+            max_retries: 3,
+            max_wait: Duration::from_secs(65),
+            request_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+pub struct KeapClient {
+    http: reqwest::Client,
+    config: KeapClientConfig,
+    limiter: DefaultDirectRateLimiter,
+    last_report: Mutex<ThrottleReport>,
+    paced_waits: AtomicU64,
+}
+
+impl KeapClient {
+    pub fn new(config: KeapClientConfig) -> Result<Self, KeapError> {
+        let http = reqwest::Client::builder()
+            .timeout(config.request_timeout)
+            .build()
+            .map_err(|e| KeapError::Network {
+                detail: e.to_string(),
+            })?;
+        let limiter = RateLimiter::direct(Quota::per_second(config.requests_per_second));
+        Ok(Self {
+            http,
+            config,
+            limiter,
+            last_report: Mutex::new(ThrottleReport::default()),
+            paced_waits: AtomicU64::new(0),
+        })
+    }
+
+    /// How many times the client slowed down because Keap's reported budget was low.
+    pub fn paced_waits(&self) -> u64 {
+        self.paced_waits.load(Ordering::Relaxed)
+    }
+
+    /// One Keap call with limiting, pacing and bounded retries. Returns the JSON answer
+    /// (`Value::Null` for an empty body).
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&Value>,
+    ) -> Result<Value, KeapError> {
+        let max_wait = self.config.max_wait;
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_secs(10))
+            .with_max_times(self.config.max_retries)
+            .with_jitter();
+        (|| self.attempt(method.clone(), path, query, body))
+            .retry(backoff)
+            .when(|e| retry_in_process(e, max_wait))
+            .adjust(|e, planned| match e {
+                // Keap said how long: wait that, plus jitter so parallel workers spread out.
+                KeapError::Throttled { retry_after, .. } => Some(*retry_after + jitter()),
+                _ => planned,
+            })
+            .notify(|e, wait| tracing::warn!(error = %e, wait_ms = wait.as_millis() as u64, "Keap call failed; retrying"))
+            .await
+    }
+
+    async fn attempt(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&Value>,
+    ) -> Result<Value, KeapError> {
+        self.limiter.until_ready().await;
+        let report = *self.last_report.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(wait) = pacing_delay(&report) {
+            self.paced_waits.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(wait_ms = wait.as_millis() as u64, "Keap budget low; pacing");
+            tokio::time::sleep(wait).await;
+        }
+        let url = format!("{}{path}", self.config.base_url);
+        let mut request = self.http.request(method.clone(), &url).query(query);
+        request = match &self.config.credential {
+            Credential::ApiKey(key) => request.header("X-Keap-API-Key", key),
+        };
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.map_err(|e| KeapError::Network {
+            detail: without_url(&e),
+        })?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let report = ThrottleReport::from_headers(&headers);
+        if !report.is_empty() {
+            *self.last_report.lock().unwrap_or_else(|p| p.into_inner()) = report;
+        }
+        let request_id = headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        tracing::debug!(%method, path, status, request_id, "Keap call");
+        let bytes = response.bytes().await.map_err(|e| KeapError::Network {
+            detail: without_url(&e),
+        })?;
+        if !(200..300).contains(&status) {
+            return Err(KeapError::from_response(
+                status,
+                &headers,
+                &bytes,
+                time::OffsetDateTime::now_utc(),
+            ));
+        }
+        if bytes.is_empty() {
+            return Ok(Value::Null);
+        }
+        serde_json::from_slice(&bytes).map_err(|e| KeapError::Network {
+            detail: format!("unreadable JSON from Keap ({e})"),
+        })
+    }
+}
+
+fn retry_in_process(error: &KeapError, max_wait: Duration) -> bool {
+    match error {
+        KeapError::Throttled { retry_after, .. } => *retry_after <= max_wait,
+        KeapError::Transient { .. } | KeapError::Network { .. } => true,
+        _ => false,
+    }
+}
+
+/// Waits that spread the rest of a low per-minute budget over the minute: none while more
+/// than half is left, `60 s / available` below that, a whole second when it is empty.
+pub fn pacing_delay(report: &ThrottleReport) -> Option<Duration> {
+    let fraction = report.minute_fraction_left()?;
+    if fraction > 0.5 {
+        return None;
+    }
+    let available = [report.minute.available, report.tenant_minute.available]
+        .into_iter()
+        .flatten()
+        .min()?;
+    Some(match available {
+        0 => Duration::from_secs(1),
+        n => Duration::from_millis(60_000 / n).min(Duration::from_secs(1)),
+    })
+}
+
+fn jitter() -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    Duration::from_millis(u64::from(nanos % 500))
+}
+
+/// reqwest errors print the URL, which carries emails in query strings.
+fn without_url(error: &reqwest::Error) -> String {
+    let kind = if error.is_timeout() {
+        "timeout"
+    } else if error.is_connect() {
+        "connection failed"
+    } else if error.is_decode() {
+        "unreadable body"
+    } else {
+        "request failed"
+    };
+    kind.to_owned()
+}
+
+fn contact_body(fields: &ContactFields) -> Map<String, Value> {
+    let mut body = Map::new();
+    if let Some(email) = &fields.email {
+        body.insert(
+            "email_addresses".into(),
+            json!([{"email": email, "field": "EMAIL1"}]),
+        );
+    }
+    if let Some(v) = &fields.given_name {
+        body.insert("given_name".into(), json!(v));
+    }
+    if let Some(v) = &fields.family_name {
+        body.insert("family_name".into(), json!(v));
+    }
+    if let Some(v) = &fields.phone {
+        body.insert(
+            "phone_numbers".into(),
+            json!([{"number": v, "field": "PHONE1"}]),
+        );
+    }
+    if let Some(address) = &fields.address {
+        body.insert("addresses".into(), json!([address_json(address)]));
+    }
+    if !fields.custom_fields.is_empty() {
+        let custom: Vec<Value> = fields
+            .custom_fields
+            .iter()
+            .map(|(id, content)| json!({"id": id, "content": content}))
+            .collect();
+        body.insert("custom_fields".into(), Value::Array(custom));
+    }
+    if let Some(v) = &fields.opt_in_reason {
+        body.insert("opt_in_reason".into(), json!(v));
+    }
+    body
+}
+
+/// Keap refuses a region without a country ("BILLING Region is invalid"), so a region is
+/// only sent together with its country code.
+fn address_json(address: &Address) -> Value {
+    let mut out = Map::new();
+    out.insert("field".into(), json!("BILLING"));
+    let mut put = |key: &str, value: &Option<String>| {
+        if let Some(v) = value.as_deref().filter(|v| !v.is_empty()) {
+            out.insert(key.into(), json!(v));
+        }
+    };
+    put("line1", &address.line1);
+    put("line2", &address.line2);
+    put("locality", &address.locality);
+    put("postal_code", &address.postal_code);
+    put("country_code", &address.country_code);
+    if address.country_code.is_some() {
+        put("region", &address.region);
+    }
+    Value::Object(out)
+}
+
+fn contact_from(value: &Value) -> Result<Contact, KeapError> {
+    let id = value["id"].as_i64().ok_or_else(|| KeapError::Network {
+        detail: "Keap answered a contact without an id".into(),
+    })?;
+    let email = value["email_addresses"]
+        .as_array()
+        .and_then(|a| a.iter().find(|e| e["field"] == "EMAIL1").or(a.first()))
+        .and_then(|e| e["email"].as_str())
+        .map(str::to_owned);
+    let tag_ids = value["tag_ids"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_i64).collect())
+        .unwrap_or_default();
+    Ok(Contact { id, email, tag_ids })
+}
+
+/// Keap's per-item results. Documented as a list of entries, seen as a map of id → status:
+/// both are read. `SUCCESS` and `DUPLICATE` are success.
+fn refused_items(results: &Value) -> Vec<(i64, String)> {
+    let pairs: Vec<(i64, String)> = match results {
+        Value::Object(map) => map
+            .iter()
+            .filter_map(|(k, v)| Some((k.parse().ok()?, v.as_str()?.to_owned())))
+            .collect(),
+        Value::Array(items) => items
+            .iter()
+            .filter_map(|item| {
+                let (k, v) = item.as_object()?.iter().next()?;
+                Some((k.parse().unwrap_or_default(), v.as_str()?.to_owned()))
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    pairs
+        .into_iter()
+        .filter(|(_, status)| status != "SUCCESS" && status != "DUPLICATE")
+        .collect()
+}
+
+fn ids_csv(ids: &[i64]) -> String {
+    ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",")
+}
+
+#[async_trait]
+impl Crm for KeapClient {
+    async fn upsert_contact_by_email(
+        &self,
+        email: &str,
+        fields: &ContactFields,
+    ) -> Result<Contact, KeapError> {
+        let mut body = contact_body(fields);
+        body.insert(
+            "email_addresses".into(),
+            json!([{"email": email, "field": "EMAIL1"}]),
+        );
+        body.insert("duplicate_option".into(), json!("Email"));
+        let answer = self
+            .call(Method::PUT, "/v1/contacts", &[], Some(&Value::Object(body)))
+            .await?;
+        contact_from(&answer)
+    }
+
+    async fn get_contact(&self, id: ContactId) -> Result<Contact, KeapError> {
+        let answer = self
+            .call(Method::GET, &format!("/v1/contacts/{id}"), &[], None)
+            .await?;
+        contact_from(&answer)
+    }
+
+    async fn find_contacts_by_email(&self, email: &str) -> Result<Vec<Contact>, KeapError> {
+        let answer = self
+            .call(
+                Method::GET,
+                "/v1/contacts",
+                &[("email", email.to_owned()), ("limit", "1000".into())],
+                None,
+            )
+            .await?;
+        let mut contacts: Vec<Contact> = answer["contacts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| contact_from(c).ok())
+            .collect();
+        contacts.sort_by_key(|c| c.id);
+        Ok(contacts)
+    }
+
+    async fn update_contact(
+        &self,
+        id: ContactId,
+        fields: &ContactFields,
+    ) -> Result<Contact, KeapError> {
+        let body = Value::Object(contact_body(fields));
+        let answer = self
+            .call(
+                Method::PATCH,
+                &format!("/v1/contacts/{id}"),
+                &[],
+                Some(&body),
+            )
+            .await?;
+        contact_from(&answer)
+    }
+
+    async fn find_tags_by_name(&self, name: &str) -> Result<Vec<Tag>, KeapError> {
+        const PAGE: usize = 1000;
+        let mut tags = Vec::new();
+        // Bounded paging: Keap accounts hold thousands of tags, not millions.
+        for page in 0..100 {
+            let query = [
+                ("name", name.to_owned()),
+                ("limit", PAGE.to_string()),
+                ("offset", (page * PAGE).to_string()),
+            ];
+            let answer = self.call(Method::GET, "/v1/tags", &query, None).await?;
+            let batch = answer["tags"].as_array().cloned().unwrap_or_default();
+            let count = batch.len();
+            tags.extend(batch.iter().filter_map(|t| {
+                let tag_name = t["name"].as_str()?;
+                // Keap's name filter may match loosely; keep exact names only.
+                (tag_name == name).then(|| Tag {
+                    id: t["id"].as_i64().unwrap_or_default(),
+                    name: tag_name.to_owned(),
+                })
+            }));
+            if count < PAGE {
+                break;
+            }
+        }
+        Ok(tags)
+    }
+
+    async fn create_tag(&self, name: &str) -> Result<Tag, KeapError> {
+        let answer = self
+            .call(Method::POST, "/v1/tags", &[], Some(&json!({"name": name})))
+            .await?;
+        Ok(Tag {
+            id: answer["id"].as_i64().ok_or_else(|| KeapError::Network {
+                detail: "Keap answered a tag without an id".into(),
+            })?,
+            name: name.to_owned(),
+        })
+    }
+
+    async fn apply_tags(&self, contact: ContactId, tags: &[TagId]) -> Result<(), KeapError> {
+        if tags.is_empty() {
+            return Ok(());
+        }
+        let answer = self
+            .call(
+                Method::POST,
+                &format!("/v1/contacts/{contact}/tags"),
+                &[],
+                Some(&json!({"tagIds": tags})),
+            )
+            .await?;
+        let failures = refused_items(&answer);
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(KeapError::ItemsRefused { failures })
+        }
+    }
+
+    async fn remove_tags(&self, contact: ContactId, tags: &[TagId]) -> Result<(), KeapError> {
+        if tags.is_empty() {
+            return Ok(());
+        }
+        self.call(
+            Method::DELETE,
+            &format!("/v1/contacts/{contact}/tags"),
+            &[("ids", ids_csv(tags))],
+            None,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn apply_tag_to_contacts(
+        &self,
+        tag: TagId,
+        contacts: &[ContactId],
+    ) -> Result<(), KeapError> {
+        if contacts.is_empty() {
+            return Ok(());
+        }
+        let answer = self
+            .call(
+                Method::POST,
+                &format!("/v1/tags/{tag}/contacts"),
+                &[],
+                Some(&json!({"ids": contacts})),
+            )
+            .await?;
+        let failures = refused_items(&answer);
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(KeapError::ItemsRefused { failures })
+        }
+    }
+
+    async fn achieve_goal(
+        &self,
+        contact: ContactId,
+        integration: &str,
+        call_name: &str,
+    ) -> Result<Vec<GoalHit>, KeapError> {
+        let path = format!("/v1/campaigns/goals/{integration}/{call_name}");
+        let answer = self
+            .call(
+                Method::POST,
+                &path,
+                &[],
+                Some(&json!({"contact_id": contact})),
+            )
+            .await?;
+        Ok(answer
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|hit| GoalHit {
+                campaign_id: hit["campaign_id"].as_i64().unwrap_or_default(),
+                goal_id: hit["goal_id"].as_i64().unwrap_or_default(),
+                success: hit["success"].as_bool().unwrap_or(false),
+                message: hit["message"].as_str().unwrap_or_default().to_owned(),
+            })
+            .collect())
+    }
+
+    async fn create_note(
+        &self,
+        contact: ContactId,
+        title: &str,
+        body: &str,
+    ) -> Result<i64, KeapError> {
+        let note = json!({"contact_id": contact, "title": title, "body": body, "type": "Other"});
+        let answer = self
+            .call(Method::POST, "/v1/notes", &[], Some(&note))
+            .await?;
+        Ok(answer["id"].as_i64().unwrap_or_default())
+    }
+
+    async fn custom_fields(&self) -> Result<Vec<CustomField>, KeapError> {
+        let answer = self
+            .call(Method::GET, "/v1/contacts/model", &[], None)
+            .await?;
+        Ok(answer["custom_fields"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|f| {
+                Some(CustomField {
+                    id: f["id"].as_i64()?,
+                    label: f["label"].as_str()?.to_owned(),
+                })
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keap::throttle::Budget;
+
+    fn minute(limit: u64, available: u64) -> ThrottleReport {
+        ThrottleReport {
+            minute: Budget {
+                limit: Some(limit),
+                available: Some(available),
+                used: None,
+            },
+            ..ThrottleReport::default()
+        }
+    }
+
+    #[test]
+    fn pacing_starts_below_half_the_budget_and_grows_as_it_falls() {
+        assert_eq!(pacing_delay(&ThrottleReport::default()), None);
+        assert_eq!(pacing_delay(&minute(240, 200)), None);
+        assert_eq!(
+            pacing_delay(&minute(240, 120)),
+            Some(Duration::from_millis(500))
+        );
+        assert_eq!(
+            pacing_delay(&minute(240, 60)),
+            Some(Duration::from_millis(1000))
+        );
+        assert_eq!(pacing_delay(&minute(240, 0)), Some(Duration::from_secs(1)));
+        let shallower = pacing_delay(&minute(1500, 700)).unwrap_or_default();
+        let deeper = pacing_delay(&minute(1500, 100)).unwrap_or_default();
+        assert!(deeper > shallower);
+    }
+
+    #[test]
+    fn per_item_results_are_read_in_either_shape() {
+        assert!(refused_items(&json!({"1": "SUCCESS", "2": "DUPLICATE"})).is_empty());
+        assert_eq!(
+            refused_items(&json!({"1": "SUCCESS", "2": "TAG_ID_NOT_FOUND"})),
+            [(2, "TAG_ID_NOT_FOUND".to_owned())]
+        );
+        assert_eq!(
+            refused_items(&json!([{"7": "NO_PERMISSION"}, {"8": "SUCCESS"}])),
+            [(7, "NO_PERMISSION".to_owned())]
+        );
+    }
+
+    #[test]
+    fn a_region_travels_only_with_its_country() {
+        let without = address_json(&Address {
+            region: Some("NC".into()),
+            ..Address::default()
+        });
+        assert_eq!(without, json!({"field": "BILLING"}));
+        let with = address_json(&Address {
+            region: Some("NC".into()),
+            country_code: Some("USA".into()),
+            ..Address::default()
+        });
+        assert_eq!(
+            with,
+            json!({"field": "BILLING", "region": "NC", "country_code": "USA"})
+        );
+    }
+
+    #[test]
+    fn throttles_longer_than_the_limit_go_back_to_the_caller() {
+        let long = KeapError::Throttled {
+            kind: crate::keap::ThrottleKind::Minute,
+            retry_after: Duration::from_secs(59),
+            request_id: None,
+        };
+        assert!(retry_in_process(&long, Duration::from_secs(65)));
+        assert!(!retry_in_process(&long, Duration::from_secs(5)));
+        let daily = KeapError::DailyQuotaExhausted {
+            resets_at: None,
+            request_id: None,
+        };
+        assert!(!retry_in_process(&daily, Duration::from_secs(65)));
+    }
+}

@@ -1,0 +1,112 @@
+//! The CRM port: the Keap operations the processor and CLI need, in domain terms. The REST v1
+//! adapter is [`super::client::KeapClient`]; tests and the dry-run mode can stand in for it.
+
+use super::errors::KeapError;
+use async_trait::async_trait;
+use serde_json::Value;
+
+/// A Keap contact id (v1 ids are 64-bit integers).
+pub type ContactId = i64;
+/// A Keap tag id.
+pub type TagId = i64;
+
+/// What we write on a contact. `None` leaves a field as it is in Keap ("only the values
+/// provided" are updated).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ContactFields {
+    pub email: Option<String>,
+    pub given_name: Option<String>,
+    pub family_name: Option<String>,
+    pub phone: Option<String>,
+    pub address: Option<Address>,
+    /// Custom field id → value (text, number or date as JSON).
+    pub custom_fields: Vec<(i64, Value)>,
+    pub opt_in_reason: Option<String>,
+}
+
+/// A billing address. Keap requires `country_code` whenever `region` is sent.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Address {
+    pub line1: Option<String>,
+    pub line2: Option<String>,
+    pub locality: Option<String>,
+    pub region: Option<String>,
+    pub postal_code: Option<String>,
+    /// ISO 3166-1 alpha-3, as Keap expects (`USA`, `GBR`).
+    pub country_code: Option<String>,
+}
+
+/// A contact as read back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Contact {
+    pub id: ContactId,
+    pub email: Option<String>,
+    pub tag_ids: Vec<TagId>,
+}
+
+/// A tag as read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tag {
+    pub id: TagId,
+    pub name: String,
+}
+
+/// One campaign an API goal reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GoalHit {
+    pub campaign_id: i64,
+    pub goal_id: i64,
+    pub success: bool,
+    pub message: String,
+}
+
+/// A custom field of the contact model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CustomField {
+    pub id: i64,
+    pub label: String,
+}
+
+#[async_trait]
+pub trait Crm: Send + Sync {
+    /// Creates or updates the contact with this email (`duplicate_option: Email`).
+    async fn upsert_contact_by_email(
+        &self,
+        email: &str,
+        fields: &ContactFields,
+    ) -> Result<Contact, KeapError>;
+    async fn get_contact(&self, id: ContactId) -> Result<Contact, KeapError>;
+    /// Contacts whose primary email is `email`, lowest id first: when Keap holds several
+    /// (it allows duplicates), the oldest contact is the one we keep in step.
+    async fn find_contacts_by_email(&self, email: &str) -> Result<Vec<Contact>, KeapError>;
+    async fn update_contact(
+        &self,
+        id: ContactId,
+        fields: &ContactFields,
+    ) -> Result<Contact, KeapError>;
+    /// Every tag whose name is exactly `name` (Keap does not keep names unique).
+    async fn find_tags_by_name(&self, name: &str) -> Result<Vec<Tag>, KeapError>;
+    async fn create_tag(&self, name: &str) -> Result<Tag, KeapError>;
+    /// Applies tags; succeeds only if every tag reports `SUCCESS` or `DUPLICATE`.
+    async fn apply_tags(&self, contact: ContactId, tags: &[TagId]) -> Result<(), KeapError>;
+    async fn remove_tags(&self, contact: ContactId, tags: &[TagId]) -> Result<(), KeapError>;
+    /// Applies one tag to many contacts (backfills); fails if any contact is refused.
+    async fn apply_tag_to_contacts(
+        &self,
+        tag: TagId,
+        contacts: &[ContactId],
+    ) -> Result<(), KeapError>;
+    async fn achieve_goal(
+        &self,
+        contact: ContactId,
+        integration: &str,
+        call_name: &str,
+    ) -> Result<Vec<GoalHit>, KeapError>;
+    async fn create_note(
+        &self,
+        contact: ContactId,
+        title: &str,
+        body: &str,
+    ) -> Result<i64, KeapError>;
+    async fn custom_fields(&self) -> Result<Vec<CustomField>, KeapError>;
+}

@@ -1,0 +1,197 @@
+//! The Keap client against the stand-in: every call the spec accepts, state as Keap would
+//! keep it, and each kind of failure handled as domain-notes says.
+
+use integration_tests::keap_standin::{Fault, KeapStandIn};
+use shared::keap::{ContactFields, Credential, Crm, KeapClient, KeapClientConfig, KeapError};
+use std::time::Duration;
+
+fn client(keap: &KeapStandIn) -> KeapClient {
+    let mut config = KeapClientConfig::new(keap.base_url(), Credential::ApiKey("sak-test".into()));
+    config.max_wait = Duration::from_secs(3);
+    KeapClient::new(config).expect("client")
+}
+
+fn jane() -> ContactFields {
+    ContactFields {
+        given_name: Some("Jane".into()),
+        family_name: Some("Doe".into()),
+        phone: Some("555-555-1234".into()),
+        address: Some(shared::keap::Address {
+            line1: Some("123 Main St".into()),
+            locality: Some("Pleasantville".into()),
+            region: Some("NC".into()),
+            postal_code: Some("12345".into()),
+            country_code: Some("USA".into()),
+            ..Default::default()
+        }),
+        custom_fields: vec![(7, serde_json::json!("pro-monthly"))],
+        opt_in_reason: Some("Customer purchased subscription via Chargify".into()),
+        ..ContactFields::default()
+    }
+}
+
+#[tokio::test]
+async fn every_call_is_one_the_spec_accepts_and_keeps_state() {
+    let keap = KeapStandIn::start().await;
+    keap.state().custom_fields.push((7, "Plan".into()));
+    keap.state()
+        .campaign_goals
+        .push(("chargify".into(), "signup".into()));
+    let crm = client(&keap);
+
+    let contact = crm
+        .upsert_contact_by_email("jane@example.com", &jane())
+        .await
+        .expect("upsert");
+    let same = crm
+        .upsert_contact_by_email("jane@example.com", &ContactFields::default())
+        .await
+        .expect("upsert again");
+    assert_eq!(same.id, contact.id);
+    assert_eq!(
+        crm.get_contact(contact.id)
+            .await
+            .expect("get")
+            .email
+            .as_deref(),
+        Some("jane@example.com")
+    );
+    let found = crm
+        .find_contacts_by_email("jane@example.com")
+        .await
+        .expect("find");
+    assert_eq!(found.iter().map(|c| c.id).collect::<Vec<_>>(), [contact.id]);
+    let patch = ContactFields {
+        family_name: Some("Smith".into()),
+        ..ContactFields::default()
+    };
+    crm.update_contact(contact.id, &patch).await.expect("patch");
+
+    assert!(crm
+        .find_tags_by_name("Billing: Active")
+        .await
+        .expect("tags")
+        .is_empty());
+    let active = crm.create_tag("Billing: Active").await.expect("create tag");
+    let found = crm
+        .find_tags_by_name("Billing: Active")
+        .await
+        .expect("tags");
+    assert_eq!(found, std::slice::from_ref(&active));
+    crm.apply_tags(contact.id, &[active.id])
+        .await
+        .expect("apply");
+    crm.apply_tags(contact.id, &[active.id])
+        .await
+        .expect("a duplicate apply is success");
+    crm.apply_tag_to_contacts(active.id, &[contact.id])
+        .await
+        .expect("bulk apply");
+    let hits = crm
+        .achieve_goal(contact.id, "chargify", "signup")
+        .await
+        .expect("goal");
+    assert_eq!(hits.len(), 1);
+    assert!(hits[0].success);
+    crm.create_note(contact.id, "Chargify", "Signed up for Pro")
+        .await
+        .expect("note");
+    let fields = crm.custom_fields().await.expect("model");
+    assert_eq!(fields[0].label, "Plan");
+    crm.remove_tags(contact.id, &[active.id])
+        .await
+        .expect("remove");
+
+    assert!(keap.violations().is_empty(), "{:?}", keap.violations());
+    let state = keap.state();
+    let stored = &state.contacts[&contact.id];
+    assert_eq!(stored["family_name"], "Smith");
+    assert_eq!(stored["given_name"], "Jane");
+    assert_eq!(stored["custom_fields"][0]["content"], "pro-monthly");
+    assert!(state.contact_tags[&contact.id].is_empty());
+    assert_eq!(state.goals.len(), 1);
+    assert_eq!(state.notes.len(), 1);
+    assert!(state
+        .calls
+        .iter()
+        .all(|c| c.api_key.as_deref() == Some("sak-test")));
+}
+
+#[tokio::test]
+async fn per_tag_failures_inside_a_200_are_errors() {
+    let keap = KeapStandIn::start().await;
+    let crm = client(&keap);
+    let contact = crm
+        .upsert_contact_by_email("a@example.com", &ContactFields::default())
+        .await
+        .expect("upsert");
+    match crm.apply_tags(contact.id, &[424242]).await {
+        Err(KeapError::ItemsRefused { failures }) => {
+            assert_eq!(failures, [(424242, "TAG_ID_NOT_FOUND".to_owned())])
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn transient_failures_are_retried_and_permanent_ones_are_not() {
+    let keap = KeapStandIn::start().await;
+    let crm = client(&keap);
+    keap.inject(Fault::SpikeArrest);
+    keap.inject(Fault::Status(503));
+    crm.custom_fields()
+        .await
+        .expect("succeeds after a spike arrest and a 503");
+    assert_eq!(keap.state().calls.len(), 3);
+
+    keap.inject(Fault::Status(400));
+    let err = crm.custom_fields().await.expect_err("400 is permanent");
+    assert!(
+        matches!(err, KeapError::Permanent { status: 400, .. }),
+        "{err}"
+    );
+    assert_eq!(
+        keap.state().calls.len(),
+        4,
+        "no retry of a permanent failure"
+    );
+
+    keap.inject(Fault::DailyQuota);
+    let err = crm.custom_fields().await.expect_err("daily quota");
+    assert!(
+        matches!(
+            err,
+            KeapError::DailyQuotaExhausted {
+                resets_at: Some(_),
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        keap.state().calls.len(),
+        5,
+        "the daily quota is handed back, not retried"
+    );
+
+    for _ in 0..5 {
+        keap.inject(Fault::Status(500));
+    }
+    let err = crm.custom_fields().await.expect_err("retries are bounded");
+    assert!(err.is_transient());
+    assert_eq!(keap.state().calls.len(), 9, "1 attempt + 3 retries");
+}
+
+#[tokio::test]
+async fn a_falling_budget_slows_the_client_before_any_429() {
+    let keap = KeapStandIn::start().await;
+    // Each answer reports one fewer: 752, 751, 750 (half), 749, ...
+    keap.state().minute_budget = (1500, 753);
+    let crm = client(&keap);
+    for _ in 0..8 {
+        crm.custom_fields().await.expect("call");
+    }
+    // Calls 1-3 saw more than half left; calls 4-8 saw half or less and waited first.
+    assert_eq!(crm.paced_waits(), 5);
+    assert_eq!(keap.state().throttled, 0);
+}
