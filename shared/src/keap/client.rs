@@ -325,6 +325,15 @@ fn refused_items(results: &Value) -> Vec<(i64, String)> {
         .collect()
 }
 
+fn all_items_applied(results: &Value) -> Result<(), KeapError> {
+    let failures = refused_items(results);
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(KeapError::ItemsRefused { failures })
+    }
+}
+
 fn ids_csv(ids: &[i64]) -> String {
     ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",")
 }
@@ -443,12 +452,7 @@ impl Crm for KeapClient {
                 Some(&json!({"tagIds": tags})),
             )
             .await?;
-        let failures = refused_items(&answer);
-        if failures.is_empty() {
-            Ok(())
-        } else {
-            Err(KeapError::ItemsRefused { failures })
-        }
+        all_items_applied(&answer)
     }
 
     async fn remove_tags(&self, contact: ContactId, tags: &[TagId]) -> Result<(), KeapError> {
@@ -481,12 +485,7 @@ impl Crm for KeapClient {
                 Some(&json!({"ids": contacts})),
             )
             .await?;
-        let failures = refused_items(&answer);
-        if failures.is_empty() {
-            Ok(())
-        } else {
-            Err(KeapError::ItemsRefused { failures })
-        }
+        all_items_applied(&answer)
     }
 
     async fn achieve_goal(
