@@ -195,3 +195,82 @@ async fn a_falling_budget_slows_the_client_before_any_429() {
     assert_eq!(crm.paced_waits(), 5);
     assert_eq!(keap.state().throttled, 0);
 }
+
+#[tokio::test]
+async fn the_directory_caches_ids_refuses_ambiguity_and_creates_only_when_allowed() {
+    use shared::keap::{Directory, IfMissing, LookupError};
+    let keap = KeapStandIn::start().await;
+    keap.state().custom_fields.push((7, "Plan".into()));
+    let crm = client(&keap);
+    let directory = Directory::new(Duration::from_secs(60));
+
+    let err = directory
+        .tag_id(&crm, "Billing: Active", IfMissing::Fail)
+        .await
+        .expect_err("missing");
+    assert!(matches!(err, LookupError::MissingTag { .. }), "{err}");
+    assert!(
+        keap.state().tags.is_empty(),
+        "nothing created without permission"
+    );
+    let id = directory
+        .tag_id(&crm, "Billing: Active", IfMissing::Create)
+        .await
+        .expect("created");
+    let calls = keap.state().calls.len();
+    assert_eq!(
+        directory
+            .tag_id(&crm, "Billing: Active", IfMissing::Fail)
+            .await
+            .expect("cached"),
+        id
+    );
+    assert_eq!(
+        keap.state().calls.len(),
+        calls,
+        "a cached name makes no call"
+    );
+
+    crm.create_tag("Plan: pro").await.expect("tag");
+    crm.create_tag("Plan: pro").await.expect("same-named tag");
+    let err = directory
+        .tag_id(&crm, "Plan: pro", IfMissing::Create)
+        .await
+        .expect_err("ambiguous");
+    assert!(
+        matches!(&err, LookupError::AmbiguousTag { ids, .. } if ids.len() == 2),
+        "{err}"
+    );
+
+    assert_eq!(
+        directory
+            .custom_field_id(&crm, "Plan")
+            .await
+            .expect("field"),
+        7
+    );
+    let calls = keap.state().calls.len();
+    let err = directory
+        .custom_field_id(&crm, "MRR")
+        .await
+        .expect_err("no such field");
+    assert!(matches!(err, LookupError::MissingCustomField { .. }));
+    assert_eq!(keap.state().calls.len(), calls, "the model is cached too");
+
+    let expiring = Directory::new(Duration::ZERO);
+    expiring
+        .tag_id(&crm, "Billing: Active", IfMissing::Fail)
+        .await
+        .expect("found");
+    let calls = keap.state().calls.len();
+    expiring
+        .tag_id(&crm, "Billing: Active", IfMissing::Fail)
+        .await
+        .expect("found again");
+    assert_eq!(
+        keap.state().calls.len(),
+        calls + 1,
+        "an expired entry is looked up again"
+    );
+    assert!(keap.violations().is_empty());
+}

@@ -1,12 +1,14 @@
 //! Keap (Infusionsoft) REST v1: the CRM port, its HTTP adapter, and what Keap's answers mean.
-//! Still to come (issue 3): OAuth with the DynamoDB token lease, and the tag/field caches.
+//! Still to come (issue 3): OAuth with the DynamoDB token lease.
 
 pub mod client;
 pub mod crm;
+pub mod directory;
 pub mod errors;
 pub mod throttle;
 
 pub use client::{Credential, KeapClient, KeapClientConfig};
 pub use crm::{Address, Contact, ContactFields, ContactId, Crm, CustomField, GoalHit, Tag, TagId};
+pub use directory::{Directory, IfMissing, LookupError};
 pub use errors::{ErrorBody, KeapError, ThrottleKind};
 pub use throttle::{Budget, ThrottleReport};

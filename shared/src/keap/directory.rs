@@ -1,0 +1,112 @@
+//! Names to ids, cached: tag name → tag id and custom-field label → field id, per Keap
+//! account ("container"), each entry for a TTL.
+//!
+//! Keap does not keep tag names unique, so a name that matches two tags is an error to fix in
+//! Keap or in the rules (refer to the tag by id), never a guess. A missing tag is created
+//! only when the caller allows it.
+
+use super::crm::{Crm, TagId};
+use super::errors::KeapError;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Default time an id stays cached. Ids never change in Keap; the TTL only bounds how long
+/// a tag deleted and recreated by hand keeps resolving to the old id.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(15 * 60);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LookupError {
+    #[error("Keap has {ids:?} tags named `{name}`; names are not unique in Keap, so refer to the tag by id in the rules or merge the tags")]
+    AmbiguousTag { name: String, ids: Vec<TagId> },
+    #[error("Keap has no tag named `{name}` and this rule does not allow creating it; create it in Keap or allow creation")]
+    MissingTag { name: String },
+    #[error("Keap has no custom field labelled `{label}` on contacts; create it in Keap or fix the rules")]
+    MissingCustomField { label: String },
+    #[error(transparent)]
+    Keap(#[from] KeapError),
+}
+
+/// Whether a tag that does not exist may be created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IfMissing {
+    Create,
+    Fail,
+}
+
+pub struct Directory {
+    ttl: Duration,
+    tags: Mutex<HashMap<String, (TagId, Instant)>>,
+    fields: Mutex<Option<(HashMap<String, i64>, Instant)>>,
+}
+
+impl Directory {
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            ttl,
+            tags: Mutex::new(HashMap::new()),
+            fields: Mutex::new(None),
+        }
+    }
+
+    pub async fn tag_id(
+        &self,
+        crm: &dyn Crm,
+        name: &str,
+        if_missing: IfMissing,
+    ) -> Result<TagId, LookupError> {
+        if let Some((id, at)) = lock(&self.tags).get(name) {
+            if at.elapsed() < self.ttl {
+                return Ok(*id);
+            }
+        }
+        let found = crm.find_tags_by_name(name).await?;
+        let id = match (found.as_slice(), if_missing) {
+            ([only], _) => only.id,
+            ([], IfMissing::Create) => crm.create_tag(name).await?.id,
+            ([], IfMissing::Fail) => {
+                return Err(LookupError::MissingTag {
+                    name: name.to_owned(),
+                })
+            }
+            (many, _) => {
+                return Err(LookupError::AmbiguousTag {
+                    name: name.to_owned(),
+                    ids: many.iter().map(|t| t.id).collect(),
+                })
+            }
+        };
+        lock(&self.tags).insert(name.to_owned(), (id, Instant::now()));
+        Ok(id)
+    }
+
+    pub async fn custom_field_id(&self, crm: &dyn Crm, label: &str) -> Result<i64, LookupError> {
+        {
+            let cached = lock(&self.fields);
+            if let Some((fields, at)) = cached.as_ref() {
+                if at.elapsed() < self.ttl {
+                    return fields.get(label).copied().ok_or_else(|| {
+                        LookupError::MissingCustomField {
+                            label: label.to_owned(),
+                        }
+                    });
+                }
+            }
+        }
+        let fields: HashMap<String, i64> = crm
+            .custom_fields()
+            .await?
+            .into_iter()
+            .map(|f| (f.label, f.id))
+            .collect();
+        let id = fields.get(label).copied();
+        *lock(&self.fields) = Some((fields, Instant::now()));
+        id.ok_or_else(|| LookupError::MissingCustomField {
+            label: label.to_owned(),
+        })
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
