@@ -303,10 +303,7 @@ async fn serve(
         }
         "applyTagsToContactIdUsingPOST" => {
             let contact = id_at(3);
-            let ids: Vec<i64> = body["tagIds"]
-                .as_array()
-                .map(|a| a.iter().filter_map(Value::as_i64).collect())
-                .unwrap_or_default();
+            let ids = integers(&body["tagIds"]);
             let mut results = Map::new();
             for tag in ids {
                 let result = apply_tag(&mut s, contact, tag);
@@ -337,10 +334,7 @@ async fn serve(
         }
         "applyTagToContactIdsUsingPOST" => {
             let tag = id_at(3);
-            let ids: Vec<i64> = body["ids"]
-                .as_array()
-                .map(|a| a.iter().filter_map(Value::as_i64).collect())
-                .unwrap_or_default();
+            let ids = integers(&body["ids"]);
             let mut results = Map::new();
             for contact in ids {
                 let result = apply_tag(&mut s, contact, tag);
@@ -458,6 +452,14 @@ fn contact_json(s: &State, id: i64, contact: &Map<String, Value>) -> Value {
         .unwrap_or_default();
     out.insert("tag_ids".into(), json!(tags));
     Value::Object(out)
+}
+
+/// The integers of a JSON array (`tagIds`, `ids`); anything else is none.
+fn integers(value: &Value) -> Vec<i64> {
+    value
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_i64).collect())
+        .unwrap_or_default()
 }
 
 fn apply_tag(s: &mut State, contact: i64, tag: i64) -> &'static str {

@@ -181,6 +181,14 @@ impl KeapClient {
     }
 }
 
+impl KeapClient {
+    /// A bulk tag call: Keap answers 200 with a result per item, and every item must succeed.
+    async fn post_items(&self, path: &str, body: &Value) -> Result<(), KeapError> {
+        let answer = self.call(Method::POST, path, &[], Some(body)).await?;
+        all_items_applied(&answer)
+    }
+}
+
 fn retry_in_process(error: &KeapError, max_wait: Duration) -> bool {
     match error {
         KeapError::Throttled { retry_after, .. } => *retry_after <= max_wait,
@@ -444,15 +452,11 @@ impl Crm for KeapClient {
         if tags.is_empty() {
             return Ok(());
         }
-        let answer = self
-            .call(
-                Method::POST,
-                &format!("/v1/contacts/{contact}/tags"),
-                &[],
-                Some(&json!({"tagIds": tags})),
-            )
-            .await?;
-        all_items_applied(&answer)
+        self.post_items(
+            &format!("/v1/contacts/{contact}/tags"),
+            &json!({"tagIds": tags}),
+        )
+        .await
     }
 
     async fn remove_tags(&self, contact: ContactId, tags: &[TagId]) -> Result<(), KeapError> {
@@ -477,15 +481,11 @@ impl Crm for KeapClient {
         if contacts.is_empty() {
             return Ok(());
         }
-        let answer = self
-            .call(
-                Method::POST,
-                &format!("/v1/tags/{tag}/contacts"),
-                &[],
-                Some(&json!({"ids": contacts})),
-            )
-            .await?;
-        all_items_applied(&answer)
+        self.post_items(
+            &format!("/v1/tags/{tag}/contacts"),
+            &json!({"ids": contacts}),
+        )
+        .await
     }
 
     async fn achieve_goal(
