@@ -2,7 +2,7 @@
 //! of [`IngestService`].
 
 use crate::config::{load_shared_keys, IngestSettings};
-use crate::ingest::{query_signatures, InboundRequest, IngestService};
+use crate::ingest::{InboundRequest, IngestService};
 use crate::queue::{SqsWebhookQueue, WebhookQueue};
 use crate::telemetry;
 use lambda_http::request::LambdaRequest;
@@ -78,24 +78,19 @@ pub async fn handle<Q: WebhookQueue>(
     service: &IngestService<Q>,
     request: Request,
 ) -> Result<Response<Body>, Error> {
+    // lambda_http fills these from `rawQueryString` when the event has one, else from
+    // `queryStringParameters`, so both event shapes are covered here.
     let params = request.query_string_parameters();
-    let mut signatures: Vec<String> = params
+    let signatures = params
         .all(crate::chargify::signature::SIGNATURE_QUERY_PARAM)
-        .unwrap_or_default()
-        .into_iter()
-        .map(str::to_owned)
-        .collect();
-    if signatures.is_empty() {
-        // Events that carry only a raw query string (no parsed parameters).
-        signatures = query_signatures(request.uri().query());
-    }
+        .unwrap_or_default();
     // lambda_http has already base64-decoded an `isBase64Encoded` body into Body::Binary.
     let body: &[u8] = request.body().as_ref();
     let reply = service
         .handle(InboundRequest {
             method: request.method(),
             headers: request.headers(),
-            query_signatures: signatures.iter().map(String::as_str).collect(),
+            query_signatures: signatures,
             body,
         })
         .await;
