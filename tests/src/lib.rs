@@ -47,15 +47,24 @@ pub async fn sqs_client(endpoint: &str) -> aws_sdk_sqs::Client {
     aws_sdk_sqs::Client::new(&aws_config_for(endpoint).await)
 }
 
-/// A fresh FIFO queue with a unique name, so tests sharing one emulator never see each
-/// other's messages. Content-based deduplication is off: ingest always sets the id.
-pub async fn create_fifo_queue(client: &aws_sdk_sqs::Client, prefix: &str) -> String {
-    use aws_sdk_sqs::types::QueueAttributeName;
+pub async fn dynamodb_client(endpoint: &str) -> aws_sdk_dynamodb::Client {
+    aws_sdk_dynamodb::Client::new(&aws_config_for(endpoint).await)
+}
+
+/// A unique resource name (`prefix-<nanos>`), so tests sharing one emulator never collide.
+pub fn unique_name(prefix: &str) -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or_default();
-    let name = format!("{prefix}-{nanos}.fifo");
+    format!("{prefix}-{nanos}")
+}
+
+/// A fresh FIFO queue with a unique name, so tests sharing one emulator never see each
+/// other's messages. Content-based deduplication is off: ingest always sets the id.
+pub async fn create_fifo_queue(client: &aws_sdk_sqs::Client, prefix: &str) -> String {
+    use aws_sdk_sqs::types::QueueAttributeName;
+    let name = format!("{}.fifo", unique_name(prefix));
     client
         .create_queue()
         .queue_name(&name)
@@ -72,13 +81,9 @@ pub async fn create_fifo_queue(client: &aws_sdk_sqs::Client, prefix: &str) -> St
 pub async fn create_secret(name: &str, value: &str) -> String {
     let config = aws_config_for(&moto_endpoint()).await;
     let client = aws_sdk_secretsmanager::Client::new(&config);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
     client
         .create_secret()
-        .name(format!("{name}-{nanos}"))
+        .name(unique_name(name))
         .secret_string(value)
         .send()
         .await
