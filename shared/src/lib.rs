@@ -9,4 +9,5 @@ pub mod fixtures;
 pub mod ingest;
 pub mod keap;
 pub mod queue;
+pub mod rules;
 pub mod telemetry;

@@ -11,6 +11,48 @@ pub const TEST_EVENT: &str = "test";
 /// `MessageGroupId` and `MessageDeduplicationId` (63-character subdomain + separator + id).
 pub const MAX_ID_LEN: usize = 60;
 
+/// Every event key Chargify can send a webhook for: the 35 subscribable keys of the
+/// `Webhook Subscription` enum in Maxio's spec, and the `test` pseudo-event (domain-notes 1.7).
+/// Rules naming any other key are refused at load, since such a rule could never run.
+pub const EVENT_KEYS: &[&str] = &[
+    "signup_success",
+    "signup_failure",
+    "renewal_success",
+    "renewal_failure",
+    "payment_success",
+    "payment_failure",
+    "billing_date_change",
+    "subscription_state_change",
+    "subscription_product_change",
+    "subscription_card_update",
+    "subscription_group_card_update",
+    "expiring_card",
+    "expiration_date_change",
+    "customer_create",
+    "customer_update",
+    "component_allocation_change",
+    "metered_usage",
+    "prepaid_usage",
+    "upgrade_downgrade_success",
+    "upgrade_downgrade_failure",
+    "statement_closed",
+    "statement_settled",
+    "refund_success",
+    "refund_failure",
+    "upcoming_renewal_notice",
+    "trial_end_notice",
+    "dunning_step_reached",
+    "invoice_issued",
+    "pending_cancellation_change",
+    "prepaid_subscription_balance_changed",
+    "subscription_prepayment_account_balance_changed",
+    "subscription_service_credit_account_balance_changed",
+    "direct_debit_payment_pending",
+    "direct_debit_payment_paid_out",
+    "direct_debit_payment_rejected",
+    TEST_EVENT,
+];
+
 /// A parsed webhook. Only build one from a body whose signature verified.
 #[derive(Debug, Clone)]
 pub struct Webhook {
