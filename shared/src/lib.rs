@@ -6,6 +6,8 @@ pub mod config;
 pub mod entrypoints;
 pub mod envelope;
 pub mod fixtures;
+pub mod idempotency;
+pub mod identity;
 pub mod ingest;
 pub mod keap;
 pub mod queue;

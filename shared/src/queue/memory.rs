@@ -70,3 +70,66 @@ impl WebhookQueue for InMemoryQueue {
         })
     }
 }
+
+/// Records what the processor asked of the queue, for unit tests.
+#[derive(Debug, Default)]
+pub struct InMemoryRecordControl {
+    state: Mutex<ControlState>,
+}
+
+#[derive(Debug, Default)]
+struct ControlState {
+    delays: Vec<(String, std::time::Duration)>,
+    dead_letters: Vec<super::DeadLetter>,
+    fail_with: Option<String>,
+}
+
+impl InMemoryRecordControl {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn fail_calls(&self, detail: &str) {
+        self.lock().fail_with = Some(detail.to_owned());
+    }
+
+    pub fn delays(&self) -> Vec<(String, std::time::Duration)> {
+        self.lock().delays.clone()
+    }
+
+    pub fn dead_letters(&self) -> Vec<super::DeadLetter> {
+        self.lock().dead_letters.clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ControlState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn check(&self) -> Result<(), QueueError> {
+        match &self.lock().fail_with {
+            Some(detail) => Err(QueueError::Unavailable {
+                detail: detail.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+#[async_trait]
+impl super::RecordControl for InMemoryRecordControl {
+    async fn retry_later(
+        &self,
+        receipt_handle: &str,
+        delay: std::time::Duration,
+    ) -> Result<(), QueueError> {
+        self.check()?;
+        self.lock().delays.push((receipt_handle.to_owned(), delay));
+        Ok(())
+    }
+
+    async fn dead_letter(&self, message: &super::DeadLetter) -> Result<(), QueueError> {
+        self.check()?;
+        self.lock().dead_letters.push(message.clone());
+        Ok(())
+    }
+}

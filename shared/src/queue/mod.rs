@@ -3,7 +3,7 @@
 mod memory;
 mod sqs;
 
-pub use memory::InMemoryQueue;
+pub use memory::{InMemoryQueue, InMemoryRecordControl};
 pub use sqs::SqsWebhookQueue;
 
 use async_trait::async_trait;
@@ -51,4 +51,33 @@ impl QueueError {
 pub trait WebhookQueue: Send + Sync {
     /// Resolves only once the queue has durably stored the message.
     async fn send(&self, message: &OutboundMessage) -> Result<SentMessage, QueueError>;
+}
+
+/// A message the processor gives up on, for the dead-letter queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// The original message, unchanged, so a redrive replays it as it was.
+    pub body: String,
+    pub group_id: String,
+    pub deduplication_id: String,
+    /// Why: shown by `dlq list` and attached as the `FailureReason` attribute.
+    pub reason: String,
+    /// Stable failure code (`keap_permanent`, `malformed_envelope`, …), attribute `FailureCode`.
+    pub code: String,
+}
+
+/// What the processor does with a record it cannot finish now.
+#[async_trait]
+pub trait RecordControl: Send + Sync {
+    /// Hides the record for `delay` (SQS `ChangeMessageVisibility`, at most 12 hours), so it
+    /// comes back after a Keap throttle or quota reset instead of burning receives.
+    async fn retry_later(
+        &self,
+        receipt_handle: &str,
+        delay: std::time::Duration,
+    ) -> Result<(), QueueError>;
+
+    /// Moves a message to the dead-letter queue with its reason. The caller then reports the
+    /// record as done so it leaves the main queue.
+    async fn dead_letter(&self, message: &DeadLetter) -> Result<(), QueueError>;
 }

@@ -1,0 +1,259 @@
+//! In-memory idempotency records: unit tests and the embedded local mode's dry runs. Same
+//! semantics as the DynamoDB adapter, which the integration tests check against moto.
+
+use super::{
+    new_token, Begin, IdempotencyKey, IdempotencyRecord, IdempotencyStore, Lease, RecordStatus,
+    StoreError,
+};
+use async_trait::async_trait;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+use std::time::Duration;
+use time::OffsetDateTime;
+
+#[derive(Debug, Default)]
+pub struct InMemoryIdempotencyStore {
+    records: Mutex<BTreeMap<IdempotencyKey, (IdempotencyRecord, Option<String>)>>,
+    writes: std::sync::atomic::AtomicU64,
+}
+
+impl InMemoryIdempotencyStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Writes made so far (for the write-count benchmark and tests).
+    pub fn writes(&self) -> u64 {
+        self.writes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn write(&self) {
+        self.writes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, BTreeMap<IdempotencyKey, (IdempotencyRecord, Option<String>)>>
+    {
+        self.records.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn later(now: OffsetDateTime, by: Duration) -> OffsetDateTime {
+    now + time::Duration::try_from(by).unwrap_or(time::Duration::DAY)
+}
+
+#[async_trait]
+impl IdempotencyStore for InMemoryIdempotencyStore {
+    async fn begin(
+        &self,
+        key: &IdempotencyKey,
+        payload_hash: &str,
+        now: OffsetDateTime,
+        lease_for: Duration,
+        record_ttl: Duration,
+    ) -> Result<Begin, StoreError> {
+        let mut records = self.lock();
+        let token = new_token();
+        let lease_expires_at = later(now, lease_for);
+        if let Some((record, holder)) = records.get_mut(key) {
+            match record.status {
+                RecordStatus::Completed => {
+                    return Ok(Begin::AlreadyCompleted {
+                        summary: record.summary.clone(),
+                        same_payload: record.payload_hash == payload_hash,
+                    })
+                }
+                RecordStatus::InProgress if record.lease_expires_at.is_some_and(|at| at >= now) => {
+                    return Ok(Begin::InProgress {
+                        lease_expires_at: record.lease_expires_at.unwrap_or(now),
+                    })
+                }
+                _ => {
+                    record.status = RecordStatus::InProgress;
+                    record.attempts += 1;
+                    record.lease_expires_at = Some(lease_expires_at);
+                    record.expires_at = later(now, record_ttl);
+                    *holder = Some(token.clone());
+                    self.write();
+                    return Ok(Begin::Started(Lease {
+                        key: key.clone(),
+                        token,
+                        expires_at: lease_expires_at,
+                        steps_done: record.steps_done.clone(),
+                        attempt: record.attempts,
+                        payload_differs: record.payload_hash != payload_hash,
+                    }));
+                }
+            }
+        }
+        records.insert(
+            key.clone(),
+            (
+                IdempotencyRecord {
+                    key: key.clone(),
+                    status: RecordStatus::InProgress,
+                    payload_hash: payload_hash.to_owned(),
+                    steps_done: BTreeSet::new(),
+                    attempts: 1,
+                    lease_expires_at: Some(lease_expires_at),
+                    summary: None,
+                    last_error: None,
+                    expires_at: later(now, record_ttl),
+                },
+                Some(token.clone()),
+            ),
+        );
+        self.write();
+        Ok(Begin::Started(Lease {
+            key: key.clone(),
+            token,
+            expires_at: lease_expires_at,
+            steps_done: BTreeSet::new(),
+            attempt: 1,
+            payload_differs: false,
+        }))
+    }
+
+    async fn record_step(&self, lease: &Lease, step: &str) -> Result<(), StoreError> {
+        let mut records = self.lock();
+        match records.get_mut(&lease.key) {
+            Some((record, Some(holder)))
+                if *holder == lease.token && record.status == RecordStatus::InProgress =>
+            {
+                record.steps_done.insert(step.to_owned());
+                self.write();
+                Ok(())
+            }
+            _ => Err(StoreError::LeaseLost),
+        }
+    }
+
+    async fn complete(
+        &self,
+        lease: &Lease,
+        summary: &str,
+        final_step: Option<&str>,
+        now: OffsetDateTime,
+        record_ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let mut records = self.lock();
+        match records.get_mut(&lease.key) {
+            Some((record, holder)) if holder.as_deref() == Some(lease.token.as_str()) => {
+                record.status = RecordStatus::Completed;
+                record.summary = Some(summary.to_owned());
+                record.lease_expires_at = None;
+                record.expires_at = later(now, record_ttl);
+                if let Some(step) = final_step {
+                    record.steps_done.insert(step.to_owned());
+                }
+                *holder = None;
+                self.write();
+                Ok(())
+            }
+            _ => Err(StoreError::LeaseLost),
+        }
+    }
+
+    async fn release(&self, lease: &Lease, error: &str) -> Result<(), StoreError> {
+        let mut records = self.lock();
+        match records.get_mut(&lease.key) {
+            Some((record, holder)) if holder.as_deref() == Some(lease.token.as_str()) => {
+                record.status = RecordStatus::Failed;
+                record.last_error = Some(error.to_owned());
+                // An expiry in the past, never none: the next attempt may begin at once.
+                record.lease_expires_at = Some(OffsetDateTime::UNIX_EPOCH);
+                *holder = None;
+                self.write();
+                Ok(())
+            }
+            _ => Err(StoreError::LeaseLost),
+        }
+    }
+
+    async fn get(&self, key: &IdempotencyKey) -> Result<Option<IdempotencyRecord>, StoreError> {
+        Ok(self.lock().get(key).map(|(r, _)| r.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: Duration = Duration::from_secs(60);
+    const TTL: Duration = Duration::from_secs(35 * 24 * 3600);
+
+    fn key() -> IdempotencyKey {
+        IdempotencyKey::new("acme", "123")
+    }
+
+    async fn started(store: &InMemoryIdempotencyStore, hash: &str, now: OffsetDateTime) -> Lease {
+        match store
+            .begin(&key(), hash, now, MIN, TTL)
+            .await
+            .expect("begin")
+        {
+            Begin::Started(lease) => lease,
+            other => panic!("expected a lease, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_live_lease_blocks_and_an_expired_one_is_retaken_with_its_steps() {
+        let store = InMemoryIdempotencyStore::new();
+        let now = OffsetDateTime::now_utc();
+        let first = started(&store, "h", now).await;
+        store.record_step(&first, "goal").await.expect("step");
+        assert!(matches!(
+            store.begin(&key(), "h", now, MIN, TTL).await.unwrap(),
+            Begin::InProgress { .. }
+        ));
+        // The first worker crashed; after its lease expires another takes over.
+        let second = started(&store, "h", now + time::Duration::minutes(2)).await;
+        assert!(second.is_done("goal"));
+        assert_eq!(second.attempt, 2);
+        // The crashed worker, had it woken, can no longer write.
+        assert_eq!(
+            store.record_step(&first, "note").await,
+            Err(StoreError::LeaseLost)
+        );
+        store
+            .complete(&second, "ok", Some("note"), now, TTL)
+            .await
+            .expect("complete");
+        assert_eq!(
+            store.begin(&key(), "h", now, MIN, TTL).await.unwrap(),
+            Begin::AlreadyCompleted {
+                summary: Some("ok".into()),
+                same_payload: true
+            }
+        );
+        assert!(matches!(
+            store.begin(&key(), "other", now, MIN, TTL).await.unwrap(),
+            Begin::AlreadyCompleted {
+                same_payload: false,
+                ..
+            }
+        ));
+        let record = store.get(&key()).await.unwrap().expect("record");
+        assert_eq!(record.steps_done.len(), 2);
+        assert_eq!(record.lease_expires_at, None);
+    }
+
+    #[tokio::test]
+    async fn a_released_lease_is_retaken_at_once_and_flags_a_different_body() {
+        let store = InMemoryIdempotencyStore::new();
+        let now = OffsetDateTime::now_utc();
+        let first = started(&store, "h1", now).await;
+        store.release(&first, "Keap 503").await.expect("release");
+        let record = store.get(&key()).await.unwrap().expect("record");
+        assert_eq!(record.status, RecordStatus::Failed);
+        assert!(
+            record.lease_expires_at.is_some(),
+            "never a lease without an expiry"
+        );
+        let second = started(&store, "h2", now).await;
+        assert!(second.payload_differs);
+    }
+}

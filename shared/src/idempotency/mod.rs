@@ -1,0 +1,203 @@
+//! Idempotency records: each webhook (site + Chargify webhook id) changes Keap once, however
+//! often SQS or Chargify delivers it.
+//!
+//! Semantics (a superset of the Powertools idempotency utility):
+//! - [`IdempotencyStore::begin`] takes an `IN_PROGRESS` lease with one conditional write. The
+//!   lease always has an expiry (now + the invocation's remaining time, capped), and an
+//!   expired lease is always retaken, so a crashed worker never blocks a webhook for good.
+//! - A refused `begin` returns the existing record (DynamoDB's
+//!   `ReturnValuesOnConditionCheckFailure=ALL_OLD`), so a duplicate costs no extra read.
+//! - The record keeps the hash of the first body; a replay with another body is flagged.
+//! - Steps that Keap would repeat (goals, notes) are recorded as they succeed; a retry after a
+//!   failure midway skips them ([`Lease::is_done`]).
+//! - [`IdempotencyStore::complete`] marks the record `COMPLETED` with a summary and a TTL.
+
+mod memory;
+
+pub use memory::InMemoryIdempotencyStore;
+
+use async_trait::async_trait;
+use std::collections::BTreeSet;
+use std::time::Duration;
+use time::OffsetDateTime;
+
+/// Records are kept 35 days after completion by default: longer than Chargify's replay
+/// window in practice, and past a month-end reconciliation.
+pub const DEFAULT_RECORD_TTL: Duration = Duration::from_secs(35 * 24 * 3600);
+
+/// A lease never lasts longer than this, whatever time the invocation has left.
+pub const DEFAULT_MAX_LEASE: Duration = Duration::from_secs(15 * 60);
+
+/// Which webhook a record is about.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IdempotencyKey {
+    pub site: String,
+    pub webhook_id: String,
+}
+
+impl IdempotencyKey {
+    pub fn new(site: impl Into<String>, webhook_id: impl Into<String>) -> Self {
+        Self {
+            site: site.into(),
+            webhook_id: webhook_id.into(),
+        }
+    }
+
+    /// The stored key: `site#webhook_id` (neither part can contain `#`).
+    pub fn storage_key(&self) -> String {
+        format!("{}#{}", self.site, self.webhook_id)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordStatus {
+    InProgress,
+    Completed,
+    /// The last attempt failed and released its lease; the next attempt may begin at once.
+    Failed,
+}
+
+impl RecordStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InProgress => "IN_PROGRESS",
+            Self::Completed => "COMPLETED",
+            Self::Failed => "FAILED",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "IN_PROGRESS" => Some(Self::InProgress),
+            "COMPLETED" => Some(Self::Completed),
+            "FAILED" => Some(Self::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// A record as stored (for `status` and tests).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyRecord {
+    pub key: IdempotencyKey,
+    pub status: RecordStatus,
+    pub payload_hash: String,
+    pub steps_done: BTreeSet<String>,
+    pub attempts: u32,
+    pub lease_expires_at: Option<OffsetDateTime>,
+    pub summary: Option<String>,
+    pub last_error: Option<String>,
+    /// When the store may delete the record (DynamoDB TTL).
+    pub expires_at: OffsetDateTime,
+}
+
+/// The right to work on a webhook until `expires_at`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub key: IdempotencyKey,
+    /// Random per attempt; every later write is conditional on it.
+    pub token: String,
+    pub expires_at: OffsetDateTime,
+    pub steps_done: BTreeSet<String>,
+    /// 1 for the first attempt.
+    pub attempt: u32,
+    /// This body's hash differs from the first one seen for this webhook id.
+    pub payload_differs: bool,
+}
+
+impl Lease {
+    pub fn is_done(&self, step: &str) -> bool {
+        self.steps_done.contains(step)
+    }
+}
+
+/// What [`IdempotencyStore::begin`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Begin {
+    /// Go ahead; skip the steps already done.
+    Started(Lease),
+    /// Done before: skip. `same_payload` is false for a replay whose body differs.
+    AlreadyCompleted {
+        summary: Option<String>,
+        same_payload: bool,
+    },
+    /// Another worker holds a live lease: try again after it expires.
+    InProgress { lease_expires_at: OffsetDateTime },
+}
+
+/// The store failed. All kinds are transient for the record (it is retried), except a lost
+/// lease, which means another worker took over and this one must stop.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    #[error("the lease was taken over by another worker (this attempt ran past its expiry); stopping without further changes")]
+    LeaseLost,
+    #[error("store throttled ({detail}); retried with backoff, then the record is retried later")]
+    Throttled { detail: String },
+    #[error("store unavailable ({detail}); check the table name, IAM policy and DynamoDB health")]
+    Unavailable { detail: String },
+    #[error("stored record is unreadable ({detail}); inspect it with `status`")]
+    Corrupt { detail: String },
+}
+
+impl StoreError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::LeaseLost => "lease_lost",
+            Self::Throttled { .. } => "store_throttled",
+            Self::Unavailable { .. } => "store_unavailable",
+            Self::Corrupt { .. } => "store_corrupt",
+        }
+    }
+}
+
+#[async_trait]
+pub trait IdempotencyStore: Send + Sync {
+    /// Takes the lease for `key` until `now + lease_for`: creates the record, or retakes one
+    /// whose lease expired or was released (keeping its steps). Otherwise says why not.
+    async fn begin(
+        &self,
+        key: &IdempotencyKey,
+        payload_hash: &str,
+        now: OffsetDateTime,
+        lease_for: Duration,
+        record_ttl: Duration,
+    ) -> Result<Begin, StoreError>;
+
+    /// Records that a non-repeatable step succeeded. Fails with `LeaseLost` if this attempt
+    /// no longer holds the lease.
+    async fn record_step(&self, lease: &Lease, step: &str) -> Result<(), StoreError>;
+
+    /// Marks the webhook done, recording `final_step` too (saves a write when the last
+    /// action was a goal or a note).
+    async fn complete(
+        &self,
+        lease: &Lease,
+        summary: &str,
+        final_step: Option<&str>,
+        now: OffsetDateTime,
+        record_ttl: Duration,
+    ) -> Result<(), StoreError>;
+
+    /// Gives the lease up after a failure, so the retry need not wait for it to expire.
+    async fn release(&self, lease: &Lease, error: &str) -> Result<(), StoreError>;
+
+    async fn get(&self, key: &IdempotencyKey) -> Result<Option<IdempotencyRecord>, StoreError>;
+}
+
+/// A fresh random lease token (128 bits, hex).
+pub fn new_token() -> String {
+    let mut bytes = [0u8; 16];
+    // getrandom through ring (already linked for TLS).
+    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).is_err() {
+        // No OS randomness is a broken host; a time-based token still differs per attempt.
+        let nanos = OffsetDateTime::now_utc().unix_timestamp_nanos();
+        bytes = nanos.to_le_bytes();
+    }
+    hex::encode(bytes)
+}
+
+/// SHA-256 of a webhook body, hex.
+pub fn payload_hash(body: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(body.as_bytes()))
+}
