@@ -20,3 +20,18 @@ pub const ALL: &[(&str, &str)] = &[
     ("customer_update", CUSTOMER_UPDATE),
     ("statement_settled", STATEMENT_SETTLED),
 ];
+
+/// The envelope ingest would queue for `body`, verified by a demo key (tests, benchmarks and
+/// the local samples). `None` when `body` is not a webhook.
+pub fn envelope(body: &str) -> Option<crate::envelope::WebhookEnvelope> {
+    let webhook = crate::chargify::Webhook::parse(body.as_bytes()).ok()?;
+    let keys = crate::chargify::SharedKeySet::parse("local-dev-shared-key").ok()?;
+    let key = keys.keys().first()?;
+    Some(crate::envelope::WebhookEnvelope::new(
+        &webhook,
+        body.to_owned(),
+        key,
+        crate::chargify::SignatureSource::Header,
+        time::OffsetDateTime::now_utc(),
+    ))
+}

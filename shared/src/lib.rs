@@ -10,6 +10,7 @@ pub mod idempotency;
 pub mod identity;
 pub mod ingest;
 pub mod keap;
+pub mod processor;
 pub mod queue;
 pub mod rules;
 pub mod telemetry;

@@ -305,8 +305,7 @@ fn contact_from(value: &Value) -> Result<Contact, KeapError> {
         .map(str::to_owned);
     let tag_ids = value["tag_ids"]
         .as_array()
-        .map(|a| a.iter().filter_map(Value::as_i64).collect())
-        .unwrap_or_default();
+        .map(|a| a.iter().filter_map(Value::as_i64).collect());
     Ok(Contact { id, email, tag_ids })
 }
 

@@ -41,7 +41,9 @@ pub struct Address {
 pub struct Contact {
     pub id: ContactId,
     pub email: Option<String>,
-    pub tag_ids: Vec<TagId>,
+    /// The contact's tags when Keap's answer listed them; `None` when it did not say (an
+    /// empty list is a contact with no tags).
+    pub tag_ids: Option<Vec<TagId>>,
 }
 
 /// A tag as read back.

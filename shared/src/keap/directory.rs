@@ -38,6 +38,10 @@ pub struct Directory {
     ttl: Duration,
     tags: Mutex<HashMap<String, (TagId, Instant)>>,
     fields: Mutex<Option<(HashMap<String, i64>, Instant)>>,
+    /// Names Keap had no tag for, when looked up. Cached too: removing a tag that does not
+    /// exist is the common case (six of a state group's seven tags on every state change),
+    /// and a tag we create ourselves leaves this set at once.
+    missing_tags: Mutex<HashMap<String, Instant>>,
 }
 
 impl Directory {
@@ -46,6 +50,7 @@ impl Directory {
             ttl,
             tags: Mutex::new(HashMap::new()),
             fields: Mutex::new(None),
+            missing_tags: Mutex::new(HashMap::new()),
         }
     }
 
@@ -60,14 +65,26 @@ impl Directory {
                 return Ok(*id);
             }
         }
-        let found = crm.find_tags_by_name(name).await?;
+        let known_missing = lock(&self.missing_tags)
+            .get(name)
+            .is_some_and(|at| at.elapsed() < self.ttl);
+        let found = if known_missing {
+            Vec::new()
+        } else {
+            crm.find_tags_by_name(name).await?
+        };
         let id = match (found.as_slice(), if_missing) {
             ([only], _) => only.id,
-            ([], IfMissing::Create) => crm.create_tag(name).await?.id,
+            ([], IfMissing::Create) => {
+                let id = crm.create_tag(name).await?.id;
+                lock(&self.missing_tags).remove(name);
+                id
+            }
             ([], IfMissing::Fail) => {
+                lock(&self.missing_tags).insert(name.to_owned(), Instant::now());
                 return Err(LookupError::MissingTag {
                     name: name.to_owned(),
-                })
+                });
             }
             (many, _) => {
                 return Err(LookupError::AmbiguousTag {

@@ -1,0 +1,188 @@
+//! Why a webhook could not be applied, and what happens to its message: retried later (with
+//! the delay the failure calls for) or moved to the dead-letter queue with its reason.
+
+use crate::envelope::EnvelopeError;
+use crate::idempotency::StoreError;
+use crate::keap::{KeapError, LookupError};
+use crate::queue::QueueError;
+use crate::rules::PlanError;
+use std::time::Duration;
+use time::OffsetDateTime;
+
+/// SQS cannot hide a message for longer than 12 hours.
+pub const MAX_VISIBILITY_DELAY: Duration = Duration::from_secs(12 * 3600);
+
+/// How long a record waits after a transient failure that names no time of its own.
+pub const DEFAULT_RETRY_DELAY: Duration = Duration::from_secs(30);
+
+/// How long a record waits while Keap rejects our credentials: long enough not to burn the
+/// receive count, short enough that syncing resumes soon after an operator fixes the key.
+pub const CREDENTIALS_RETRY_DELAY: Duration = Duration::from_secs(15 * 60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error("message is not a webhook envelope: {0}")]
+    Envelope(#[from] EnvelopeError),
+    #[error("envelope holds a body that is not a Chargify webhook: {0}")]
+    Body(String),
+    #[error("rules could not plan this webhook: {0}")]
+    Plan(#[from] PlanError),
+    #[error("no Keap contact can be chosen: {0}")]
+    NoContact(String),
+    #[error(transparent)]
+    Keap(#[from] KeapError),
+    #[error(transparent)]
+    Lookup(#[from] LookupError),
+    #[error("idempotency or identity store: {0}")]
+    Store(#[from] StoreError),
+    #[error("another worker is applying this webhook (lease until {until}); retried after it")]
+    InProgressElsewhere { until: OffsetDateTime },
+    #[error("the handler panicked: {0}")]
+    Panicked(String),
+    #[error("could not hand the record back to the queue: {0}")]
+    Queue(#[from] QueueError),
+}
+
+/// What to do with the message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Disposition {
+    /// Leave it on the queue, hidden for this long; the rest of its FIFO group waits too.
+    RetryAfter(Duration),
+    /// Move it to the dead-letter queue: retrying cannot help.
+    DeadLetter { code: &'static str },
+}
+
+impl ProcessError {
+    /// Stable name for logs, metrics and the dead-letter `FailureCode`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Envelope(EnvelopeError::UnsupportedVersion { .. }) => "envelope_version",
+            Self::Envelope(_) => "malformed_envelope",
+            Self::Body(_) => "malformed_body",
+            Self::Plan(_) => "rules_failed",
+            Self::NoContact(_) => "no_contact",
+            Self::Keap(e) | Self::Lookup(LookupError::Keap(e)) => keap_code(e),
+            Self::Lookup(LookupError::AmbiguousTag { .. }) => "tag_ambiguous",
+            Self::Lookup(LookupError::MissingTag { .. }) => "tag_missing",
+            Self::Lookup(LookupError::MissingCustomField { .. }) => "custom_field_missing",
+            Self::Store(e) => e.code(),
+            Self::InProgressElsewhere { .. } => "in_progress_elsewhere",
+            Self::Panicked(_) => "panicked",
+            Self::Queue(e) => e.code(),
+        }
+    }
+
+    pub fn disposition(&self, now: OffsetDateTime) -> Disposition {
+        match self {
+            Self::Keap(e) | Self::Lookup(LookupError::Keap(e)) => keap_disposition(e, now),
+            Self::Store(_) | Self::Queue(_) => Disposition::RetryAfter(DEFAULT_RETRY_DELAY),
+            Self::InProgressElsewhere { until } => {
+                Disposition::RetryAfter(until_then(*until, now) + Duration::from_secs(1))
+            }
+            // A panic is a bug or a broken environment: retry; the redrive limit parks a
+            // message that panics every time in the dead-letter queue.
+            Self::Panicked(_) => Disposition::RetryAfter(DEFAULT_RETRY_DELAY),
+            Self::Envelope(_)
+            | Self::Body(_)
+            | Self::Plan(_)
+            | Self::NoContact(_)
+            | Self::Lookup(_) => Disposition::DeadLetter { code: self.code() },
+        }
+    }
+}
+
+fn keap_code(error: &KeapError) -> &'static str {
+    match error {
+        KeapError::Throttled { .. } => "keap_throttled",
+        KeapError::DailyQuotaExhausted { .. } => "keap_daily_quota",
+        KeapError::Unauthorized { .. } => "keap_unauthorized",
+        KeapError::InvalidGrant { .. } => "keap_reauthorisation_needed",
+        KeapError::NotFound { .. } => "keap_not_found",
+        KeapError::Permanent { .. } => "keap_permanent",
+        KeapError::ItemsRefused { .. } => "keap_items_refused",
+        KeapError::Network { .. } => "keap_network",
+        KeapError::Transient { .. } => "keap_transient",
+    }
+}
+
+fn keap_disposition(error: &KeapError, now: OffsetDateTime) -> Disposition {
+    match error {
+        KeapError::Throttled { retry_after, .. } => {
+            Disposition::RetryAfter((*retry_after).max(Duration::from_secs(1)))
+        }
+        KeapError::DailyQuotaExhausted { resets_at, .. } => Disposition::RetryAfter(
+            resets_at
+                .map(|at| (until_then(at, now) + Duration::from_secs(60)).min(MAX_VISIBILITY_DELAY))
+                .unwrap_or(Duration::from_secs(3600)),
+        ),
+        KeapError::Transient { .. } | KeapError::Network { .. } => {
+            Disposition::RetryAfter(DEFAULT_RETRY_DELAY)
+        }
+        // Credentials are fixed by a person; the messages wait for them instead of piling
+        // into the dead-letter queue (the re-authorisation alarm tells the operator).
+        KeapError::Unauthorized { .. } | KeapError::InvalidGrant { .. } => {
+            Disposition::RetryAfter(CREDENTIALS_RETRY_DELAY)
+        }
+        KeapError::NotFound { .. }
+        | KeapError::Permanent { .. }
+        | KeapError::ItemsRefused { .. } => Disposition::DeadLetter {
+            code: keap_code(error),
+        },
+    }
+}
+
+fn until_then(at: OffsetDateTime, now: OffsetDateTime) -> Duration {
+    Duration::try_from(at - now)
+        .unwrap_or(Duration::ZERO)
+        .min(MAX_VISIBILITY_DELAY)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keap_failures_map_to_retry_or_dead_letter() {
+        let now = OffsetDateTime::now_utc();
+        let throttled = ProcessError::Keap(KeapError::Throttled {
+            kind: crate::keap::ThrottleKind::SpikeArrest,
+            retry_after: Duration::from_secs(2),
+            request_id: None,
+        });
+        assert_eq!(
+            throttled.disposition(now),
+            Disposition::RetryAfter(Duration::from_secs(2))
+        );
+        let quota = ProcessError::Keap(KeapError::DailyQuotaExhausted {
+            resets_at: Some(now + time::Duration::hours(3)),
+            request_id: None,
+        });
+        assert_eq!(
+            quota.disposition(now),
+            Disposition::RetryAfter(Duration::from_secs(3 * 3600 + 60))
+        );
+        let far = ProcessError::Keap(KeapError::DailyQuotaExhausted {
+            resets_at: Some(now + time::Duration::hours(30)),
+            request_id: None,
+        });
+        assert_eq!(
+            far.disposition(now),
+            Disposition::RetryAfter(MAX_VISIBILITY_DELAY)
+        );
+        let bad = ProcessError::Keap(KeapError::Permanent {
+            status: 400,
+            reason: "Invalid email".into(),
+            request_id: None,
+        });
+        assert_eq!(
+            bad.disposition(now),
+            Disposition::DeadLetter {
+                code: "keap_permanent"
+            }
+        );
+        assert_eq!(
+            ProcessError::Store(StoreError::Throttled { detail: "x".into() }).disposition(now),
+            Disposition::RetryAfter(DEFAULT_RETRY_DELAY)
+        );
+    }
+}

@@ -1,0 +1,402 @@
+//! The processor with in-memory ports: exactly-once, ordering, stale events, identity and
+//! failure handling. The same paths run against moto and the Keap stand-in in `tests/`.
+
+use super::*;
+use crate::fixtures;
+use crate::idempotency::InMemoryIdempotencyStore;
+use crate::identity::InMemoryCustomerStore;
+use crate::keap::{InMemoryCrm, KeapError};
+use crate::queue::InMemoryRecordControl;
+use std::time::Instant;
+
+struct World {
+    crm: Arc<InMemoryCrm>,
+    idempotency: Arc<InMemoryIdempotencyStore>,
+    customers: Arc<InMemoryCustomerStore>,
+    processor: Arc<Processor>,
+}
+
+fn world() -> World {
+    world_with(ProcessorSettings::default())
+}
+
+fn world_with(settings: ProcessorSettings) -> World {
+    let rules = Arc::new(RuleSet::default_rules().expect("default rules"));
+    let crm = Arc::new(InMemoryCrm::new());
+    for label in rules.custom_field_labels() {
+        crm.add_custom_field(&label);
+    }
+    let idempotency = Arc::new(InMemoryIdempotencyStore::new());
+    let customers = Arc::new(InMemoryCustomerStore::new());
+    let processor = Arc::new(Processor {
+        rules,
+        crm: crm.clone(),
+        directory: Directory::new(crate::keap::directory::DEFAULT_TTL),
+        idempotency: idempotency.clone(),
+        customers: customers.clone(),
+        settings,
+    });
+    World {
+        crm,
+        idempotency,
+        customers,
+        processor,
+    }
+}
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+fn body_with_state(state: &str, updated_at: &str) -> String {
+    fixtures::SUBSCRIPTION_STATE_CHANGE
+        .replace(
+            "payload[subscription][state]=inactive",
+            &format!("payload[subscription][state]={state}"),
+        )
+        .replace(
+            "payload[subscription][updated_at]=2012-09-09%2011%3A49%3A44%20-0400",
+            &format!("payload[subscription][updated_at]={updated_at}"),
+        )
+}
+
+fn with_id(body: &str, id: &str) -> String {
+    let end = body.find('&').unwrap_or(body.len());
+    format!("id={id}{}", &body[end..])
+}
+
+async fn process(world: &World, body: &str) -> Result<Processed, ProcessError> {
+    let envelope = fixtures::envelope(body).expect("envelope");
+    world.processor.process(&envelope, MINUTE).await
+}
+
+fn contact_of(world: &World) -> ContactId {
+    *world.crm.state().contacts.keys().next().expect("a contact")
+}
+
+use crate::keap::ContactId;
+
+#[tokio::test]
+async fn signup_creates_the_contact_tags_it_and_fires_the_goal_once() {
+    let world = world();
+    let outcome = process(&world, fixtures::SIGNUP_SUCCESS)
+        .await
+        .expect("applies");
+    let Processed::Applied(applied) = outcome else {
+        panic!("expected applied, got {outcome:?}");
+    };
+    assert!(applied.contact_written);
+    let contact = contact_of(&world);
+    let tags = world.crm.tag_names(contact);
+    assert!(tags.iter().any(|t| t.starts_with("Billing: ")), "{tags:?}");
+    assert!(tags.iter().any(|t| t.starts_with("Plan: ")), "{tags:?}");
+    assert_eq!(world.crm.state().goals.len(), 1);
+    {
+        let state = world.crm.state();
+        let (fields, _) = &state.contacts[&contact];
+        assert!(
+            fields.custom_fields.len() >= 4,
+            "{:?}",
+            fields.custom_fields
+        );
+        assert!(fields.email.as_deref().is_some_and(|e| e.contains('@')));
+    }
+    // Delivered again: nothing more happens in Keap.
+    let calls = world.crm.call_count();
+    assert_eq!(
+        process(&world, fixtures::SIGNUP_SUCCESS)
+            .await
+            .expect("dup"),
+        Processed::Duplicate { same_payload: true }
+    );
+    assert_eq!(world.crm.call_count(), calls);
+    assert_eq!(world.crm.state().goals.len(), 1);
+}
+
+#[tokio::test]
+async fn a_warm_signup_costs_three_keap_calls_and_two_idempotency_writes() {
+    let world = world();
+    process(&world, fixtures::SIGNUP_SUCCESS)
+        .await
+        .expect("warms the caches");
+    // A second customer signs up: caches are warm, the contact is new.
+    let second = with_id(fixtures::SIGNUP_SUCCESS, "99000001")
+        .replace(
+            "payload[subscription][customer][id]=",
+            "payload[subscription][customer][id]=7",
+        )
+        .replace("%40", "+second%40");
+    let calls = world.crm.call_count();
+    let writes = world.idempotency.writes();
+    process(&world, &second).await.expect("applies");
+    let made: Vec<&str> = world.crm.state().calls[calls..]
+        .iter()
+        .map(|c| c.operation)
+        .collect();
+    assert_eq!(made, ["upsert_contact", "apply_tags", "achieve_goal"]);
+    assert_eq!(world.idempotency.writes() - writes, 2);
+}
+
+#[tokio::test]
+async fn state_changes_keep_exactly_one_state_tag_and_an_older_one_is_stale() {
+    let world = world();
+    process(&world, fixtures::SIGNUP_SUCCESS)
+        .await
+        .expect("signup");
+    let contact = contact_of(&world);
+    let canceled = with_id(
+        &body_with_state("canceled", "2012-09-10%2010%3A00%3A00%20-0400"),
+        "5001",
+    );
+    process(&world, &canceled).await.expect("canceled");
+    let billing: Vec<String> = world
+        .crm
+        .tag_names(contact)
+        .into_iter()
+        .filter(|t| t.starts_with("Billing: "))
+        .collect();
+    assert_eq!(billing, ["Billing: Canceled"]);
+
+    // An "active" that happened before the cancellation arrives late.
+    let late_active = with_id(
+        &body_with_state("active", "2012-09-09%2012%3A00%3A00%20-0400"),
+        "5000",
+    );
+    let outcome = process(&world, &late_active).await.expect("processed");
+    assert_eq!(outcome.outcome(), "stale");
+    let billing: Vec<String> = world
+        .crm
+        .tag_names(contact)
+        .into_iter()
+        .filter(|t| t.starts_with("Billing: "))
+        .collect();
+    assert_eq!(billing, ["Billing: Canceled"]);
+    // Its goal is not about billing state, so it still fires (rule setting `apply_others`).
+    let goals: Vec<String> = world
+        .crm
+        .state()
+        .goals
+        .iter()
+        .map(|g| g.2.clone())
+        .collect();
+    assert_eq!(goals, ["signup", "canceled", "active"]);
+}
+
+#[tokio::test]
+async fn an_email_change_keeps_the_same_contact() {
+    let world = world();
+    process(&world, fixtures::SIGNUP_SUCCESS)
+        .await
+        .expect("signup");
+    let contact = contact_of(&world);
+    // customer_update for the same Chargify customer id, with a new email.
+    let signup = Webhook::parse(fixtures::SIGNUP_SUCCESS.as_bytes()).expect("parses");
+    let customer = signup.customer_id.clone().expect("customer id");
+    let update = fixtures::CUSTOMER_UPDATE
+        .replace(
+            "payload[customer][id]=0",
+            &format!("payload[customer][id]={customer}"),
+        )
+        .replace("payload[customer][email]=", "payload[customer][email]=new.")
+        .replace("capital-preferences-ltd", "acme-test");
+    process(&world, &update).await.expect("update");
+    let state = world.crm.state();
+    assert_eq!(state.contacts.len(), 1, "no second contact");
+    assert!(state.contacts[&contact]
+        .0
+        .email
+        .as_deref()
+        .is_some_and(|e| e.starts_with("new.")));
+}
+
+#[tokio::test]
+async fn a_failure_after_the_goal_does_not_fire_the_goal_again_on_retry() {
+    let text = crate::rules::DEFAULT_RULES.replace(
+        "  { achieve_goal = \"chargify/payment_failed\" },",
+        "  { achieve_goal = \"chargify/payment_failed\" },\n  { add_note = { title = \"Payment failed\", body = \"{{ transaction.memo }}\" } },",
+    );
+    let mut world = world();
+    let processor = Arc::get_mut(&mut world.processor).expect("sole owner");
+    processor.rules = Arc::new(RuleSet::from_toml(&text).expect("rules"));
+    process(&world, fixtures::SIGNUP_SUCCESS)
+        .await
+        .expect("signup");
+    let goals_before = world.crm.state().goals.len();
+    world.crm.fail_next_call_to(
+        "create_note",
+        KeapError::Transient {
+            status: 503,
+            reason: "Service Unavailable".into(),
+            request_id: None,
+        },
+    );
+    let err = process(&world, fixtures::PAYMENT_FAILURE)
+        .await
+        .expect_err("note fails");
+    assert!(matches!(
+        err.disposition(OffsetDateTime::now_utc()),
+        Disposition::RetryAfter(_)
+    ));
+    assert_eq!(world.crm.state().goals.len(), goals_before + 1);
+    assert_eq!(world.crm.state().notes.len(), 0);
+    let Processed::Applied(applied) = process(&world, fixtures::PAYMENT_FAILURE)
+        .await
+        .expect("retry")
+    else {
+        panic!("expected applied");
+    };
+    assert_eq!(applied.steps_skipped, 1);
+    assert_eq!(
+        world.crm.state().goals.len(),
+        goals_before + 1,
+        "goal fired once"
+    );
+    assert_eq!(world.crm.state().notes.len(), 1);
+}
+
+#[tokio::test]
+async fn three_concurrent_deliveries_have_one_effect() {
+    let world = world();
+    let envelope = fixtures::envelope(fixtures::SIGNUP_SUCCESS).expect("envelope");
+    let runs = (0..3).map(|_| {
+        let processor = world.processor.clone();
+        let envelope = envelope.clone();
+        tokio::spawn(async move { processor.process(&envelope, MINUTE).await })
+    });
+    let mut applied = 0;
+    let mut busy = 0;
+    for run in runs {
+        match run.await.expect("no panic") {
+            Ok(Processed::Applied(_)) => applied += 1,
+            Ok(Processed::Duplicate { .. }) => {}
+            Err(ProcessError::InProgressElsewhere { .. }) => busy += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(applied, 1);
+    assert!(busy <= 2);
+    assert_eq!(world.crm.state().goals.len(), 1);
+    assert_eq!(world.crm.state().contacts.len(), 1);
+}
+
+fn record(id: &str, group: &str, body: &str) -> BatchRecord {
+    BatchRecord {
+        message_id: Some(id.into()),
+        receipt_handle: Some(format!("rh-{id}")),
+        group_id: Some(group.into()),
+        deduplication_id: Some(format!("dd-{id}")),
+        body: Some(fixtures::envelope(body).expect("envelope").to_json()),
+    }
+}
+
+#[tokio::test]
+async fn a_group_stops_at_its_first_failure_and_other_groups_go_on() {
+    let world = world();
+    let control = Arc::new(InMemoryRecordControl::new());
+    world.crm.fail_next(KeapError::Throttled {
+        kind: crate::keap::ThrottleKind::Minute,
+        retry_after: Duration::from_secs(20),
+        request_id: None,
+    });
+    let records = vec![
+        record("m1", "acme:cus:1", fixtures::SIGNUP_SUCCESS),
+        record("m2", "acme:cus:1", fixtures::PAYMENT_FAILURE),
+        record("m3", "acme:cus:2", fixtures::CUSTOMER_UPDATE),
+        record("m4", "acme:cus:1", fixtures::PAYMENT_SUCCESS),
+    ];
+    let result = process_batch(
+        world.processor.clone(),
+        control.clone(),
+        records,
+        Instant::now() + Duration::from_secs(120),
+    )
+    .await;
+    assert_eq!(result.failed, ["m1", "m2", "m4"]);
+    assert_eq!(
+        result.outcomes,
+        ["failed", "held_back", "applied", "held_back"]
+    );
+    assert_eq!(
+        control.delays(),
+        [("rh-m1".to_owned(), Duration::from_secs(20))]
+    );
+}
+
+#[tokio::test]
+async fn a_permanent_failure_goes_to_the_dead_letter_queue_with_its_reason() {
+    let world = world();
+    let control = Arc::new(InMemoryRecordControl::new());
+    world.crm.fail_next(KeapError::Permanent {
+        status: 400,
+        reason: "Invalid email address".into(),
+        request_id: None,
+    });
+    let mut garbage = record("m0", "g0", fixtures::SIGNUP_SUCCESS);
+    garbage.body = Some("{not json".into());
+    let records = vec![garbage, record("m1", "g1", fixtures::SIGNUP_SUCCESS)];
+    let result = process_batch(
+        world.processor.clone(),
+        control.clone(),
+        records,
+        Instant::now() + Duration::from_secs(120),
+    )
+    .await;
+    assert!(
+        result.failed.is_empty(),
+        "dead-lettered records leave the queue"
+    );
+    assert_eq!(result.dead_lettered, 2);
+    let letters = control.dead_letters();
+    assert_eq!(letters[0].code, "malformed_envelope");
+    assert_eq!(letters[1].code, "keap_permanent");
+    assert!(letters[1].reason.contains("Invalid email address"));
+    assert_eq!(letters[1].deduplication_id, "dd-m1");
+    // A dead-letter queue that refuses the message: the record stays on the main queue.
+    control.fail_calls("DLQ down");
+    let mut bad = record("m2", "g2", fixtures::SIGNUP_SUCCESS);
+    bad.body = Some("{}".into());
+    let result = process_batch(
+        world.processor.clone(),
+        control,
+        vec![bad],
+        Instant::now() + MINUTE * 2,
+    )
+    .await;
+    assert_eq!(result.failed, ["m2"]);
+}
+
+#[tokio::test]
+async fn records_without_a_message_id_are_never_reported_but_fail_the_batch() {
+    let world = world();
+    let control = Arc::new(InMemoryRecordControl::new());
+    world.crm.fail_next(KeapError::Network {
+        detail: "reset".into(),
+    });
+    let mut nameless = record("", "g1", fixtures::SIGNUP_SUCCESS);
+    nameless.message_id = Some(String::new());
+    let result = process_batch(
+        world.processor.clone(),
+        control,
+        vec![nameless],
+        Instant::now() + MINUTE * 2,
+    )
+    .await;
+    assert!(result.failed.is_empty());
+    assert_eq!(result.unreportable, 1);
+}
+
+#[tokio::test]
+async fn ignored_events_make_no_keap_call_and_no_record() {
+    let world = world();
+    assert_eq!(
+        process(&world, fixtures::STATEMENT_SETTLED)
+            .await
+            .expect("ok"),
+        Processed::Ignored
+    );
+    assert_eq!(
+        process(&world, fixtures::TEST).await.expect("ok"),
+        Processed::Ignored
+    );
+    assert_eq!(world.crm.call_count(), 0);
+    assert_eq!(world.idempotency.writes(), 0);
+    assert_eq!(world.customers.writes(), 0);
+}
