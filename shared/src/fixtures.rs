@@ -35,3 +35,135 @@ pub fn envelope(body: &str) -> Option<crate::envelope::WebhookEnvelope> {
         time::OffsetDateTime::now_utc(),
     ))
 }
+
+/// A body derived from `body`: a new webhook id and event key, and `fields` set (replaced
+/// when present, appended otherwise). Values must be form-encoded already (`%20` for a space).
+pub fn derive(body: &str, id: &str, event: &str, fields: &[(&str, &str)]) -> String {
+    let mut pairs: Vec<(String, String)> = body
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) => (k.to_owned(), v.to_owned()),
+            None => (p.to_owned(), String::new()),
+        })
+        .collect();
+    let mut set = |key: &str, value: &str| match pairs.iter_mut().find(|(k, _)| k == key) {
+        Some(pair) => pair.1 = value.to_owned(),
+        None => pairs.push((key.to_owned(), value.to_owned())),
+    };
+    set("id", id);
+    set("event", event);
+    for (key, value) in fields {
+        set(key, value);
+    }
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// One customer's billing story, oldest first: the official `signup_success` example's
+/// customer (site `acme-test`, customer 15, subscription 14) signs up on a trial, is told the
+/// trial ends, fails a payment, recovers, and cancels. Each body is the reference body with
+/// the fields of that event changed (Chargify's webhooks for one subscription share this
+/// layout; notices and payments add their own fields). Names are what `send` accepts.
+pub fn story() -> Vec<(&'static str, String)> {
+    const STATE: &str = "payload[subscription][state]";
+    const PREVIOUS: &str = "payload[subscription][previous_state]";
+    const UPDATED: &str = "payload[subscription][updated_at]";
+    let at = |day: &str| format!("2012-{day}%2009%3A00%3A00%20-0400");
+    let base = SIGNUP_SUCCESS;
+    let transaction = |success: &str, memo: &str| {
+        vec![
+            ("payload[transaction][id]", "9001".to_owned()),
+            ("payload[transaction][success]", success.to_owned()),
+            ("payload[transaction][amount_in_cents]", "9900".to_owned()),
+            ("payload[transaction][memo]", memo.to_owned()),
+            (
+                "payload[transaction][transaction_type]",
+                "payment".to_owned(),
+            ),
+        ]
+    };
+    let build = |id: &str,
+                 event: &str,
+                 mut fields: Vec<(&'static str, String)>,
+                 more: Vec<(&'static str, String)>| {
+        fields.extend(more);
+        let borrowed: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        derive(base, id, event, &borrowed)
+    };
+    let state = |now: &str, previous: &str, day: &str| {
+        vec![
+            (STATE, now.to_owned()),
+            (PREVIOUS, previous.to_owned()),
+            (UPDATED, at(day)),
+        ]
+    };
+    vec![
+        (
+            "signup",
+            build(
+                "1001",
+                "signup_success",
+                state("trialing", "pending", "09-09"),
+                vec![],
+            ),
+        ),
+        (
+            "trial_ending",
+            build(
+                "1002",
+                "trial_end_notice",
+                state("trialing", "trialing", "09-27"),
+                vec![],
+            ),
+        ),
+        (
+            "payment_failure",
+            build(
+                "1003",
+                "payment_failure",
+                state("past_due", "trialing", "09-30"),
+                transaction("false", "Card%20declined"),
+            ),
+        ),
+        (
+            "past_due",
+            build(
+                "1004",
+                "subscription_state_change",
+                state("past_due", "trialing", "09-30"),
+                vec![],
+            ),
+        ),
+        (
+            "payment_recovered",
+            build(
+                "1005",
+                "payment_success",
+                state("active", "past_due", "10-02"),
+                transaction("true", "Retry%20succeeded"),
+            ),
+        ),
+        (
+            "active",
+            build(
+                "1006",
+                "subscription_state_change",
+                state("active", "past_due", "10-02"),
+                vec![],
+            ),
+        ),
+        (
+            "canceled",
+            build(
+                "1007",
+                "subscription_state_change",
+                state("canceled", "active", "11-01"),
+                vec![],
+            ),
+        ),
+    ]
+}
