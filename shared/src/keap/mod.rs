@@ -2,13 +2,18 @@
 //! Still to come (issue 3): OAuth with the DynamoDB token lease.
 
 pub mod client;
+pub mod country;
 pub mod crm;
 pub mod directory;
 pub mod errors;
 pub mod throttle;
 
 pub use client::{Credential, KeapClient, KeapClientConfig};
-pub use crm::{Address, Contact, ContactFields, ContactId, Crm, CustomField, GoalHit, Tag, TagId};
+pub use country::keap_country_code;
+pub use crm::{
+    Address, Company, CompanyId, Contact, ContactFields, ContactId, Crm, CustomField, GoalHit, Tag,
+    TagId,
+};
 pub use directory::{Directory, IfMissing, LookupError};
 pub use errors::{ErrorBody, KeapError, ThrottleKind};
 pub use throttle::{Budget, ThrottleReport};
