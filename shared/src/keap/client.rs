@@ -90,7 +90,7 @@ impl KeapClient {
             .map_err(|e| KeapError::Network {
                 detail: e.to_string(),
             })?;
-        let limiter = RateLimiter::direct(Quota::per_second(config.requests_per_second));
+        let limiter = RateLimiter::direct(even_spacing(config.requests_per_second));
         Ok(Self {
             http,
             limiter,
@@ -243,6 +243,14 @@ impl KeapClient {
         let answer = self.call(Method::POST, path, &[], Some(body)).await?;
         all_items_applied(&answer)
     }
+}
+
+/// `per_second` calls a second, one at a time, evenly spaced. governor's default burst is a
+/// whole second's allowance: after a pause it lets 10 calls go at once and the 11th 100 ms
+/// later, so 11 land in one second and Keap's spike arrest (10 in any second, smoothed to one
+/// per 100 ms) answers 429, which costs a 1.5 s retry wait. A burst of one never does that.
+fn even_spacing(per_second: NonZeroU32) -> Quota {
+    Quota::per_second(per_second).allow_burst(NonZeroU32::MIN)
 }
 
 fn retry_in_process(error: &KeapError, max_wait: Duration) -> bool {
