@@ -1,17 +1,18 @@
 //! A Keap REST v1 stand-in on 127.0.0.1 for the tests: stateful (contacts, their tags,
-//! tags, goals achieved, notes), strict (any request the vendored spec would refuse gets 400,
-//! see [`KeapContract`]), and able to inject Keap's failures (each kind of 429 with Keap's
-//! real headers and bodies, 401, 5xx, slow answers).
+//! tags, companies, goals achieved, notes), strict (any request the vendored spec would refuse
+//! gets 400, see [`KeapContract`]), and able to inject Keap's failures (each kind of 429 with
+//! Keap's real headers and bodies, 401, 5xx, slow answers), or to enforce Keap's per-key
+//! spike arrest ([`State::spike_limit`]).
 
 use crate::keap_contract::{KeapContract, Violation};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response, StatusCode};
 use serde_json::{json, Map, Value};
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// One injected failure, served instead of the next request's real answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +37,8 @@ pub struct Call {
     pub outcome: Result<String, Violation>,
     pub api_key: Option<String>,
     pub bearer: Option<String>,
+    /// When it arrived.
+    pub at: Instant,
 }
 
 /// Everything the stand-in knows. Tests read it through [`KeapStandIn::state`].
@@ -44,6 +47,7 @@ pub struct State {
     pub contacts: BTreeMap<i64, Map<String, Value>>,
     pub contact_tags: BTreeMap<i64, BTreeSet<i64>>,
     pub tags: BTreeMap<i64, Value>,
+    pub companies: BTreeMap<i64, Value>,
     /// `(integration, call_name, contact_id)` per achieved goal.
     pub goals: Vec<(String, String, i64)>,
     pub notes: Vec<Value>,
@@ -53,6 +57,11 @@ pub struct State {
     pub campaign_goals: Vec<(String, String)>,
     pub calls: Vec<Call>,
     pub faults: VecDeque<Fault>,
+    /// Rate-limit mode: a credential that already made this many calls in the last second
+    /// gets Keap's spike-arrest 429 instead of an answer. Refused calls do not count.
+    pub spike_limit: Option<usize>,
+    /// Arrival times of the calls each credential made in the last second.
+    spike_windows: HashMap<String, VecDeque<Instant>>,
     pub throttled: u32,
     /// Per-minute throttle reported in headers: `(limit, available)`.
     pub minute_budget: (u64, u64),
@@ -65,6 +74,26 @@ impl State {
     fn next_id(&mut self) -> i64 {
         self.next_id += 1;
         self.next_id
+    }
+
+    /// Whether `credential` is over [`State::spike_limit`] at `now`; a call let through
+    /// is counted in its window.
+    fn spike_arrested(&mut self, credential: &str, now: Instant) -> bool {
+        let Some(limit) = self.spike_limit else {
+            return false;
+        };
+        let window = self.spike_windows.entry(credential.to_owned()).or_default();
+        while window
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1))
+        {
+            window.pop_front();
+        }
+        if window.len() >= limit {
+            return true;
+        }
+        window.push_back(now);
+        false
     }
 }
 
@@ -185,8 +214,14 @@ async fn serve(
         .check(&method, &path, query.as_deref(), Some(&body))
         .map(str::to_owned);
     let json_body = serde_json::from_slice::<Value>(&body).ok();
+    let at = Instant::now();
     let fault = {
         let mut s = lock(state);
+        let credential = api_key
+            .clone()
+            .or_else(|| bearer.clone())
+            .unwrap_or_default();
+        let arrested = s.spike_arrested(&credential, at);
         s.calls.push(Call {
             method: method.clone(),
             path: path.clone(),
@@ -195,8 +230,13 @@ async fn serve(
             outcome: outcome.clone(),
             api_key: api_key.clone(),
             bearer: bearer.clone(),
+            at,
         });
-        s.faults.pop_front()
+        if arrested {
+            Some(Fault::SpikeArrest)
+        } else {
+            s.faults.pop_front()
+        }
     };
     if api_key.is_none() && bearer.is_none() {
         return respond(state, 401, json!({"message": "No credentials"}));
@@ -235,9 +275,19 @@ async fn serve(
             })
     };
     let body = json_body.unwrap_or(Value::Null);
+    let page = |items: Vec<Value>| {
+        let limit = query_param("limit").and_then(|l| l.parse().ok());
+        let offset = query_param("offset").and_then(|o| o.parse().ok());
+        let count = items.len();
+        let page: Vec<Value> = items
+            .into_iter()
+            .skip(offset.unwrap_or(0))
+            .take(limit.unwrap_or(1000))
+            .collect();
+        (page, count)
+    };
     let mut s = lock(state);
     let (status, answer) = match op.as_str() {
-        "createOrUpdateContactUsingPUT" => upsert_contact(&mut s, &body),
         "listContactsUsingGET" => {
             let email = query_param("email");
             let contacts: Vec<Value> = s
@@ -256,6 +306,12 @@ async fn serve(
             Some(c) => (200, contact_json(&s, id_at(3), c)),
             None => (404, json!({"message": "Contact not found"})),
         },
+        "createOrUpdateContactUsingPUT" | "updatePropertiesOnContactUsingPATCH"
+            if unknown_company(&s, &body) =>
+        {
+            (400, json!({"message": "Company not found"}))
+        }
+        "createOrUpdateContactUsingPUT" => upsert_contact(&mut s, &body),
         "updatePropertiesOnContactUsingPATCH" => {
             let id = id_at(3);
             match s.contacts.get(&id).cloned() {
@@ -280,20 +336,40 @@ async fn serve(
         }
         "listTagsUsingGET" => {
             let name = query_param("name");
-            let limit = query_param("limit")
-                .and_then(|l| l.parse().ok())
-                .unwrap_or(1000usize);
-            let offset = query_param("offset")
-                .and_then(|o| o.parse().ok())
-                .unwrap_or(0usize);
-            let matching: Vec<Value> = s
-                .tags
-                .values()
-                .filter(|t| name.as_deref().is_none_or(|n| t["name"] == n))
-                .cloned()
-                .collect();
-            let page: Vec<Value> = matching.iter().skip(offset).take(limit).cloned().collect();
-            (200, json!({"tags": page, "count": matching.len()}))
+            let (tags, count) = page(
+                s.tags
+                    .values()
+                    .filter(|t| name.as_deref().is_none_or(|n| t["name"] == n))
+                    .cloned()
+                    .collect(),
+            );
+            (200, json!({"tags": tags, "count": count}))
+        }
+        "listCompaniesUsingGET" => {
+            // The spec does not say how `company_name` matches; this matches loosely
+            // (case-insensitive substring) so that a client must keep exact names itself.
+            let name = query_param("company_name").map(|n| n.to_lowercase());
+            let (companies, count) = page(
+                s.companies
+                    .values()
+                    .filter(|c| {
+                        name.as_deref().is_none_or(|n| {
+                            c["company_name"]
+                                .as_str()
+                                .is_some_and(|have| have.to_lowercase().contains(n))
+                        })
+                    })
+                    .cloned()
+                    .collect(),
+            );
+            (200, json!({"companies": companies, "count": count}))
+        }
+        "createCompanyUsingPOST" => {
+            let id = s.next_id();
+            let mut company = body.clone();
+            company["id"] = json!(id);
+            s.companies.insert(id, company.clone());
+            (201, company)
         }
         "createTagUsingPOST" => {
             let id = s.next_id();
@@ -432,6 +508,14 @@ fn merge_contact(contact: &mut Map<String, Value>, body: &Value) {
     }
 }
 
+/// A contact body naming a company id the account does not have (Keap links contacts to
+/// existing company records only).
+fn unknown_company(s: &State, body: &Value) -> bool {
+    body.get("company")
+        .and_then(|c| c.get("id"))
+        .is_some_and(|id| id.as_i64().is_none_or(|id| !s.companies.contains_key(&id)))
+}
+
 fn primary_email(contact: &Map<String, Value>) -> Option<String> {
     contact
         .get("email_addresses")?
@@ -451,6 +535,14 @@ fn contact_json(s: &State, id: i64, contact: &Map<String, Value>) -> Value {
         .map(|t| t.iter().copied().collect())
         .unwrap_or_default();
     out.insert("tag_ids".into(), json!(tags));
+    // Keap answers the company reference with its name (`CompanyReference`).
+    if let Some(id) = contact.get("company").and_then(|c| c["id"].as_i64()) {
+        let name = s.companies.get(&id).map(|c| c["company_name"].clone());
+        out.insert(
+            "company".into(),
+            json!({"id": id, "company_name": name.unwrap_or(Value::Null)}),
+        );
+    }
     Value::Object(out)
 }
 

@@ -274,3 +274,106 @@ async fn the_directory_caches_ids_refuses_ambiguity_and_creates_only_when_allowe
     );
     assert!(keap.violations().is_empty());
 }
+
+#[tokio::test]
+async fn a_company_is_created_once_and_shared_by_its_contacts() {
+    let keap = KeapStandIn::start().await;
+    let crm = client(&keap);
+    let acme = |email: &str| ContactFields {
+        email: Some(email.into()),
+        company: Some("Acme, Inc.".into()),
+        ..ContactFields::default()
+    };
+    // A longer name the stand-in's loose `company_name` filter also returns.
+    crm.create_company("Acme, Inc. Europe")
+        .await
+        .expect("other company");
+
+    let jane = crm
+        .upsert_contact_by_email("jane@example.com", &acme("jane@example.com"))
+        .await
+        .expect("upsert with a new company");
+    let company = jane.company_id.expect("linked to a company");
+    let john = crm
+        .upsert_contact_by_email("john@example.com", &acme("john@example.com"))
+        .await
+        .expect("upsert with the same company");
+    assert_eq!(john.company_id, Some(company));
+    let creates = |keap: &KeapStandIn| {
+        keap.state()
+            .calls
+            .iter()
+            .filter(|c| c.method == "POST" && c.path == "/v1/companies")
+            .count()
+    };
+    assert_eq!(creates(&keap), 2, "Acme Europe by hand, Acme, Inc. once");
+    assert_eq!(
+        keap.state().companies[&company]["company_name"],
+        "Acme, Inc."
+    );
+
+    // A cold client finds the company instead of creating another, and a patch links it too.
+    let cold = client(&keap);
+    let moved = cold
+        .update_contact(
+            jane.id,
+            &ContactFields {
+                company: Some(" Acme, Inc. ".into()),
+                ..ContactFields::default()
+            },
+        )
+        .await
+        .expect("patch");
+    assert_eq!(moved.company_id, Some(company));
+    assert_eq!(creates(&keap), 2);
+
+    // Keap allows same-named companies: the oldest (lowest id) is the one contacts join.
+    let first = cold.create_company("Globex").await.expect("globex");
+    cold.create_company("Globex").await.expect("second globex");
+    let found = cold.find_companies_by_name("Globex").await.expect("find");
+    assert_eq!(found.len(), 2);
+    let linked = cold
+        .upsert_contact_by_email(
+            "hank@example.com",
+            &ContactFields {
+                company: Some("Globex".into()),
+                ..ContactFields::default()
+            },
+        )
+        .await
+        .expect("upsert");
+    assert_eq!(linked.company_id, Some(first.id));
+    assert!(keap.violations().is_empty(), "{:?}", keap.violations());
+}
+
+#[tokio::test]
+async fn chargify_countries_reach_keap_as_alpha3_and_unknown_ones_take_the_region_along() {
+    let keap = KeapStandIn::start().await;
+    let crm = client(&keap);
+    let billing = |country: &str| ContactFields {
+        address: Some(shared::keap::Address {
+            locality: Some("Pleasantville".into()),
+            region: Some("NC".into()),
+            country_code: Some(country.into()),
+            ..Default::default()
+        }),
+        ..ContactFields::default()
+    };
+    let us = crm
+        .upsert_contact_by_email("us@example.com", &billing("US"))
+        .await
+        .expect("US");
+    let nowhere = crm
+        .upsert_contact_by_email("zz@example.com", &billing("ZZ"))
+        .await
+        .expect("unknown country");
+    let state = keap.state();
+    let address = |id: i64| state.contacts[&id]["addresses"][0].clone();
+    assert_eq!(address(us.id)["country_code"], "USA");
+    assert_eq!(address(us.id)["region"], "NC");
+    assert_eq!(
+        address(nowhere.id),
+        serde_json::json!({"field": "BILLING", "locality": "Pleasantville"})
+    );
+    assert!(state.calls.iter().all(|c| c.outcome.is_ok()));
+}

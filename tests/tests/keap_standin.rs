@@ -174,3 +174,34 @@ async fn fails_like_keap_and_the_classifier_reads_it() {
     assert!(started.elapsed() >= std::time::Duration::from_millis(300));
     assert_eq!(keap.state().throttled, 3);
 }
+
+#[tokio::test]
+async fn the_spike_limit_arrests_a_key_over_its_calls_in_one_second() {
+    let keap = KeapStandIn::start().await;
+    keap.state().spike_limit = Some(3);
+    // Back to back, well within one second: three answered, the fourth arrested.
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(call(&keap, "GET", "/v1/contacts/model", "").await);
+    }
+    assert_eq!(
+        statuses.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        [200, 200, 200, 429]
+    );
+    assert_eq!(
+        body_of(&statuses[3].1)["fault"]["detail"]["errorcode"],
+        "policies.ratelimit.SpikeArrestViolation"
+    );
+    // Another key has its own window.
+    let (status, _) = http_request(
+        keap.addr.port(),
+        "GET",
+        "/crm/rest/v1/contacts/model",
+        &[("X-Keap-API-Key", "another-key")],
+        b"",
+    )
+    .await
+    .expect("answer");
+    assert_eq!(status, 200);
+    assert_eq!(keap.state().throttled, 1);
+}

@@ -8,9 +8,12 @@
 //! kind of 429 asks for. A daily-quota 429 is never retried here: its reset is hours away,
 //! and the caller should delay the work instead.
 
+use super::country::keap_country_code;
 use super::crm::{
-    Address, Contact, ContactFields, ContactId, Crm, CustomField, GoalHit, Tag, TagId,
+    Address, Company, CompanyId, Contact, ContactFields, ContactId, Crm, CustomField, GoalHit, Tag,
+    TagId,
 };
+use super::directory::{Directory, DEFAULT_TTL};
 use super::errors::KeapError;
 use super::throttle::ThrottleReport;
 use async_trait::async_trait;
@@ -52,6 +55,8 @@ pub struct KeapClientConfig {
     /// A throttle asking for a longer wait than this is returned to the caller instead.
     pub max_wait: Duration,
     pub request_timeout: Duration,
+    /// How long a name resolved to an id (tags, companies, custom fields) stays cached.
+    pub lookup_ttl: Duration,
 }
 
 impl KeapClientConfig {
@@ -63,6 +68,7 @@ impl KeapClientConfig {
             max_retries: 3,
             max_wait: Duration::from_secs(65),
             request_timeout: Duration::from_secs(20),
+            lookup_ttl: DEFAULT_TTL,
         }
     }
 }
@@ -73,6 +79,7 @@ pub struct KeapClient {
     limiter: DefaultDirectRateLimiter,
     last_report: Mutex<ThrottleReport>,
     paced_waits: AtomicU64,
+    directory: Directory,
 }
 
 impl KeapClient {
@@ -83,14 +90,22 @@ impl KeapClient {
             .map_err(|e| KeapError::Network {
                 detail: e.to_string(),
             })?;
-        let limiter = RateLimiter::direct(Quota::per_second(config.requests_per_second));
+        let limiter = RateLimiter::direct(even_spacing(config.requests_per_second));
         Ok(Self {
             http,
-            config,
             limiter,
             last_report: Mutex::new(ThrottleReport::default()),
             paced_waits: AtomicU64::new(0),
+            directory: Directory::new(config.lookup_ttl),
+            config,
         })
+    }
+
+    /// The name → id cache of this client's Keap account. The client uses it for contacts'
+    /// companies; callers use the same one for tags and custom fields, so one account has
+    /// one cache.
+    pub fn directory(&self) -> &Directory {
+        &self.directory
     }
 
     /// How many times the client slowed down because Keap's reported budget was low.
@@ -182,11 +197,60 @@ impl KeapClient {
 }
 
 impl KeapClient {
+    /// Every item of a v1 list (the array under `items`) matching `filter`, page by page.
+    async fn list_all(
+        &self,
+        path: &str,
+        items: &str,
+        filter: (&str, &str),
+    ) -> Result<Vec<Value>, KeapError> {
+        const PAGE: usize = 1000;
+        let mut all = Vec::new();
+        // Bounded paging: Keap accounts hold thousands of tags or companies, not millions.
+        for page in 0..100 {
+            let query = [
+                (filter.0, filter.1.to_owned()),
+                ("limit", PAGE.to_string()),
+                ("offset", (page * PAGE).to_string()),
+            ];
+            let mut answer = self.call(Method::GET, path, &query, None).await?;
+            let batch = match answer.get_mut(items).map(Value::take) {
+                Some(Value::Array(batch)) => batch,
+                _ => Vec::new(),
+            };
+            let count = batch.len();
+            all.extend(batch);
+            if count < PAGE {
+                break;
+            }
+        }
+        Ok(all)
+    }
+
+    /// The contact body for `fields`, with the company name resolved to its id.
+    async fn contact_body(&self, fields: &ContactFields) -> Result<Map<String, Value>, KeapError> {
+        let mut body = fields_json(fields);
+        let company = fields.company.as_deref().map(str::trim);
+        if let Some(name) = company.filter(|n| !n.is_empty()) {
+            let id: CompanyId = self.directory.company_id(self, name).await?;
+            body.insert("company".into(), json!({ "id": id }));
+        }
+        Ok(body)
+    }
+
     /// A bulk tag call: Keap answers 200 with a result per item, and every item must succeed.
     async fn post_items(&self, path: &str, body: &Value) -> Result<(), KeapError> {
         let answer = self.call(Method::POST, path, &[], Some(body)).await?;
         all_items_applied(&answer)
     }
+}
+
+/// `per_second` calls a second, one at a time, evenly spaced. governor's default burst is a
+/// whole second's allowance: after a pause it lets 10 calls go at once and the 11th 100 ms
+/// later, so 11 land in one second and Keap's spike arrest (10 in any second, smoothed to one
+/// per 100 ms) answers 429, which costs a 1.5 s retry wait. A burst of one never does that.
+fn even_spacing(per_second: NonZeroU32) -> Quota {
+    Quota::per_second(per_second).allow_burst(NonZeroU32::MIN)
 }
 
 fn retry_in_process(error: &KeapError, max_wait: Duration) -> bool {
@@ -236,7 +300,7 @@ fn without_url(error: &reqwest::Error) -> String {
     kind.to_owned()
 }
 
-fn contact_body(fields: &ContactFields) -> Map<String, Value> {
+fn fields_json(fields: &ContactFields) -> Map<String, Value> {
     let mut body = Map::new();
     if let Some(email) = &fields.email {
         body.insert(
@@ -274,7 +338,8 @@ fn contact_body(fields: &ContactFields) -> Map<String, Value> {
 }
 
 /// Keap refuses a region without a country ("BILLING Region is invalid"), so a region is
-/// only sent together with its country code.
+/// only sent together with a country code Keap knows (alpha-3); an unknown country is dropped
+/// with its region rather than sent and refused.
 fn address_json(address: &Address) -> Value {
     let mut out = Map::new();
     out.insert("field".into(), json!("BILLING"));
@@ -287,17 +352,35 @@ fn address_json(address: &Address) -> Value {
     put("line2", &address.line2);
     put("locality", &address.locality);
     put("postal_code", &address.postal_code);
-    put("country_code", &address.country_code);
-    if address.country_code.is_some() {
-        put("region", &address.region);
+    let given = address.country_code.as_deref().map(str::trim);
+    match given
+        .filter(|c| !c.is_empty())
+        .map(|c| (c, keap_country_code(c)))
+    {
+        Some((_, Some(alpha3))) => {
+            put("region", &address.region);
+            put("country_code", &Some(alpha3.to_owned()));
+        }
+        Some((unknown, None)) => {
+            tracing::warn!(
+                country = unknown,
+                "not an ISO 3166-1 country code; address sent without country and region"
+            );
+        }
+        None => {}
     }
     Value::Object(out)
 }
 
+/// The `id` of a record Keap answered; one without is an answer we cannot use.
+fn id_of(record: &Value, what: &str) -> Result<i64, KeapError> {
+    record["id"].as_i64().ok_or_else(|| KeapError::Network {
+        detail: format!("Keap answered a {what} without an id"),
+    })
+}
+
 fn contact_from(value: &Value) -> Result<Contact, KeapError> {
-    let id = value["id"].as_i64().ok_or_else(|| KeapError::Network {
-        detail: "Keap answered a contact without an id".into(),
-    })?;
+    let id = id_of(value, "contact")?;
     let email = value["email_addresses"]
         .as_array()
         .and_then(|a| a.iter().find(|e| e["field"] == "EMAIL1").or(a.first()))
@@ -306,7 +389,13 @@ fn contact_from(value: &Value) -> Result<Contact, KeapError> {
     let tag_ids = value["tag_ids"]
         .as_array()
         .map(|a| a.iter().filter_map(Value::as_i64).collect());
-    Ok(Contact { id, email, tag_ids })
+    let company_id = value["company"]["id"].as_i64();
+    Ok(Contact {
+        id,
+        email,
+        tag_ids,
+        company_id,
+    })
 }
 
 /// Keap's per-item results. Documented as a list of entries, seen as a map of id → status:
@@ -352,7 +441,7 @@ impl Crm for KeapClient {
         email: &str,
         fields: &ContactFields,
     ) -> Result<Contact, KeapError> {
-        let mut body = contact_body(fields);
+        let mut body = self.contact_body(fields).await?;
         body.insert(
             "email_addresses".into(),
             json!([{"email": email, "field": "EMAIL1"}]),
@@ -395,7 +484,7 @@ impl Crm for KeapClient {
         id: ContactId,
         fields: &ContactFields,
     ) -> Result<Contact, KeapError> {
-        let body = Value::Object(contact_body(fields));
+        let body = Value::Object(self.contact_body(fields).await?);
         let answer = self
             .call(
                 Method::PATCH,
@@ -408,31 +497,18 @@ impl Crm for KeapClient {
     }
 
     async fn find_tags_by_name(&self, name: &str) -> Result<Vec<Tag>, KeapError> {
-        const PAGE: usize = 1000;
-        let mut tags = Vec::new();
-        // Bounded paging: Keap accounts hold thousands of tags, not millions.
-        for page in 0..100 {
-            let query = [
-                ("name", name.to_owned()),
-                ("limit", PAGE.to_string()),
-                ("offset", (page * PAGE).to_string()),
-            ];
-            let answer = self.call(Method::GET, "/v1/tags", &query, None).await?;
-            let batch = answer["tags"].as_array().cloned().unwrap_or_default();
-            let count = batch.len();
-            tags.extend(batch.iter().filter_map(|t| {
+        let tags = self.list_all("/v1/tags", "tags", ("name", name)).await?;
+        Ok(tags
+            .iter()
+            .filter_map(|t| {
                 let tag_name = t["name"].as_str()?;
                 // Keap's name filter may match loosely; keep exact names only.
                 (tag_name == name).then(|| Tag {
                     id: t["id"].as_i64().unwrap_or_default(),
                     name: tag_name.to_owned(),
                 })
-            }));
-            if count < PAGE {
-                break;
-            }
-        }
-        Ok(tags)
+            })
+            .collect())
     }
 
     async fn create_tag(&self, name: &str) -> Result<Tag, KeapError> {
@@ -440,9 +516,7 @@ impl Crm for KeapClient {
             .call(Method::POST, "/v1/tags", &[], Some(&json!({"name": name})))
             .await?;
         Ok(Tag {
-            id: answer["id"].as_i64().ok_or_else(|| KeapError::Network {
-                detail: "Keap answered a tag without an id".into(),
-            })?,
+            id: id_of(&answer, "tag")?,
             name: name.to_owned(),
         })
     }
@@ -544,6 +618,38 @@ impl Crm for KeapClient {
             })
             .collect())
     }
+
+    async fn find_companies_by_name(&self, name: &str) -> Result<Vec<Company>, KeapError> {
+        let companies = self
+            .list_all("/v1/companies", "companies", ("company_name", name))
+            .await?;
+        let mut exact: Vec<Company> = companies
+            .iter()
+            .filter_map(|c| {
+                let company_name = c["company_name"].as_str()?;
+                // The spec does not say how `company_name` matches; keep exact names only.
+                (company_name == name).then(|| {
+                    Some(Company {
+                        id: c["id"].as_i64()?,
+                        name: company_name.to_owned(),
+                    })
+                })?
+            })
+            .collect();
+        exact.sort_by_key(|c| c.id);
+        Ok(exact)
+    }
+
+    async fn create_company(&self, name: &str) -> Result<Company, KeapError> {
+        let body = json!({ "company_name": name });
+        let answer = self
+            .call(Method::POST, "/v1/companies", &[], Some(&body))
+            .await?;
+        Ok(Company {
+            id: id_of(&answer, "company")?,
+            name: name.to_owned(),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -600,15 +706,21 @@ mod tests {
             ..Address::default()
         });
         assert_eq!(without, json!({"field": "BILLING"}));
-        let with = address_json(&Address {
+        let nc = |country: &str| Address {
             region: Some("NC".into()),
-            country_code: Some("USA".into()),
+            country_code: Some(country.into()),
             ..Address::default()
-        });
-        assert_eq!(
-            with,
-            json!({"field": "BILLING", "region": "NC", "country_code": "USA"})
-        );
+        };
+        let with = json!({"field": "BILLING", "region": "NC", "country_code": "USA"});
+        assert_eq!(address_json(&nc("USA")), with);
+        assert_eq!(address_json(&nc("US")), with, "Chargify's alpha-2");
+        for unknown in ["", "  ", "ZZ", "United States"] {
+            assert_eq!(
+                address_json(&nc(unknown)),
+                json!({"field": "BILLING"}),
+                "{unknown:?}: neither the country nor the region"
+            );
+        }
     }
 
     #[test]

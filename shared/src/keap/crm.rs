@@ -9,6 +9,8 @@ use serde_json::Value;
 pub type ContactId = i64;
 /// A Keap tag id.
 pub type TagId = i64;
+/// A Keap company id.
+pub type CompanyId = i64;
 
 /// What we write on a contact. `None` leaves a field as it is in Keap ("only the values
 /// provided" are updated).
@@ -19,12 +21,17 @@ pub struct ContactFields {
     pub family_name: Option<String>,
     pub phone: Option<String>,
     pub address: Option<Address>,
+    /// The organisation's name (Chargify's `organization`). Keap links a contact to a
+    /// company record by id, so the client finds the company by this exact name, or creates
+    /// it, and sends its id. Blank is the same as `None`.
+    pub company: Option<String>,
     /// Custom field id → value (text, number or date as JSON).
     pub custom_fields: Vec<(i64, Value)>,
     pub opt_in_reason: Option<String>,
 }
 
-/// A billing address. Keap requires `country_code` whenever `region` is sent.
+/// A billing address. Keap requires `country_code` whenever `region` is sent, so the client
+/// sends a region only with a country it knows (see `country_code`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Address {
     pub line1: Option<String>,
@@ -32,7 +39,10 @@ pub struct Address {
     pub locality: Option<String>,
     pub region: Option<String>,
     pub postal_code: Option<String>,
-    /// ISO 3166-1 alpha-3, as Keap expects (`USA`, `GBR`).
+    /// ISO 3166-1 alpha-2 as Chargify sends it (`US`) or alpha-3 (`USA`); the client sends
+    /// Keap alpha-3 ([`super::country::keap_country_code`]). A code it does not know is dropped
+    /// together with `region`: Keap refuses a region without a country, and a wrong country
+    /// is worse than none.
     pub country_code: Option<String>,
 }
 
@@ -44,12 +54,20 @@ pub struct Contact {
     /// The contact's tags when Keap's answer listed them; `None` when it did not say (an
     /// empty list is a contact with no tags).
     pub tag_ids: Option<Vec<TagId>>,
+    pub company_id: Option<CompanyId>,
 }
 
 /// A tag as read back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tag {
     pub id: TagId,
+    pub name: String,
+}
+
+/// A company as read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Company {
+    pub id: CompanyId,
     pub name: String,
 }
 
@@ -111,4 +129,8 @@ pub trait Crm: Send + Sync {
         body: &str,
     ) -> Result<i64, KeapError>;
     async fn custom_fields(&self) -> Result<Vec<CustomField>, KeapError>;
+    /// Companies whose name is exactly `name`, lowest id first. Keap does not keep company
+    /// names unique; callers link contacts to the first (oldest), like contacts by email.
+    async fn find_companies_by_name(&self, name: &str) -> Result<Vec<Company>, KeapError>;
+    async fn create_company(&self, name: &str) -> Result<Company, KeapError>;
 }

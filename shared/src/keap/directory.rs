@@ -1,11 +1,13 @@
-//! Names to ids, cached: tag name → tag id and custom-field label → field id, per Keap
-//! account ("container"), each entry for a TTL.
+//! Names to ids, cached: tag name → tag id, company name → company id and custom-field
+//! label → field id, per Keap account ("container"), each entry for a TTL.
 //!
 //! Keap does not keep tag names unique, so a name that matches two tags is an error to fix in
 //! Keap or in the rules (refer to the tag by id), never a guess. A missing tag is created
-//! only when the caller allows it.
+//! only when the caller allows it. Companies differ: the name comes from the customer's
+//! billing record, not from our rules, so a missing company is always created and several of
+//! one name resolve to the lowest id (the oldest, the same rule as contacts by email).
 
-use super::crm::{Crm, TagId};
+use super::crm::{CompanyId, Crm, TagId};
 use super::errors::KeapError;
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -36,21 +38,44 @@ pub enum IfMissing {
 
 pub struct Directory {
     ttl: Duration,
-    tags: Mutex<HashMap<String, (TagId, Instant)>>,
+    tags: Names,
+    companies: Names,
     fields: Mutex<Option<(HashMap<String, i64>, Instant)>>,
     /// Names Keap had no tag for, when looked up. Cached too: removing a tag that does not
     /// exist is the common case (six of a state group's seven tags on every state change),
     /// and a tag we create ourselves leaves this set at once.
     missing_tags: Mutex<HashMap<String, Instant>>,
+    /// Held while a name missing from the cache is looked up (and perhaps created), so that
+    /// two tasks resolving the same new name create it once. Misses are rare once warm.
+    misses: tokio::sync::Mutex<()>,
+}
+
+/// Name → id, each entry valid for the directory's TTL.
+#[derive(Default)]
+struct Names(Mutex<HashMap<String, (i64, Instant)>>);
+
+impl Names {
+    fn get(&self, name: &str, ttl: Duration) -> Option<i64> {
+        lock(&self.0)
+            .get(name)
+            .filter(|(_, at)| at.elapsed() < ttl)
+            .map(|(id, _)| *id)
+    }
+
+    fn put(&self, name: &str, id: i64) {
+        lock(&self.0).insert(name.to_owned(), (id, Instant::now()));
+    }
 }
 
 impl Directory {
     pub fn new(ttl: Duration) -> Self {
         Self {
             ttl,
-            tags: Mutex::new(HashMap::new()),
+            tags: Names::default(),
+            companies: Names::default(),
             fields: Mutex::new(None),
             missing_tags: Mutex::new(HashMap::new()),
+            misses: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -60,10 +85,12 @@ impl Directory {
         name: &str,
         if_missing: IfMissing,
     ) -> Result<TagId, LookupError> {
-        if let Some((id, at)) = lock(&self.tags).get(name) {
-            if at.elapsed() < self.ttl {
-                return Ok(*id);
-            }
+        if let Some(id) = self.tags.get(name, self.ttl) {
+            return Ok(id);
+        }
+        let _one_at_a_time = self.misses.lock().await;
+        if let Some(id) = self.tags.get(name, self.ttl) {
+            return Ok(id);
         }
         let known_missing = lock(&self.missing_tags)
             .get(name)
@@ -93,7 +120,25 @@ impl Directory {
                 })
             }
         };
-        lock(&self.tags).insert(name.to_owned(), (id, Instant::now()));
+        self.tags.put(name, id);
+        Ok(id)
+    }
+
+    /// The id of the company named exactly `name`, created in Keap when it has none.
+    pub async fn company_id(&self, crm: &dyn Crm, name: &str) -> Result<CompanyId, KeapError> {
+        if let Some(id) = self.companies.get(name, self.ttl) {
+            return Ok(id);
+        }
+        let _one_at_a_time = self.misses.lock().await;
+        if let Some(id) = self.companies.get(name, self.ttl) {
+            return Ok(id);
+        }
+        // `find_companies_by_name` answers lowest id first.
+        let id = match crm.find_companies_by_name(name).await?.first() {
+            Some(oldest) => oldest.id,
+            None => crm.create_company(name).await?.id,
+        };
+        self.companies.put(name, id);
         Ok(id)
     }
 

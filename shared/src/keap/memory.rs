@@ -2,7 +2,9 @@
 //! local mode's dry runs (where it stands in for Keap and every call is logged, none sent).
 //! The HTTP adapter is tested against the stand-in server in `tests/`, never against this.
 
-use super::crm::{Contact, ContactFields, ContactId, Crm, CustomField, GoalHit, Tag, TagId};
+use super::crm::{
+    Company, Contact, ContactFields, ContactId, Crm, CustomField, GoalHit, Tag, TagId,
+};
 use super::errors::KeapError;
 use async_trait::async_trait;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -19,6 +21,7 @@ pub struct CrmCall {
 pub struct CrmState {
     pub contacts: BTreeMap<ContactId, (ContactFields, BTreeSet<TagId>)>,
     pub tags: BTreeMap<TagId, String>,
+    pub companies: BTreeMap<i64, String>,
     pub custom_fields: Vec<CustomField>,
     /// `(contact, integration, call_name)` per goal achieved.
     pub goals: Vec<(ContactId, String, String)>,
@@ -159,6 +162,7 @@ fn contact(id: ContactId, fields: &ContactFields, tags: &BTreeSet<TagId>) -> Con
         id,
         email: fields.email.clone(),
         tag_ids: Some(tags.iter().copied().collect()),
+        company_id: None,
     }
 }
 
@@ -342,6 +346,30 @@ impl Crm for InMemoryCrm {
         state.notes.push((contact, title.to_owned()));
         state.next_id += 1;
         Ok(state.next_id)
+    }
+
+    async fn find_companies_by_name(&self, name: &str) -> Result<Vec<Company>, KeapError> {
+        let state = self.enter("find_companies", "GET /v1/companies?company_name=…".into())?;
+        Ok(state
+            .companies
+            .iter()
+            .filter(|(_, n)| n.as_str() == name)
+            .map(|(id, n)| Company {
+                id: *id,
+                name: n.clone(),
+            })
+            .collect())
+    }
+
+    async fn create_company(&self, name: &str) -> Result<Company, KeapError> {
+        let mut state = self.enter("create_company", "POST /v1/companies".into())?;
+        state.next_id += 1;
+        let id = state.next_id;
+        state.companies.insert(id, name.to_owned());
+        Ok(Company {
+            id,
+            name: name.to_owned(),
+        })
     }
 
     async fn custom_fields(&self) -> Result<Vec<CustomField>, KeapError> {

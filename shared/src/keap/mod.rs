@@ -10,7 +10,11 @@ pub mod memory;
 pub mod throttle;
 
 pub use client::{Credential, KeapClient, KeapClientConfig};
-pub use crm::{Address, Contact, ContactFields, ContactId, Crm, CustomField, GoalHit, Tag, TagId};
+pub use country::keap_country_code;
+pub use crm::{
+    Address, Company, CompanyId, Contact, ContactFields, ContactId, Crm, CustomField, GoalHit, Tag,
+    TagId,
+};
 pub use directory::{Directory, IfMissing, LookupError};
 pub use errors::{ErrorBody, KeapError, ThrottleKind};
 pub use memory::InMemoryCrm;

@@ -195,6 +195,7 @@ impl Run<'_> {
             given_name: details.given_name.clone(),
             family_name: details.family_name.clone(),
             phone: details.phone.clone(),
+            company: details.company.clone(),
             opt_in_reason: details.opt_in_reason.clone(),
             address: address(details),
             ..ContactFields::default()
