@@ -220,3 +220,115 @@ mod tests {
         assert!(!format!("{s:?}").contains("hunter2"));
     }
 }
+
+pub const IDEMPOTENCY_TABLE: &str = "IDEMPOTENCY_TABLE";
+pub const CUSTOMERS_TABLE: &str = "CUSTOMERS_TABLE";
+pub const DEAD_LETTER_QUEUE_URL: &str = "DEAD_LETTER_QUEUE_URL";
+pub const RECORD_TTL_DAYS: &str = "RECORD_TTL_DAYS";
+pub const MAX_LEASE_SECONDS: &str = "MAX_LEASE_SECONDS";
+
+/// Settings of the processor function (the Keap credentials are read by
+/// [`crate::keap::settings`], the rules by [`crate::rules::RuleSet::from_env`]).
+#[derive(Debug, Clone)]
+pub struct ProcessorConfig {
+    pub idempotency_table: String,
+    pub customers_table: String,
+    /// The queue the records come from (for `ChangeMessageVisibility`).
+    pub queue_url: String,
+    pub dead_letter_queue_url: String,
+    pub record_ttl: Duration,
+    pub max_lease: Duration,
+}
+
+impl ProcessorConfig {
+    pub fn from_lookup(var: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let set = |name: &str| {
+            var(name)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        let fifo = |name: &'static str, why: &'static str| -> Result<String, ConfigError> {
+            let url = set(name).ok_or(ConfigError::Missing(name, why))?;
+            if !url.ends_with(".fifo") {
+                return Err(ConfigError::Invalid {
+                    name,
+                    reason: format!("`{url}` is not a FIFO queue URL (it must end in .fifo)"),
+                });
+            }
+            Ok(url)
+        };
+        let number = |name: &'static str, default: u64, range: std::ops::RangeInclusive<u64>| {
+            match set(name) {
+                None => Ok(default),
+                Some(text) => match text.parse::<u64>() {
+                    Ok(n) if range.contains(&n) => Ok(n),
+                    _ => Err(ConfigError::Invalid {
+                        name,
+                        reason: format!(
+                            "`{text}` is not a whole number between {} and {}",
+                            range.start(),
+                            range.end()
+                        ),
+                    }),
+                },
+            }
+        };
+        Ok(Self {
+            idempotency_table: set(IDEMPOTENCY_TABLE).ok_or(ConfigError::Missing(
+                IDEMPOTENCY_TABLE,
+                "set it to the DynamoDB table of idempotency records",
+            ))?,
+            customers_table: set(CUSTOMERS_TABLE).ok_or(ConfigError::Missing(
+                CUSTOMERS_TABLE,
+                "set it to the DynamoDB table of the identity map (Chargify customer → Keap contact)",
+            ))?,
+            queue_url: fifo(QUEUE_URL, "set it to the URL of the SQS FIFO queue the processor reads")?,
+            dead_letter_queue_url: fifo(
+                DEAD_LETTER_QUEUE_URL,
+                "set it to the URL of the FIFO dead-letter queue for webhooks that cannot be applied",
+            )?,
+            record_ttl: Duration::from_secs(number(RECORD_TTL_DAYS, 35, 1..=365)? * 24 * 3600),
+            max_lease: Duration::from_secs(number(MAX_LEASE_SECONDS, 900, 10..=900)?),
+        })
+    }
+
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+}
+
+#[cfg(test)]
+mod processor_config_tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(pairs: &[(&str, &str)]) -> Result<ProcessorConfig, ConfigError> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        ProcessorConfig::from_lookup(|name| map.get(name).cloned())
+    }
+
+    const BASE: &[(&str, &str)] = &[
+        (IDEMPOTENCY_TABLE, "idem"),
+        (CUSTOMERS_TABLE, "customers"),
+        (QUEUE_URL, "https://sqs.us-east-1.amazonaws.com/1/q.fifo"),
+        (DEAD_LETTER_QUEUE_URL, "https://sqs.us-east-1.amazonaws.com/1/dlq.fifo"),
+    ];
+
+    #[test]
+    fn defaults_and_errors_name_the_variable() {
+        let ok = config(BASE).expect("valid");
+        assert_eq!(ok.record_ttl, Duration::from_secs(35 * 24 * 3600));
+        assert_eq!(ok.max_lease, Duration::from_secs(900));
+        let err = config(&BASE[1..]).unwrap_err();
+        assert!(err.to_string().contains(IDEMPOTENCY_TABLE), "{err}");
+        let mut bad = BASE.to_vec();
+        bad.push((RECORD_TTL_DAYS, "forever"));
+        assert!(config(&bad).unwrap_err().to_string().contains(RECORD_TTL_DAYS));
+        let mut bad = BASE.to_vec();
+        bad[3] = (DEAD_LETTER_QUEUE_URL, "https://sqs.us-east-1.amazonaws.com/1/dlq");
+        assert!(config(&bad).unwrap_err().to_string().contains(".fifo"));
+    }
+}
