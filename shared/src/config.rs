@@ -56,6 +56,10 @@ pub enum ConfigError {
     Keys(#[from] KeySetError),
     #[error("could not read secret {arn} from Secrets Manager: {detail}; check the ARN and the function's secretsmanager:GetSecretValue permission")]
     SecretUnreadable { arn: String, detail: String },
+    #[error("{set} are all set, but they choose different ways to do one thing; {fix}")]
+    Conflict { set: String, fix: &'static str },
+    #[error("could not set up the Keap client: {0}")]
+    Keap(#[from] crate::keap::KeapError),
 }
 
 impl IngestSettings {
@@ -122,28 +126,28 @@ pub async fn load_shared_keys(
 ) -> Result<SharedKeySet, ConfigError> {
     match source {
         KeySource::Inline(spec) => Ok(SharedKeySet::parse(spec)?),
-        KeySource::Secret { arn } => {
-            let client = aws_sdk_secretsmanager::Client::new(aws);
-            let unreadable = |detail: String| ConfigError::SecretUnreadable {
-                arn: arn.clone(),
-                detail,
-            };
-            let output = client
-                .get_secret_value()
-                .secret_id(arn)
-                .send()
-                .await
-                .map_err(|e| {
-                    unreadable(aws_sdk_secretsmanager::error::DisplayErrorContext(&e).to_string())
-                })?;
-            let spec = output.secret_string().ok_or_else(|| {
-                unreadable(
-                    "the secret has no SecretString (binary secrets are not supported)".into(),
-                )
-            })?;
-            Ok(SharedKeySet::parse(spec)?)
-        }
+        KeySource::Secret { arn } => Ok(SharedKeySet::parse(&read_secret(arn, aws).await?)?),
     }
+}
+
+/// The text of a Secrets Manager secret, read once (at cold start).
+pub async fn read_secret(arn: &str, aws: &aws_config::SdkConfig) -> Result<String, ConfigError> {
+    let client = aws_sdk_secretsmanager::Client::new(aws);
+    let unreadable = |detail: String| ConfigError::SecretUnreadable {
+        arn: arn.to_owned(),
+        detail,
+    };
+    let output = client
+        .get_secret_value()
+        .secret_id(arn)
+        .send()
+        .await
+        .map_err(|e| {
+            unreadable(aws_sdk_secretsmanager::error::DisplayErrorContext(&e).to_string())
+        })?;
+    output.secret_string().map(str::to_owned).ok_or_else(|| {
+        unreadable("the secret has no SecretString (binary secrets are not supported)".into())
+    })
 }
 
 #[cfg(test)]
@@ -314,7 +318,10 @@ mod processor_config_tests {
         (IDEMPOTENCY_TABLE, "idem"),
         (CUSTOMERS_TABLE, "customers"),
         (QUEUE_URL, "https://sqs.us-east-1.amazonaws.com/1/q.fifo"),
-        (DEAD_LETTER_QUEUE_URL, "https://sqs.us-east-1.amazonaws.com/1/dlq.fifo"),
+        (
+            DEAD_LETTER_QUEUE_URL,
+            "https://sqs.us-east-1.amazonaws.com/1/dlq.fifo",
+        ),
     ];
 
     #[test]
@@ -326,9 +333,15 @@ mod processor_config_tests {
         assert!(err.to_string().contains(IDEMPOTENCY_TABLE), "{err}");
         let mut bad = BASE.to_vec();
         bad.push((RECORD_TTL_DAYS, "forever"));
-        assert!(config(&bad).unwrap_err().to_string().contains(RECORD_TTL_DAYS));
+        assert!(config(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains(RECORD_TTL_DAYS));
         let mut bad = BASE.to_vec();
-        bad[3] = (DEAD_LETTER_QUEUE_URL, "https://sqs.us-east-1.amazonaws.com/1/dlq");
+        bad[3] = (
+            DEAD_LETTER_QUEUE_URL,
+            "https://sqs.us-east-1.amazonaws.com/1/dlq",
+        );
         assert!(config(&bad).unwrap_err().to_string().contains(".fifo"));
     }
 }

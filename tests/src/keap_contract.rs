@@ -44,6 +44,10 @@ pub enum Violation {
         operation: String,
         errors: Vec<String>,
     },
+    /// A call to the OAuth token endpoint that Keap's documentation says is wrong.
+    TokenRequest {
+        reason: String,
+    },
 }
 
 struct Operation {

@@ -2,7 +2,10 @@
 //! tags, companies, goals achieved, notes), strict (any request the vendored spec would refuse
 //! gets 400, see [`KeapContract`]), and able to inject Keap's failures (each kind of 429 with
 //! Keap's real headers and bodies, 401, 5xx, slow answers), or to enforce Keap's per-key
-//! spike arrest ([`State::spike_limit`]).
+//! spike arrest ([`State::spike_limit`]). With OAuth it also serves Keap's token endpoint at
+//! `/token` ([`token`]) and accepts only the bearer tokens it issued.
+
+pub mod token;
 
 use crate::keap_contract::{KeapContract, Violation};
 use bytes::Bytes;
@@ -67,6 +70,8 @@ pub struct State {
     pub minute_budget: (u64, u64),
     /// Daily quota reported in headers: `(limit, available)`.
     pub daily_budget: (u64, u64),
+    /// The OAuth app, its tokens and how often they were refreshed.
+    pub oauth: token::OAuthState,
     next_id: i64,
 }
 
@@ -199,13 +204,25 @@ async fn serve(
             .map(str::to_owned)
     };
     let api_key = header("x-keap-api-key");
-    let bearer = header("authorization").and_then(|v| v.strip_prefix("Bearer ").map(str::to_owned));
+    let authorization = header("authorization");
+    let bearer = authorization
+        .as_deref()
+        .and_then(|v| v.strip_prefix("Bearer ").map(str::to_owned));
     let body = request
         .into_body()
         .collect()
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
+    if full_path == "/token" {
+        return token::serve(
+            state,
+            &method,
+            query.as_deref(),
+            authorization.as_deref(),
+            &body,
+        );
+    }
     let path = full_path
         .strip_prefix("/crm/rest")
         .unwrap_or(&full_path)
@@ -240,6 +257,11 @@ async fn serve(
     };
     if api_key.is_none() && bearer.is_none() {
         return respond(state, 401, json!({"message": "No credentials"}));
+    }
+    if let Some(token) = &bearer {
+        if !lock(state).oauth.access_token_works(token) {
+            return token::invalid_access_token(state);
+        }
     }
     match fault {
         Some(Fault::Slow(delay)) => tokio::time::sleep(delay).await,
@@ -598,11 +620,7 @@ fn fault_response(state: &Mutex<State>, fault: &Fault) -> Response<Full<Bytes>> 
                 json!({"fault": {"faultstring": "Rate limit quota violation. Quota limit exceeded. Identifier : standin", "detail": {"errorcode": "policies.ratelimit.QuotaViolation"}}}),
             )
         }
-        Fault::Unauthorized => respond(
-            state,
-            401,
-            json!({"fault": {"faultstring": "Invalid access token", "detail": {"errorcode": "oauth.v2.InvalidAccessToken"}}}),
-        ),
+        Fault::Unauthorized => token::invalid_access_token(state),
         Fault::Status(status) => respond(state, *status, json!({"message": "injected failure"})),
         Fault::Slow(_) => respond(state, 500, Value::Null),
     }

@@ -7,6 +7,10 @@
 //! exponential backoff and jitter (backon) for transient failures, honouring the wait each
 //! kind of 429 asks for. A daily-quota 429 is never retried here: its reset is hours away,
 //! and the caller should delay the work instead.
+//!
+//! With OAuth, a 401 means the access token died early (revoked, or Keap's clock differs):
+//! the call gets one new token through the refresh lease and is retried once; a second 401
+//! is permanent.
 
 use super::country::keap_country_code;
 use super::crm::{
@@ -15,6 +19,7 @@ use super::crm::{
 };
 use super::directory::{Directory, DEFAULT_TTL};
 use super::errors::KeapError;
+use super::oauth::OAuthTokens;
 use super::throttle::ThrottleReport;
 use async_trait::async_trait;
 use backon::{ExponentialBuilder, Retryable};
@@ -23,7 +28,7 @@ use reqwest::Method;
 use serde_json::{json, Map, Value};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Keap's production base URL; paths are appended as `/v1/...`.
@@ -34,14 +39,23 @@ pub const KEAP_BASE_URL: &str = "https://api.infusionsoft.com/crm/rest";
 pub enum Credential {
     /// Service account key or personal access token, sent as `X-Keap-API-Key`.
     ApiKey(String),
+    /// OAuth2 access token from the shared token store, sent as `Authorization: Bearer`.
+    OAuth(Arc<OAuthTokens>),
 }
 
 impl std::fmt::Debug for Credential {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::ApiKey(_) => f.write_str("ApiKey(<redacted>)"),
+            Self::OAuth(_) => f.write_str("OAuth(<redacted>)"),
         }
     }
+}
+
+/// The credential one call sends: the key, or the bearer token it got for this call.
+enum Auth<'a> {
+    ApiKey(&'a str),
+    Bearer(String),
 }
 
 #[derive(Debug, Clone)]
@@ -122,13 +136,51 @@ impl KeapClient {
         query: &[(&str, String)],
         body: Option<&Value>,
     ) -> Result<Value, KeapError> {
+        let tokens = match &self.config.credential {
+            Credential::ApiKey(key) => {
+                return self
+                    .call_with(&Auth::ApiKey(key), method, path, query, body)
+                    .await
+            }
+            Credential::OAuth(tokens) => tokens,
+        };
+        let token = tokens.access_token().await?;
+        match self
+            .call_with(
+                &Auth::Bearer(token.clone()),
+                method.clone(),
+                path,
+                query,
+                body,
+            )
+            .await
+        {
+            Err(KeapError::Unauthorized { reason, .. }) => {
+                tracing::warn!(%reason, path, "Keap rejected the access token; refreshing once");
+                let token = tokens.replace_rejected(&token).await?;
+                self.call_with(&Auth::Bearer(token), method, path, query, body)
+                    .await
+            }
+            other => other,
+        }
+    }
+
+    /// One call with one credential: limiting, pacing and bounded retries.
+    async fn call_with(
+        &self,
+        auth: &Auth<'_>,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&Value>,
+    ) -> Result<Value, KeapError> {
         let max_wait = self.config.max_wait;
         let backoff = ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(200))
             .with_max_delay(Duration::from_secs(10))
             .with_max_times(self.config.max_retries)
             .with_jitter();
-        (|| self.attempt(method.clone(), path, query, body))
+        (|| self.attempt(auth, method.clone(), path, query, body))
             .retry(backoff)
             .when(|e| retry_in_process(e, max_wait))
             .adjust(|e, planned| match e {
@@ -142,6 +194,7 @@ impl KeapClient {
 
     async fn attempt(
         &self,
+        auth: &Auth<'_>,
         method: Method,
         path: &str,
         query: &[(&str, String)],
@@ -156,8 +209,9 @@ impl KeapClient {
         }
         let url = format!("{}{path}", self.config.base_url);
         let mut request = self.http.request(method.clone(), &url).query(query);
-        request = match &self.config.credential {
-            Credential::ApiKey(key) => request.header("X-Keap-API-Key", key),
+        request = match auth {
+            Auth::ApiKey(key) => request.header("X-Keap-API-Key", *key),
+            Auth::Bearer(token) => request.bearer_auth(token),
         };
         if let Some(body) = body {
             request = request.json(body);
@@ -287,7 +341,7 @@ fn jitter() -> Duration {
 }
 
 /// reqwest errors print the URL, which carries emails in query strings.
-fn without_url(error: &reqwest::Error) -> String {
+pub(crate) fn without_url(error: &reqwest::Error) -> String {
     let kind = if error.is_timeout() {
         "timeout"
     } else if error.is_connect() {

@@ -104,6 +104,12 @@ pub enum KeapError {
     },
     #[error("Keap refused the refresh token ({reason}); re-read the token store, and if it persists a person must re-authorise the integration")]
     InvalidGrant { reason: String },
+    #[error("Keap's OAuth authorisation is gone ({reason}); retrying will not help: a person must re-authorise the integration with `cks keap authorize-url` and `cks keap exchange-code` (README, Keap authentication)")]
+    ReauthorisationNeeded { reason: String },
+    #[error("could not read or write the Keap OAuth token store ({detail}); retry with backoff, and check the table (KEAP_TOKEN_TABLE) and the function's DynamoDB permissions if it persists")]
+    TokenStore { detail: String },
+    #[error("another worker is refreshing the Keap access token and did not finish within {waited:?}; retry later (its lease expires on its own if it crashed)")]
+    RefreshPending { waited: Duration },
     #[error("Keap has no such record ({reason}); the contact, tag or goal may have been merged or deleted [x-request-id {request_id:?}]")]
     NotFound {
         reason: String,
@@ -141,6 +147,8 @@ impl KeapError {
                 | Self::DailyQuotaExhausted { .. }
                 | Self::Transient { .. }
                 | Self::Network { .. }
+                | Self::TokenStore { .. }
+                | Self::RefreshPending { .. }
         )
     }
 

@@ -1,5 +1,6 @@
 //! Keap (Infusionsoft) REST v1: the CRM port, its HTTP adapter, and what Keap's answers mean.
-//! Still to come (issue 3): OAuth with the DynamoDB token lease.
+//! Two ways to authenticate ([`settings`]): an API key, or OAuth2 with tokens kept in a
+//! shared store and refreshed by one worker at a time ([`oauth`]).
 
 pub mod client;
 pub mod country;
@@ -7,6 +8,8 @@ pub mod crm;
 pub mod directory;
 pub mod errors;
 pub mod memory;
+pub mod oauth;
+pub mod settings;
 pub mod throttle;
 
 pub use client::{Credential, KeapClient, KeapClientConfig};

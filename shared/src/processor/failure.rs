@@ -96,7 +96,10 @@ fn keap_code(error: &KeapError) -> &'static str {
         KeapError::Throttled { .. } => "keap_throttled",
         KeapError::DailyQuotaExhausted { .. } => "keap_daily_quota",
         KeapError::Unauthorized { .. } => "keap_unauthorized",
-        KeapError::InvalidGrant { .. } => "keap_reauthorisation_needed",
+        KeapError::InvalidGrant { .. } => "keap_invalid_grant",
+        KeapError::ReauthorisationNeeded { .. } => "keap_reauthorisation_needed",
+        KeapError::TokenStore { .. } => "keap_token_store",
+        KeapError::RefreshPending { .. } => "keap_refresh_pending",
         KeapError::NotFound { .. } => "keap_not_found",
         KeapError::Permanent { .. } => "keap_permanent",
         KeapError::ItemsRefused { .. } => "keap_items_refused",
@@ -115,12 +118,15 @@ fn keap_disposition(error: &KeapError, now: OffsetDateTime) -> Disposition {
                 .map(|at| (until_then(at, now) + Duration::from_secs(60)).min(MAX_VISIBILITY_DELAY))
                 .unwrap_or(Duration::from_secs(3600)),
         ),
-        KeapError::Transient { .. } | KeapError::Network { .. } => {
-            Disposition::RetryAfter(DEFAULT_RETRY_DELAY)
-        }
+        KeapError::Transient { .. }
+        | KeapError::Network { .. }
+        | KeapError::TokenStore { .. }
+        | KeapError::RefreshPending { .. } => Disposition::RetryAfter(DEFAULT_RETRY_DELAY),
         // Credentials are fixed by a person; the messages wait for them instead of piling
         // into the dead-letter queue (the re-authorisation alarm tells the operator).
-        KeapError::Unauthorized { .. } | KeapError::InvalidGrant { .. } => {
+        KeapError::Unauthorized { .. }
+        | KeapError::InvalidGrant { .. }
+        | KeapError::ReauthorisationNeeded { .. } => {
             Disposition::RetryAfter(CREDENTIALS_RETRY_DELAY)
         }
         KeapError::NotFound { .. }

@@ -1,0 +1,381 @@
+//! How the Keap client authenticates, from the environment (locally) or Secrets Manager
+//! (in AWS): an API key, or OAuth2 with the token pair in DynamoDB, or nothing at all, which
+//! the caller turns into a dry run.
+
+use super::client::{Credential, KeapClient, KeapClientConfig, KEAP_BASE_URL};
+use super::oauth::{
+    ClientCredentials, DynamoDbTokenStore, KeapTokenEndpoint, OAuthTokens, RefreshPolicy,
+    KEAP_TOKEN_URL,
+};
+use crate::config::{read_secret, ConfigError};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const KEAP_API_KEY: &str = "KEAP_API_KEY";
+pub const KEAP_API_KEY_SECRET_ARN: &str = "KEAP_API_KEY_SECRET_ARN";
+pub const KEAP_CLIENT_ID: &str = "KEAP_CLIENT_ID";
+pub const KEAP_CLIENT_SECRET: &str = "KEAP_CLIENT_SECRET";
+pub const KEAP_OAUTH_CLIENT_SECRET_ARN: &str = "KEAP_OAUTH_CLIENT_SECRET_ARN";
+pub const KEAP_TOKEN_TABLE: &str = "KEAP_TOKEN_TABLE";
+pub const KEAP_TOKEN_KEY: &str = "KEAP_TOKEN_KEY";
+pub const KEAP_TOKEN_URL_VAR: &str = "KEAP_TOKEN_URL";
+pub const KEAP_BASE_URL_VAR: &str = "KEAP_BASE_URL";
+
+/// The token table item used when `KEAP_TOKEN_KEY` is not set.
+pub const DEFAULT_TOKEN_KEY: &str = "keap-oauth";
+
+/// Bound on one call to Keap's token endpoint: well under the refresh lease (30 s), so a
+/// refresh that got an answer can always store it while it still holds the lease.
+pub const TOKEN_ENDPOINT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A secret given inline (local runs) or as a Secrets Manager ARN (AWS).
+#[derive(Clone, PartialEq, Eq)]
+pub enum SecretSource<T> {
+    Inline(T),
+    Arn(String),
+}
+
+impl<T> std::fmt::Debug for SecretSource<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Inline(_) => f.write_str("Inline(<redacted>)"),
+            Self::Arn(arn) => f.debug_tuple("Arn").field(arn).finish(),
+        }
+    }
+}
+
+/// Where the OAuth pair lives and how to renew it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OAuthSettings {
+    pub client: SecretSource<ClientCredentials>,
+    pub token_table: String,
+    pub token_key: String,
+    pub token_url: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeapAuth {
+    /// Nothing configured: the caller runs without Keap (dry run).
+    None,
+    ApiKey(SecretSource<String>),
+    OAuth(OAuthSettings),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeapSettings {
+    pub base_url: String,
+    pub auth: KeapAuth,
+}
+
+/// The JSON secret behind `KEAP_OAUTH_CLIENT_SECRET_ARN`.
+#[derive(serde::Deserialize)]
+struct ClientSecretJson {
+    client_id: String,
+    client_secret: String,
+}
+
+impl KeapSettings {
+    /// Reads the settings through `var` (the process environment, or a map in tests).
+    pub fn from_lookup(var: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let set = |name: &str| {
+            var(name)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        let present = |names: &[&'static str]| -> Vec<&'static str> {
+            names.iter().copied().filter(|n| set(n).is_some()).collect()
+        };
+        let key_vars = present(&[KEAP_API_KEY, KEAP_API_KEY_SECRET_ARN]);
+        let oauth_vars = present(&[
+            KEAP_CLIENT_ID,
+            KEAP_CLIENT_SECRET,
+            KEAP_OAUTH_CLIENT_SECRET_ARN,
+        ]);
+        if !key_vars.is_empty() && !oauth_vars.is_empty() {
+            return Err(ConfigError::Conflict {
+                set: [key_vars, oauth_vars].concat().join(", "),
+                fix: "use an API key (KEAP_API_KEY or KEAP_API_KEY_SECRET_ARN) or OAuth (KEAP_CLIENT_ID + KEAP_CLIENT_SECRET, or KEAP_OAUTH_CLIENT_SECRET_ARN), not both",
+            });
+        }
+        let auth = if !key_vars.is_empty() {
+            KeapAuth::ApiKey(match (set(KEAP_API_KEY), set(KEAP_API_KEY_SECRET_ARN)) {
+                (Some(key), None) => SecretSource::Inline(key),
+                (None, Some(arn)) => SecretSource::Arn(arn),
+                _ => {
+                    return Err(ConfigError::Conflict {
+                        set: key_vars.join(", "),
+                        fix:
+                            "set only one of KEAP_API_KEY (local) and KEAP_API_KEY_SECRET_ARN (AWS)",
+                    })
+                }
+            })
+        } else if !oauth_vars.is_empty() {
+            KeapAuth::OAuth(Self::oauth_from(&set)?)
+        } else {
+            KeapAuth::None
+        };
+        Ok(Self {
+            base_url: set(KEAP_BASE_URL_VAR).unwrap_or_else(|| KEAP_BASE_URL.to_owned()),
+            auth,
+        })
+    }
+
+    fn oauth_from(set: &dyn Fn(&str) -> Option<String>) -> Result<OAuthSettings, ConfigError> {
+        let client = match (
+            set(KEAP_CLIENT_ID),
+            set(KEAP_CLIENT_SECRET),
+            set(KEAP_OAUTH_CLIENT_SECRET_ARN),
+        ) {
+            (Some(client_id), Some(client_secret), None) => {
+                SecretSource::Inline(ClientCredentials {
+                    client_id,
+                    client_secret,
+                })
+            }
+            (None, None, Some(arn)) => SecretSource::Arn(arn),
+            (Some(_), None, None) => {
+                return Err(ConfigError::Missing(
+                    KEAP_CLIENT_SECRET,
+                    "KEAP_CLIENT_ID is set: set KEAP_CLIENT_SECRET to the app's client secret too",
+                ))
+            }
+            (None, Some(_), None) => {
+                return Err(ConfigError::Missing(
+                    KEAP_CLIENT_ID,
+                    "KEAP_CLIENT_SECRET is set: set KEAP_CLIENT_ID to the app's client id too",
+                ))
+            }
+            _ => {
+                return Err(ConfigError::Conflict {
+                    set: format!("{KEAP_OAUTH_CLIENT_SECRET_ARN} and {KEAP_CLIENT_ID}/{KEAP_CLIENT_SECRET}"),
+                    fix: "set KEAP_CLIENT_ID + KEAP_CLIENT_SECRET (local) or KEAP_OAUTH_CLIENT_SECRET_ARN (AWS), not both",
+                })
+            }
+        };
+        let token_table = set(KEAP_TOKEN_TABLE).ok_or(ConfigError::Missing(
+            KEAP_TOKEN_TABLE,
+            "OAuth keeps the token pair in DynamoDB: set it to the token table's name",
+        ))?;
+        Ok(OAuthSettings {
+            client,
+            token_table,
+            token_key: set(KEAP_TOKEN_KEY).unwrap_or_else(|| DEFAULT_TOKEN_KEY.to_owned()),
+            token_url: set(KEAP_TOKEN_URL_VAR).unwrap_or_else(|| KEAP_TOKEN_URL.to_owned()),
+        })
+    }
+
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// The OAuth settings, for commands that only make sense with OAuth.
+    pub fn oauth(&self) -> Result<&OAuthSettings, ConfigError> {
+        match &self.auth {
+            KeapAuth::OAuth(oauth) => Ok(oauth),
+            _ => Err(ConfigError::Missing(
+                KEAP_CLIENT_ID,
+                "this needs OAuth: set KEAP_CLIENT_ID + KEAP_CLIENT_SECRET (or KEAP_OAUTH_CLIENT_SECRET_ARN) and KEAP_TOKEN_TABLE, and no API key",
+            )),
+        }
+    }
+}
+
+impl OAuthSettings {
+    /// The app's client id and secret, reading Secrets Manager once when they live there.
+    pub async fn client_credentials(
+        &self,
+        aws: &aws_config::SdkConfig,
+    ) -> Result<ClientCredentials, ConfigError> {
+        match &self.client {
+            SecretSource::Inline(client) => Ok(client.clone()),
+            SecretSource::Arn(arn) => {
+                let text = read_secret(arn, aws).await?;
+                // serde's message could quote the secret's content: say what is wanted instead.
+                let json: ClientSecretJson =
+                    serde_json::from_str(&text).map_err(|_| ConfigError::Invalid {
+                        name: KEAP_OAUTH_CLIENT_SECRET_ARN,
+                        reason: format!("secret {arn} must be JSON {{\"client_id\": \"…\", \"client_secret\": \"…\"}}"),
+                    })?;
+                Ok(ClientCredentials {
+                    client_id: json.client_id,
+                    client_secret: json.client_secret,
+                })
+            }
+        }
+    }
+
+    pub async fn token_endpoint(
+        &self,
+        aws: &aws_config::SdkConfig,
+    ) -> Result<KeapTokenEndpoint, ConfigError> {
+        let client = self.client_credentials(aws).await?;
+        Ok(KeapTokenEndpoint::new(
+            &self.token_url,
+            client,
+            TOKEN_ENDPOINT_TIMEOUT,
+        )?)
+    }
+
+    pub fn token_store(&self, aws: &aws_config::SdkConfig) -> DynamoDbTokenStore {
+        DynamoDbTokenStore::new(
+            aws_sdk_dynamodb::Client::new(aws),
+            &self.token_table,
+            &self.token_key,
+        )
+    }
+}
+
+/// A ready Keap client, or `None` when no credentials are configured (dry run). Secrets are
+/// read here, once.
+pub async fn build_client(
+    settings: &KeapSettings,
+    aws: &aws_config::SdkConfig,
+) -> Result<Option<KeapClient>, ConfigError> {
+    let credential = match &settings.auth {
+        KeapAuth::None => return Ok(None),
+        KeapAuth::ApiKey(SecretSource::Inline(key)) => Credential::ApiKey(key.clone()),
+        KeapAuth::ApiKey(SecretSource::Arn(arn)) => {
+            Credential::ApiKey(read_secret(arn, aws).await?.trim().to_owned())
+        }
+        KeapAuth::OAuth(oauth) => Credential::OAuth(Arc::new(OAuthTokens::new(
+            Arc::new(oauth.token_store(aws)),
+            Arc::new(oauth.token_endpoint(aws).await?),
+            RefreshPolicy::default(),
+        ))),
+    };
+    let config = KeapClientConfig::new(&settings.base_url, credential);
+    Ok(Some(KeapClient::new(config)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn settings(vars: &[(&str, &str)]) -> Result<KeapSettings, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        KeapSettings::from_lookup(|name| map.get(name).cloned())
+    }
+
+    fn message(vars: &[(&str, &str)]) -> String {
+        settings(vars)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn nothing_set_means_no_credentials_not_an_error() {
+        let s = settings(&[]).expect("valid");
+        assert_eq!(s.auth, KeapAuth::None);
+        assert_eq!(s.base_url, KEAP_BASE_URL);
+        // A token table alone (the stack may always set it) does not choose OAuth.
+        assert_eq!(
+            settings(&[(KEAP_TOKEN_TABLE, "t")]).expect("valid").auth,
+            KeapAuth::None
+        );
+    }
+
+    #[test]
+    fn reads_each_mode() {
+        let s = settings(&[
+            (KEAP_API_KEY, " sak-1 "),
+            (KEAP_BASE_URL_VAR, "http://127.0.0.1:1/crm/rest"),
+        ])
+        .expect("valid");
+        assert_eq!(
+            s.auth,
+            KeapAuth::ApiKey(SecretSource::Inline("sak-1".into()))
+        );
+        assert_eq!(s.base_url, "http://127.0.0.1:1/crm/rest");
+        let s = settings(&[(KEAP_API_KEY_SECRET_ARN, "arn:key")]).expect("valid");
+        assert_eq!(
+            s.auth,
+            KeapAuth::ApiKey(SecretSource::Arn("arn:key".into()))
+        );
+
+        let s = settings(&[
+            (KEAP_CLIENT_ID, "id"),
+            (KEAP_CLIENT_SECRET, "secret"),
+            (KEAP_TOKEN_TABLE, "tokens"),
+        ])
+        .expect("valid");
+        let oauth = s.oauth().expect("oauth");
+        assert_eq!(oauth.token_key, DEFAULT_TOKEN_KEY);
+        assert_eq!(oauth.token_url, KEAP_TOKEN_URL);
+        assert_eq!(oauth.token_table, "tokens");
+        let s = settings(&[
+            (KEAP_OAUTH_CLIENT_SECRET_ARN, "arn:client"),
+            (KEAP_TOKEN_TABLE, "tokens"),
+            (KEAP_TOKEN_KEY, "tenant-b"),
+            (KEAP_TOKEN_URL_VAR, "http://127.0.0.1:1/token"),
+        ])
+        .expect("valid");
+        let oauth = s.oauth().expect("oauth");
+        assert_eq!(oauth.client, SecretSource::Arn("arn:client".into()));
+        assert_eq!(
+            (oauth.token_key.as_str(), oauth.token_url.as_str()),
+            ("tenant-b", "http://127.0.0.1:1/token")
+        );
+    }
+
+    #[test]
+    fn each_mistake_names_its_variables() {
+        let both = message(&[
+            (KEAP_API_KEY, "k"),
+            (KEAP_CLIENT_ID, "id"),
+            (KEAP_CLIENT_SECRET, "s"),
+            (KEAP_TOKEN_TABLE, "t"),
+        ]);
+        assert!(
+            both.contains("KEAP_API_KEY, KEAP_CLIENT_ID, KEAP_CLIENT_SECRET are all set"),
+            "{both}"
+        );
+        assert!(
+            message(&[(KEAP_API_KEY, "k"), (KEAP_API_KEY_SECRET_ARN, "a")])
+                .contains("only one of KEAP_API_KEY")
+        );
+        assert!(message(&[(KEAP_CLIENT_ID, "id"), (KEAP_TOKEN_TABLE, "t")])
+            .starts_with("KEAP_CLIENT_SECRET is not set"));
+        assert!(
+            message(&[(KEAP_CLIENT_SECRET, "s"), (KEAP_TOKEN_TABLE, "t")])
+                .starts_with("KEAP_CLIENT_ID is not set")
+        );
+        assert!(
+            message(&[(KEAP_CLIENT_ID, "id"), (KEAP_CLIENT_SECRET, "s")])
+                .starts_with("KEAP_TOKEN_TABLE is not set")
+        );
+        assert!(message(&[
+            (KEAP_CLIENT_ID, "id"),
+            (KEAP_CLIENT_SECRET, "s"),
+            (KEAP_OAUTH_CLIENT_SECRET_ARN, "arn"),
+            (KEAP_TOKEN_TABLE, "t")
+        ])
+        .contains("not both"));
+        let err = settings(&[(KEAP_API_KEY, "k")])
+            .expect("valid")
+            .oauth()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("this needs OAuth"), "{err}");
+    }
+
+    #[test]
+    fn debug_never_prints_keys_or_client_secrets() {
+        for vars in [
+            &[(KEAP_API_KEY, "hunter2-key")][..],
+            &[
+                (KEAP_CLIENT_ID, "id"),
+                (KEAP_CLIENT_SECRET, "hunter2-secret"),
+                (KEAP_TOKEN_TABLE, "t"),
+            ][..],
+        ] {
+            let text = format!("{:?}", settings(vars).expect("valid"));
+            assert!(!text.contains("hunter2"), "{text}");
+        }
+    }
+}
