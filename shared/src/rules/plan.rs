@@ -192,7 +192,7 @@ pub fn plan(webhook: &Webhook, site: &str, rules: &RuleSet) -> Result<Plan, Plan
     };
 
     for rule in &rules.rules {
-        let applies = rule.events.iter().any(|e| *e == webhook.event)
+        let applies = rule.events.contains(&webhook.event)
             && matches(&rule.when.state, &state)
             && matches(&rule.when.previous_state, &previous_state)
             && matches(&rule.when.product_handle, &product_handle)
@@ -617,7 +617,8 @@ actions = [{ add_note = { title = "Payment failed", body = "{{ transaction.memo 
     #[test]
     fn bad_rules_files_are_refused_with_a_reason() {
         let base = "version = 1\n[contact]\nemail = \"{{ customer.email }}\"\n";
-        let cases: &[(&str, fn(&RulesError) -> bool)] = &[
+        type IsExpected = fn(&RulesError) -> bool;
+        let cases: &[(&str, IsExpected)] = &[
             ("[[rules]]\nname = \"x\"\nevents = [\"signup_sucess\"]\nactions = []\n", |e| {
                 matches!(e, RulesError::UnknownEvent { event, .. } if event == "signup_sucess")
             }),
