@@ -3,6 +3,7 @@
 
 pub mod chargify;
 pub mod config;
+pub mod dynamodb;
 pub mod entrypoints;
 pub mod envelope;
 pub mod fixtures;

@@ -47,8 +47,127 @@ pub async fn sqs_client(endpoint: &str) -> aws_sdk_sqs::Client {
     aws_sdk_sqs::Client::new(&aws_config_for(endpoint).await)
 }
 
+/// A DynamoDB client with the production retry policy (`shared::dynamodb::client`).
 pub async fn dynamodb_client(endpoint: &str) -> aws_sdk_dynamodb::Client {
-    aws_sdk_dynamodb::Client::new(&aws_config_for(endpoint).await)
+    shared::dynamodb::client(&aws_config_for(endpoint).await)
+}
+
+/// A DynamoDB client like [`dynamodb_client`] that also logs every request it transmits.
+pub async fn logged_dynamodb_client(endpoint: &str) -> (aws_sdk_dynamodb::Client, RequestLog) {
+    let log = RequestLog::default();
+    let conf = aws_sdk_dynamodb::config::Builder::from(&aws_config_for(endpoint).await)
+        .retry_config(shared::dynamodb::retry_config())
+        .interceptor(log.clone())
+        .build();
+    (aws_sdk_dynamodb::Client::from_conf(conf), log)
+}
+
+/// The operations a client sent (from the `X-Amz-Target` header of the JSON protocols,
+/// e.g. `UpdateItem`), one per attempt, so retries count too.
+#[derive(Debug, Clone, Default)]
+pub struct RequestLog {
+    operations: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl RequestLog {
+    /// The operations sent since the last call, and forgets them.
+    pub fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.operations.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+impl aws_sdk_dynamodb::config::Intercept for RequestLog {
+    fn name(&self) -> &'static str {
+        "RequestLog"
+    }
+
+    fn read_before_transmit(
+        &self,
+        context: &aws_sdk_dynamodb::config::interceptors::BeforeTransmitInterceptorContextRef<'_>,
+        _components: &aws_sdk_dynamodb::config::RuntimeComponents,
+        _cfg: &mut aws_sdk_dynamodb::config::ConfigBag,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let target = context
+            .request()
+            .headers()
+            .get("x-amz-target")
+            .unwrap_or("?");
+        let operation = target.rsplit('.').next().unwrap_or(target).to_owned();
+        self.operations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(operation);
+        Ok(())
+    }
+}
+
+/// A fresh table with a unique name, keyed by `pk` (S) like all of ours, on-demand, with TTL
+/// on `ttl_attribute` when given. Returns the table name.
+pub async fn create_table(
+    client: &aws_sdk_dynamodb::Client,
+    prefix: &str,
+    ttl_attribute: Option<&str>,
+) -> String {
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+        TimeToLiveSpecification,
+    };
+    let name = unique_name(prefix);
+    client
+        .create_table()
+        .table_name(&name)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name(shared::dynamodb::PARTITION_KEY)
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .expect("attribute definition"),
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name(shared::dynamodb::PARTITION_KEY)
+                .key_type(KeyType::Hash)
+                .build()
+                .expect("key schema"),
+        )
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("create table {name} on the emulator: {e:?}"));
+    if let Some(attribute) = ttl_attribute {
+        client
+            .update_time_to_live()
+            .table_name(&name)
+            .time_to_live_specification(
+                TimeToLiveSpecification::builder()
+                    .attribute_name(attribute)
+                    .enabled(true)
+                    .build()
+                    .expect("TTL specification"),
+            )
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("enable TTL on {name}: {e:?}"));
+    }
+    name
+}
+
+/// A table for `DynamoDbIdempotencyStore`: `pk` (S), TTL on `expires_at`.
+pub async fn create_idempotency_table(client: &aws_sdk_dynamodb::Client) -> String {
+    create_table(client, "idempotency", Some("expires_at")).await
+}
+
+/// A table for `DynamoDbCustomerStore`: `pk` (S), no TTL.
+pub async fn create_customers_table(client: &aws_sdk_dynamodb::Client) -> String {
+    create_table(client, "customers", None).await
+}
+
+/// An endpoint on 127.0.0.1 where nothing listens: every connection is refused.
+pub fn unreachable_endpoint() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    drop(listener);
+    format!("http://127.0.0.1:{port}")
 }
 
 /// A unique resource name (`prefix-<nanos>`), so tests sharing one emulator never collide.
@@ -63,18 +182,59 @@ pub fn unique_name(prefix: &str) -> String {
 /// A fresh FIFO queue with a unique name, so tests sharing one emulator never see each
 /// other's messages. Content-based deduplication is off: ingest always sets the id.
 pub async fn create_fifo_queue(client: &aws_sdk_sqs::Client, prefix: &str) -> String {
+    create_fifo_queue_with(client, prefix, &[]).await
+}
+
+/// [`create_fifo_queue`] with more attributes (a redrive policy, a visibility timeout).
+pub async fn create_fifo_queue_with(
+    client: &aws_sdk_sqs::Client,
+    prefix: &str,
+    attributes: &[(aws_sdk_sqs::types::QueueAttributeName, String)],
+) -> String {
     use aws_sdk_sqs::types::QueueAttributeName;
     let name = format!("{}.fifo", unique_name(prefix));
-    client
+    let mut request = client
         .create_queue()
         .queue_name(&name)
         .attributes(QueueAttributeName::FifoQueue, "true")
-        .attributes(QueueAttributeName::ContentBasedDeduplication, "false")
+        .attributes(QueueAttributeName::ContentBasedDeduplication, "false");
+    for (attribute, value) in attributes {
+        request = request.attributes(attribute.clone(), value);
+    }
+    request
         .send()
         .await
         .unwrap_or_else(|e| panic!("create queue {name} on the emulator: {e:?}"))
         .queue_url
         .unwrap_or_else(|| panic!("no url for queue {name}"))
+}
+
+/// A main FIFO queue and its dead-letter FIFO queue, wired as the stack wires them (redrive
+/// after 5 receives). Returns `(main url, dead-letter url)`.
+pub async fn create_fifo_queue_pair(
+    client: &aws_sdk_sqs::Client,
+    prefix: &str,
+) -> (String, String) {
+    use aws_sdk_sqs::types::QueueAttributeName;
+    let dead_letter_url = create_fifo_queue(client, &format!("{prefix}-dlq")).await;
+    let arn = client
+        .get_queue_attributes()
+        .queue_url(&dead_letter_url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("arn of {dead_letter_url}: {e:?}"))
+        .attributes
+        .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
+        .unwrap_or_else(|| panic!("no arn for {dead_letter_url}"));
+    let redrive = json!({ "deadLetterTargetArn": arn, "maxReceiveCount": 5 }).to_string();
+    let main_url = create_fifo_queue_with(
+        client,
+        prefix,
+        &[(QueueAttributeName::RedrivePolicy, redrive)],
+    )
+    .await;
+    (main_url, dead_letter_url)
 }
 
 /// A Secrets Manager secret (in the emulator) with a unique name; returns its ARN.

@@ -1,7 +1,8 @@
 //! The ingest Lambda handler, fed API Gateway HTTP API events, against SQS FIFO in moto.
 
 use integration_tests::{
-    create_fifo_queue, drain, http_api_event, moto_endpoint, sqs_client, Signature,
+    create_fifo_queue, drain, http_api_event, moto_endpoint, sqs_client, unreachable_endpoint,
+    Signature,
 };
 use lambda_http::{Body, Response};
 use shared::chargify::signature::sign;
@@ -281,12 +282,7 @@ async fn the_test_webhook_is_200_and_not_enqueued() {
 #[tokio::test]
 async fn an_unreachable_queue_is_503_so_chargify_retries() {
     // A port nothing listens on: connection refused on every attempt.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let dead = format!(
-        "http://127.0.0.1:{}",
-        listener.local_addr().expect("addr").port()
-    );
-    drop(listener);
+    let dead = unreachable_endpoint();
     let client = sqs_client(&dead).await;
     let keys = SharedKeySet::parse(KEY).expect("keys");
     let service = IngestService::new(

@@ -2,8 +2,8 @@
 //! semantics as the DynamoDB adapter, which the integration tests check against moto.
 
 use super::{
-    new_token, Begin, IdempotencyKey, IdempotencyRecord, IdempotencyStore, Lease, RecordStatus,
-    StoreError,
+    later, new_token, Begin, IdempotencyKey, IdempotencyRecord, IdempotencyStore, Lease,
+    RecordStatus, StoreError,
 };
 use async_trait::async_trait;
 use std::collections::{BTreeMap, BTreeSet};
@@ -38,10 +38,6 @@ impl InMemoryIdempotencyStore {
     {
         self.records.lock().unwrap_or_else(|p| p.into_inner())
     }
-}
-
-fn later(now: OffsetDateTime, by: Duration) -> OffsetDateTime {
-    now + time::Duration::try_from(by).unwrap_or(time::Duration::DAY)
 }
 
 #[async_trait]

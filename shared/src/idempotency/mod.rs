@@ -12,8 +12,10 @@
 //!   failure midway skips them ([`Lease::is_done`]).
 //! - [`IdempotencyStore::complete`] marks the record `COMPLETED` with a summary and a TTL.
 
+mod dynamodb;
 mod memory;
 
+pub use dynamodb::DynamoDbIdempotencyStore;
 pub use memory::InMemoryIdempotencyStore;
 
 use async_trait::async_trait;
@@ -194,6 +196,11 @@ pub fn new_token() -> String {
         bytes = nanos.to_le_bytes();
     }
     hex::encode(bytes)
+}
+
+/// `now + by`; a duration too large for a date (never one we pass) counts as a day.
+pub(crate) fn later(now: OffsetDateTime, by: Duration) -> OffsetDateTime {
+    now + time::Duration::try_from(by).unwrap_or(time::Duration::DAY)
 }
 
 /// SHA-256 of a webhook body, hex.

@@ -6,8 +6,10 @@
 //! creates a second contact. Both facts live in one item per customer, so a typical event
 //! costs one read and at most one write here.
 
+mod dynamodb;
 mod memory;
 
+pub use dynamodb::DynamoDbCustomerStore;
 pub use memory::InMemoryCustomerStore;
 
 use crate::idempotency::StoreError;

@@ -2,9 +2,11 @@
 
 mod memory;
 mod sqs;
+mod sqs_control;
 
 pub use memory::{InMemoryQueue, InMemoryRecordControl};
 pub use sqs::SqsWebhookQueue;
+pub use sqs_control::{SqsRecordControl, MAX_FAILURE_REASON_BYTES, MAX_VISIBILITY_DELAY};
 
 use async_trait::async_trait;
 

@@ -35,15 +35,7 @@ impl WebhookQueue for SqsWebhookQueue {
             .message_deduplication_id(&message.deduplication_id)
             .message_body(&message.body);
         for (name, value) in &message.attributes {
-            let attribute = MessageAttributeValue::builder()
-                .data_type("String")
-                .string_value(value)
-                .build()
-                .map_err(|e| QueueError::Refused {
-                    code: "InvalidAttribute".into(),
-                    detail: e.to_string(),
-                })?;
-            request = request.message_attributes(name, attribute);
+            request = request.message_attributes(name, string_attribute(value)?);
         }
         match request.send().await {
             Ok(output) => Ok(SentMessage {
@@ -55,9 +47,21 @@ impl WebhookQueue for SqsWebhookQueue {
     }
 }
 
+/// A `String` message attribute.
+pub(super) fn string_attribute(value: &str) -> Result<MessageAttributeValue, QueueError> {
+    MessageAttributeValue::builder()
+        .data_type("String")
+        .string_value(value)
+        .build()
+        .map_err(|e| QueueError::Refused {
+            code: "InvalidAttribute".into(),
+            detail: e.to_string(),
+        })
+}
+
 /// A service error with a code is a refusal (bad queue, permissions, invalid parameters);
 /// anything that never produced an answer (timeouts, connection failures) is unavailability.
-fn classify<E, R>(err: SdkError<E, R>) -> QueueError
+pub(super) fn classify<E, R>(err: SdkError<E, R>) -> QueueError
 where
     E: aws_sdk_sqs::error::ProvideErrorMetadata + std::error::Error + 'static,
     R: std::fmt::Debug,

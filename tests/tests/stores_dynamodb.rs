@@ -1,0 +1,407 @@
+//! The DynamoDB idempotency store and identity map against DynamoDB in moto: the behaviours
+//! the in-memory adapters' unit tests pin down, plus what only a real store can show
+//! (concurrent workers, one write per call, missing tables, an unreachable endpoint).
+
+use integration_tests::{
+    create_customers_table, create_idempotency_table, dynamodb_client, logged_dynamodb_client,
+    moto_endpoint, unreachable_endpoint, RequestLog,
+};
+use shared::dynamodb::{string, Table, PARTITION_KEY};
+use shared::idempotency::{
+    Begin, DynamoDbIdempotencyStore, IdempotencyKey, IdempotencyStore, Lease, RecordStatus,
+    StoreError,
+};
+use shared::identity::{ClockUpdate, CustomerKey, CustomerStore, DynamoDbCustomerStore};
+use std::time::{Duration, Instant};
+use time::OffsetDateTime;
+
+const MIN: Duration = Duration::from_secs(60);
+const TTL: Duration = Duration::from_secs(35 * 24 * 3600);
+
+fn key() -> IdempotencyKey {
+    IdempotencyKey::new("acme", "123")
+}
+
+async fn idempotency_store() -> DynamoDbIdempotencyStore {
+    let client = dynamodb_client(&moto_endpoint()).await;
+    let table = create_idempotency_table(&client).await;
+    DynamoDbIdempotencyStore::new(Table::new(client, table))
+}
+
+async fn started(store: &DynamoDbIdempotencyStore, hash: &str, now: OffsetDateTime) -> Lease {
+    match store
+        .begin(&key(), hash, now, MIN, TTL)
+        .await
+        .expect("begin")
+    {
+        Begin::Started(lease) => lease,
+        other => panic!("expected a lease, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_live_lease_blocks_and_an_expired_one_is_retaken_with_its_steps() {
+    let store = idempotency_store().await;
+    let now = OffsetDateTime::now_utc();
+    let first = started(&store, "h", now).await;
+    assert_eq!(first.attempt, 1);
+    assert!(!first.payload_differs);
+    store.record_step(&first, "goal").await.expect("step");
+    // The refusal carries the holder's expiry, read from the refused write (ALL_OLD).
+    assert_eq!(
+        store.begin(&key(), "h", now, MIN, TTL).await,
+        Ok(Begin::InProgress {
+            lease_expires_at: first.expires_at
+        })
+    );
+    // The first worker crashed; after its lease expires another takes over.
+    let second = started(&store, "h", now + time::Duration::minutes(2)).await;
+    assert!(second.is_done("goal"), "{second:?}");
+    assert_eq!(second.attempt, 2);
+    assert_ne!(second.token, first.token);
+    // The crashed worker, had it woken, can no longer write.
+    assert_eq!(
+        store.record_step(&first, "note").await,
+        Err(StoreError::LeaseLost)
+    );
+    assert_eq!(
+        store.complete(&first, "late", None, now, TTL).await,
+        Err(StoreError::LeaseLost)
+    );
+    assert_eq!(
+        store.release(&first, "late").await,
+        Err(StoreError::LeaseLost)
+    );
+    store
+        .complete(&second, "ok", Some("note"), now, TTL)
+        .await
+        .expect("complete");
+    assert_eq!(
+        store.begin(&key(), "h", now, MIN, TTL).await,
+        Ok(Begin::AlreadyCompleted {
+            summary: Some("ok".into()),
+            same_payload: true
+        })
+    );
+    // A completed record is never retaken, however late.
+    assert_eq!(
+        store
+            .begin(&key(), "other", now + time::Duration::days(1), MIN, TTL)
+            .await,
+        Ok(Begin::AlreadyCompleted {
+            summary: Some("ok".into()),
+            same_payload: false
+        })
+    );
+    assert_eq!(
+        store.record_step(&second, "after").await,
+        Err(StoreError::LeaseLost),
+        "completing gives the lease up"
+    );
+    let record = store.get(&key()).await.expect("get").expect("record");
+    assert_eq!(record.status, RecordStatus::Completed);
+    assert_eq!(
+        record.steps_done.into_iter().collect::<Vec<_>>(),
+        vec!["goal".to_owned(), "note".to_owned()]
+    );
+    assert_eq!(record.attempts, 2);
+    assert_eq!(record.lease_expires_at, None);
+    assert_eq!(record.summary.as_deref(), Some("ok"));
+    assert_eq!(record.payload_hash, "h");
+}
+
+#[tokio::test]
+async fn a_released_lease_is_retaken_at_once_and_flags_a_different_body() {
+    let store = idempotency_store().await;
+    let now = OffsetDateTime::now_utc();
+    let first = started(&store, "h1", now).await;
+    store.record_step(&first, "goal").await.expect("step");
+    store.release(&first, "Keap 503").await.expect("release");
+    let record = store.get(&key()).await.expect("get").expect("record");
+    assert_eq!(record.status, RecordStatus::Failed);
+    assert_eq!(record.last_error.as_deref(), Some("Keap 503"));
+    assert_eq!(
+        record.lease_expires_at,
+        Some(OffsetDateTime::UNIX_EPOCH),
+        "never a lease without an expiry"
+    );
+    let second = started(&store, "h2", now).await;
+    assert!(second.payload_differs);
+    assert!(second.is_done("goal"), "a released record keeps its steps");
+    assert_eq!(second.attempt, 2);
+    assert_eq!(
+        store.release(&first, "again").await,
+        Err(StoreError::LeaseLost),
+        "a released lease cannot be released twice"
+    );
+}
+
+#[tokio::test]
+async fn every_lease_has_an_expiry_and_every_record_a_ttl() {
+    let store = idempotency_store().await;
+    // A sub-second time: the stored numbers keep it exactly.
+    let now = OffsetDateTime::now_utc();
+    let lease = started(&store, "h", now).await;
+    assert_eq!(lease.expires_at, now + MIN);
+    let record = store.get(&key()).await.expect("get").expect("record");
+    assert_eq!(record.status, RecordStatus::InProgress);
+    assert_eq!(record.lease_expires_at, Some(lease.expires_at));
+    assert_eq!(
+        record.expires_at.unix_timestamp(),
+        (now + TTL).unix_timestamp(),
+        "the TTL is whole epoch seconds"
+    );
+    // Completing moves the TTL to completion + TTL.
+    let later = now + time::Duration::hours(1);
+    store
+        .complete(&lease, "ok", None, later, TTL)
+        .await
+        .expect("complete");
+    let record = store.get(&key()).await.expect("get").expect("record");
+    assert_eq!(
+        record.expires_at.unix_timestamp(),
+        (later + TTL).unix_timestamp()
+    );
+    assert!(record.steps_done.is_empty());
+    assert_eq!(
+        store.get(&IdempotencyKey::new("acme", "never")).await,
+        Ok(None)
+    );
+}
+
+#[tokio::test]
+async fn eight_concurrent_begins_take_exactly_one_lease() {
+    let store = idempotency_store().await;
+    let now = OffsetDateTime::now_utc();
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.begin(&key(), "h", now, MIN, TTL).await })
+        })
+        .collect();
+    let mut started = 0;
+    let mut in_progress = 0;
+    for task in tasks {
+        match task.await.expect("task").expect("begin") {
+            Begin::Started(_) => started += 1,
+            Begin::InProgress { .. } => in_progress += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!((started, in_progress), (1, 7));
+    let record = store.get(&key()).await.expect("get").expect("record");
+    assert_eq!(record.attempts, 1, "refused begins change nothing");
+}
+
+#[tokio::test]
+async fn each_operation_is_one_write_and_a_refusal_needs_no_read() {
+    let (client, log) = logged_dynamodb_client(&moto_endpoint()).await;
+    let table = create_idempotency_table(&client).await;
+    log.take();
+    let store = DynamoDbIdempotencyStore::new(Table::new(client, table));
+    let now = OffsetDateTime::now_utc();
+    let one_update = |log: &RequestLog, what: &str| {
+        assert_eq!(log.take(), vec!["UpdateItem".to_owned()], "{what}");
+    };
+    let first = started(&store, "h", now).await;
+    one_update(&log, "begin");
+    store.record_step(&first, "goal").await.expect("step");
+    one_update(&log, "record_step");
+    assert!(matches!(
+        store.begin(&key(), "h", now, MIN, TTL).await,
+        Ok(Begin::InProgress { .. })
+    ));
+    one_update(&log, "refused begin");
+    store.release(&first, "x").await.expect("release");
+    one_update(&log, "release");
+    let second = started(&store, "h", now).await;
+    one_update(&log, "retaken begin");
+    store
+        .complete(&second, "ok", Some("note"), now, TTL)
+        .await
+        .expect("complete");
+    one_update(&log, "complete with a final step");
+    assert!(matches!(
+        store.begin(&key(), "h", now, MIN, TTL).await,
+        Ok(Begin::AlreadyCompleted { .. })
+    ));
+    one_update(&log, "begin of a completed record");
+    store.get(&key()).await.expect("get");
+    assert_eq!(log.take(), vec!["GetItem".to_owned()]);
+
+    let (client, log) = logged_dynamodb_client(&moto_endpoint()).await;
+    let table = create_customers_table(&client).await;
+    log.take();
+    let customers = DynamoDbCustomerStore::new(Table::new(client, table));
+    let customer = CustomerKey::new("acme", "42");
+    let t = OffsetDateTime::now_utc();
+    customers.save(&customer, 7, None).await.expect("save");
+    one_update(&log, "save without a clock");
+    customers
+        .save(&customer, 7, Some(("s1", t)))
+        .await
+        .expect("save");
+    one_update(&log, "save advancing the clock");
+    customers
+        .save(&customer, 7, Some(("s1", t - time::Duration::hours(1))))
+        .await
+        .expect("save");
+    assert_eq!(
+        log.take(),
+        vec!["UpdateItem".to_owned(), "UpdateItem".to_owned()],
+        "a stale save is the rare path with a second write"
+    );
+}
+
+#[tokio::test]
+async fn the_customer_clock_only_moves_forward_and_a_stale_save_keeps_the_contact_id() {
+    let client = dynamodb_client(&moto_endpoint()).await;
+    let table = create_customers_table(&client).await;
+    let store = DynamoDbCustomerStore::new(Table::new(client, table));
+    let key = CustomerKey::new("acme", "42");
+    assert_eq!(store.get(&key).await, Ok(None));
+    let t1 = OffsetDateTime::from_unix_timestamp(1_790_000_000).expect("time")
+        + time::Duration::milliseconds(250);
+    let t2 = t1 + time::Duration::milliseconds(500);
+    assert_eq!(
+        store.save(&key, 7, Some(("s1", t2))).await,
+        Ok(ClockUpdate::Advanced)
+    );
+    assert_eq!(
+        store.save(&key, 8, Some(("s1", t1))).await,
+        Ok(ClockUpdate::Stale)
+    );
+    let record = store.get(&key).await.expect("get").expect("record");
+    assert_eq!(
+        record.contact_id,
+        Some(8),
+        "a stale save still stores the contact"
+    );
+    assert_eq!(record.subscription_clocks.get("s1"), Some(&t2));
+    // Equal times are not stale: a retry of the same event passes.
+    assert_eq!(
+        store.save(&key, 8, Some(("s1", t2))).await,
+        Ok(ClockUpdate::Advanced)
+    );
+    assert_eq!(
+        store.save(&key, 8, Some(("s2", t1))).await,
+        Ok(ClockUpdate::Advanced),
+        "each subscription has its own clock"
+    );
+    assert_eq!(store.save(&key, 9, None).await, Ok(ClockUpdate::Unchanged));
+    let record = store.get(&key).await.expect("get").expect("record");
+    assert_eq!(record.contact_id, Some(9));
+    assert!(record.is_stale("s1", t1));
+    assert!(!record.is_stale("s1", t2));
+    assert!(!record.is_stale("s2", t1));
+    assert_eq!(
+        record.subscription_clocks.keys().collect::<Vec<_>>(),
+        vec!["s1", "s2"]
+    );
+    // A clock is created on an item that has none, and with the item itself.
+    let fresh = CustomerKey::new("acme", "43");
+    assert_eq!(
+        store.save(&fresh, 1, Some(("s9", t1))).await,
+        Ok(ClockUpdate::Advanced)
+    );
+}
+
+#[tokio::test]
+async fn a_record_with_odd_attributes_is_corrupt_not_a_panic() {
+    let client = dynamodb_client(&moto_endpoint()).await;
+    let table = create_idempotency_table(&client).await;
+    client
+        .put_item()
+        .table_name(&table)
+        .item(PARTITION_KEY, string(key().storage_key()))
+        .item("status", string("SHRUG"))
+        .item("payload_hash", string("h"))
+        .send()
+        .await
+        .expect("put");
+    let store = DynamoDbIdempotencyStore::new(Table::new(client.clone(), &table));
+    assert!(
+        matches!(store.get(&key()).await, Err(StoreError::Corrupt { .. })),
+        "get"
+    );
+    // No lease expiry, so the begin is refused; the refused item is unreadable.
+    assert!(
+        matches!(
+            store
+                .begin(&key(), "h", OffsetDateTime::now_utc(), MIN, TTL)
+                .await,
+            Err(StoreError::Corrupt { .. })
+        ),
+        "begin"
+    );
+    let customers = DynamoDbCustomerStore::new(Table::new(client.clone(), &table));
+    client
+        .put_item()
+        .table_name(&table)
+        .item(PARTITION_KEY, string("acme#42"))
+        .item("contact_id", string("seven"))
+        .send()
+        .await
+        .expect("put");
+    assert!(matches!(
+        customers.get(&CustomerKey::new("acme", "42")).await,
+        Err(StoreError::Corrupt { .. })
+    ));
+}
+
+#[tokio::test]
+async fn a_missing_table_is_unavailable() {
+    let client = dynamodb_client(&moto_endpoint()).await;
+    let store = DynamoDbIdempotencyStore::new(Table::new(client.clone(), "never-created"));
+    let now = OffsetDateTime::now_utc();
+    let unavailable = |result: Result<(), StoreError>, what: &str| match result {
+        Err(StoreError::Unavailable { detail }) => {
+            assert!(detail.contains("ResourceNotFound"), "{what}: {detail}")
+        }
+        other => panic!("{what}: {other:?}"),
+    };
+    unavailable(
+        store.begin(&key(), "h", now, MIN, TTL).await.map(drop),
+        "begin",
+    );
+    unavailable(store.get(&key()).await.map(drop), "get");
+    let customers = DynamoDbCustomerStore::new(Table::new(client, "never-created"));
+    let customer = CustomerKey::new("acme", "42");
+    unavailable(
+        customers
+            .save(&customer, 7, Some(("s1", now)))
+            .await
+            .map(drop),
+        "save",
+    );
+    unavailable(customers.get(&customer).await.map(drop), "customer get");
+}
+
+#[tokio::test]
+async fn an_unreachable_endpoint_fails_fast_as_unavailable() {
+    let client = dynamodb_client(&unreachable_endpoint()).await;
+    let store = DynamoDbIdempotencyStore::new(Table::new(client.clone(), "any"));
+    let customers = DynamoDbCustomerStore::new(Table::new(client, "any"));
+    let started = Instant::now();
+    let result = store
+        .begin(&key(), "h", OffsetDateTime::now_utc(), MIN, TTL)
+        .await;
+    assert!(
+        matches!(
+            result,
+            Err(StoreError::Unavailable { .. } | StoreError::Throttled { .. })
+        ),
+        "{result:?}"
+    );
+    let result = customers.get(&CustomerKey::new("acme", "42")).await;
+    assert!(
+        matches!(result, Err(StoreError::Unavailable { .. })),
+        "{result:?}"
+    );
+    // Five attempts with a backoff capped at 2 s: seconds, not the invocation's lifetime.
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+}
