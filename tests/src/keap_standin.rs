@@ -60,6 +60,9 @@ pub struct State {
     pub campaign_goals: Vec<(String, String)>,
     pub calls: Vec<Call>,
     pub faults: VecDeque<Fault>,
+    /// `(method, path fragment, fault)`: served to the next request of that method whose
+    /// path contains the fragment, whatever comes before it.
+    pub targeted_faults: Vec<(String, String, Fault)>,
     /// Rate-limit mode: a credential that already made this many calls in the last second
     /// gets Keap's spike-arrest 429 instead of an answer. Refused calls do not count.
     pub spike_limit: Option<usize>,
@@ -173,6 +176,13 @@ impl KeapStandIn {
         self.state().faults.push_back(fault);
     }
 
+    /// Serves `fault` to the next `method` request whose path contains `path_fragment`.
+    pub fn inject_on(&self, method: &str, path_fragment: &str, fault: Fault) {
+        self.state()
+            .targeted_faults
+            .push((method.to_owned(), path_fragment.to_owned(), fault));
+    }
+
     /// Requests the contract refused: a correct client makes none.
     pub fn violations(&self) -> Vec<Call> {
         self.state()
@@ -249,8 +259,14 @@ async fn serve(
             bearer: bearer.clone(),
             at,
         });
+        let targeted = s
+            .targeted_faults
+            .iter()
+            .position(|(m, fragment, _)| *m == method && path.contains(fragment.as_str()));
         if arrested {
             Some(Fault::SpikeArrest)
+        } else if let Some(i) = targeted {
+            Some(s.targeted_faults.remove(i).2)
         } else {
             s.faults.pop_front()
         }

@@ -415,3 +415,60 @@ pub async fn http_request(
         .unwrap_or(0);
     Ok((status, text))
 }
+
+/// Receives up to 10 messages and shapes them as the SQS event Lambda's event source mapping
+/// delivers (message id, receipt handle, body, and the FIFO system attributes).
+pub async fn receive_as_lambda_event(
+    client: &aws_sdk_sqs::Client,
+    queue_url: &str,
+    visibility_timeout: i32,
+) -> aws_lambda_events::sqs::SqsEvent {
+    use aws_sdk_sqs::types::MessageSystemAttributeName;
+    let output = client
+        .receive_message()
+        .queue_url(queue_url)
+        .max_number_of_messages(10)
+        .visibility_timeout(visibility_timeout)
+        .message_system_attribute_names(MessageSystemAttributeName::All)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("receive from {queue_url}: {e:?}"));
+    let mut event = aws_lambda_events::sqs::SqsEvent::default();
+    for m in output.messages.unwrap_or_default() {
+        let mut record = aws_lambda_events::sqs::SqsMessage::default();
+        record.message_id = m.message_id.clone();
+        record.receipt_handle = m.receipt_handle.clone();
+        record.body = m.body.clone();
+        record.event_source = Some("aws:sqs".into());
+        for (name, value) in m.attributes.clone().unwrap_or_default() {
+            record.attributes.insert(name.as_str().to_owned(), value);
+        }
+        event.records.push(record);
+    }
+    event
+}
+
+/// Deletes the records of `event` that are not in `failed` (message ids), as the event source
+/// mapping does after a partial batch response.
+pub async fn delete_succeeded(
+    client: &aws_sdk_sqs::Client,
+    queue_url: &str,
+    event: &aws_lambda_events::sqs::SqsEvent,
+    failed: &[String],
+) {
+    for record in &event.records {
+        let id = record.message_id.clone().unwrap_or_default();
+        if failed.contains(&id) {
+            continue;
+        }
+        if let Some(receipt) = &record.receipt_handle {
+            client
+                .delete_message()
+                .queue_url(queue_url)
+                .receipt_handle(receipt)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("delete {id}: {e:?}"));
+        }
+    }
+}

@@ -1,81 +1,134 @@
-//! The processor function's entry point (SQS FIFO trigger with `ReportBatchItemFailures`).
+//! The processor function's entry point: SQS FIFO trigger with `ReportBatchItemFailures`.
 //!
-//! Until the rules engine and Keap client land (issues 3 and 4), it reads each envelope and
-//! hands every record back as failed, so a queue wired to it by mistake loses nothing: the
-//! messages return to the queue and, after the redrive limit, rest in the dead-letter queue.
-//! `template.yaml` does not wire it to the queue yet.
+//! Cold start reads and checks everything once (configuration, rules, Keap credentials) and
+//! fails loudly naming the fix; each invocation then runs its batch through
+//! [`process_batch`] and reports the records to retry.
 
-use crate::envelope::WebhookEnvelope;
+use crate::config::ProcessorConfig;
+use crate::dynamodb::Table;
+use crate::idempotency::DynamoDbIdempotencyStore;
+use crate::identity::DynamoDbCustomerStore;
+use crate::keap::directory::DEFAULT_TTL;
+use crate::keap::settings::{build_client, KeapSettings};
+use crate::keap::Directory;
+use crate::processor::{process_batch, BatchRecord, Processor, ProcessorSettings};
+use crate::queue::{RecordControl, SqsRecordControl};
+use crate::rules::RuleSet;
 use crate::telemetry;
-use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 use lambda_runtime::{service_fn, Error, LambdaEvent};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Bound on each AWS call (DynamoDB, SQS), retries included.
+const AWS_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A batch Lambda must retry whole: some failed record carries no message id to report.
+#[derive(Debug, thiserror::Error)]
+#[error("{0} failed records carry no SQS message id; failing the whole batch so none is lost (the others are idempotent)")]
+pub struct UnreportableFailures(pub usize);
 
 pub async fn run() -> Result<(), Error> {
     telemetry::init("processor");
-    lambda_runtime::run(service_fn(|event: LambdaEvent<SqsEvent>| async move {
-        let response = handle(event.payload);
-        telemetry::flush_metrics();
-        Ok::<_, Error>(response)
+    let (processor, control) = cold_start().await.inspect_err(|e| {
+        tracing::error!(error = %e, "processor cannot start");
+    })?;
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| {
+        let processor = Arc::clone(&processor);
+        let control = Arc::clone(&control);
+        async move {
+            let deadline = deadline_of(event.context.deadline);
+            let response = handle(processor, control, event.payload, deadline).await;
+            telemetry::flush_metrics();
+            response.map_err(Error::from)
+        }
     }))
     .await
 }
 
-/// Reports every record with a message id as a batch item failure; see the module note.
-pub fn handle(event: SqsEvent) -> SqsBatchResponse {
-    let mut failures = Vec::new();
-    for record in event.records {
-        let Some(message_id) = record.message_id.filter(|id| !id.is_empty()) else {
-            // An empty id cannot be reported: Lambda would fail the whole batch.
-            continue;
-        };
-        match record.body.as_deref().map(WebhookEnvelope::from_json) {
-            Some(Ok(envelope)) => tracing::warn!(
-                message_id = message_id.as_str(),
-                webhook_id = envelope.webhook_id.as_str(),
-                event = envelope.event.as_str(),
-                "processing not implemented yet; message returned to the queue"
-            ),
-            Some(Err(e)) => {
-                tracing::error!(message_id = message_id.as_str(), error = %e, "unreadable message")
-            }
-            None => tracing::error!(message_id = message_id.as_str(), "message without a body"),
-        }
-        metrics::counter!("RecordsReturned").increment(1);
-        let mut failure = BatchItemFailure::default();
-        failure.item_identifier = message_id;
-        failures.push(failure);
-    }
-    let mut response = SqsBatchResponse::default();
-    response.batch_item_failures = failures;
-    response
+async fn cold_start() -> Result<(Arc<Processor>, Arc<dyn RecordControl>), Error> {
+    let config = ProcessorConfig::from_env()?;
+    let rules = RuleSet::from_env()?;
+    let keap = KeapSettings::from_env()?;
+    let aws = super::aws_config(
+        AWS_CALL_TIMEOUT,
+        super::region_of_queue_url(&config.queue_url),
+    )
+    .await;
+    let crm = build_client(&keap, &aws).await?.ok_or(
+        "no Keap credentials: set KEAP_API_KEY_SECRET_ARN (or KEAP_API_KEY), or the OAuth variables (README, Keap authentication)",
+    )?;
+    tracing::info!(
+        rules = rules.handled_events().len(),
+        idempotency_table = config.idempotency_table.as_str(),
+        customers_table = config.customers_table.as_str(),
+        "processor ready"
+    );
+    let processor = Arc::new(Processor {
+        rules: Arc::new(rules),
+        crm: Arc::new(crm),
+        directory: Directory::new(DEFAULT_TTL),
+        idempotency: Arc::new(DynamoDbIdempotencyStore::new(Table::from_config(
+            &aws,
+            &config.idempotency_table,
+        ))),
+        customers: Arc::new(DynamoDbCustomerStore::new(Table::from_config(
+            &aws,
+            &config.customers_table,
+        ))),
+        settings: ProcessorSettings {
+            record_ttl: config.record_ttl,
+            max_lease: config.max_lease,
+        },
+    });
+    let control: Arc<dyn RecordControl> = Arc::new(SqsRecordControl::new(
+        aws_sdk_sqs::Client::new(&aws),
+        &config.queue_url,
+        &config.dead_letter_queue_url,
+    ));
+    Ok((processor, control))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::handle;
-    use aws_lambda_events::sqs::{SqsEvent, SqsMessage};
-
-    fn record(id: Option<&str>, body: &str) -> SqsMessage {
-        let mut message = SqsMessage::default();
-        message.message_id = id.map(str::to_owned);
-        message.body = Some(body.to_owned());
-        message
+/// Runs one SQS event. `deadline` is when the invocation times out.
+pub async fn handle(
+    processor: Arc<Processor>,
+    control: Arc<dyn RecordControl>,
+    event: SqsEvent,
+    deadline: Instant,
+) -> Result<SqsBatchResponse, UnreportableFailures> {
+    let records = event.records.into_iter().map(batch_record).collect();
+    let result = process_batch(processor, control, records, deadline).await;
+    if result.unreportable > 0 {
+        return Err(UnreportableFailures(result.unreportable));
     }
+    let mut response = SqsBatchResponse::default();
+    response.batch_item_failures = result
+        .failed
+        .into_iter()
+        .map(|id| {
+            let mut failure = BatchItemFailure::default();
+            failure.item_identifier = id;
+            failure
+        })
+        .collect();
+    Ok(response)
+}
 
-    #[test]
-    fn every_record_goes_back_except_those_without_an_id() {
-        let mut event = SqsEvent::default();
-        event.records = vec![
-            record(Some("m1"), "{not an envelope"),
-            record(Some(""), "{}"),
-            record(None, "{}"),
-            record(Some("m2"), "{}"),
-        ];
-        let ids: Vec<String> = handle(event)
-            .batch_item_failures
-            .into_iter()
-            .map(|f| f.item_identifier)
-            .collect();
-        assert_eq!(ids, ["m1", "m2"]);
+fn batch_record(message: SqsMessage) -> BatchRecord {
+    BatchRecord {
+        group_id: message.attributes.get("MessageGroupId").cloned(),
+        deduplication_id: message.attributes.get("MessageDeduplicationId").cloned(),
+        message_id: message.message_id,
+        receipt_handle: message.receipt_handle,
+        body: message.body,
     }
+}
+
+/// The Lambda context's deadline (milliseconds since the epoch) as an `Instant`.
+pub fn deadline_of(deadline_ms: u64) -> Instant {
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    Instant::now() + Duration::from_millis(deadline_ms.saturating_sub(now_ms))
 }

@@ -20,6 +20,7 @@ pub const KEAP_TOKEN_TABLE: &str = "KEAP_TOKEN_TABLE";
 pub const KEAP_TOKEN_KEY: &str = "KEAP_TOKEN_KEY";
 pub const KEAP_TOKEN_URL_VAR: &str = "KEAP_TOKEN_URL";
 pub const KEAP_BASE_URL_VAR: &str = "KEAP_BASE_URL";
+pub const KEAP_REQUESTS_PER_SECOND: &str = "KEAP_REQUESTS_PER_SECOND";
 
 /// The token table item used when `KEAP_TOKEN_KEY` is not set.
 pub const DEFAULT_TOKEN_KEY: &str = "keap-oauth";
@@ -65,6 +66,9 @@ pub enum KeapAuth {
 pub struct KeapSettings {
     pub base_url: String,
     pub auth: KeapAuth,
+    /// Client-side ceiling per process (`KEAP_REQUESTS_PER_SECOND`, default 10, at most 25).
+    /// Keap's limit is per key or app across all processes: divide it by the concurrency.
+    pub requests_per_second: std::num::NonZeroU32,
 }
 
 /// The JSON secret behind `KEAP_OAUTH_CLIENT_SECRET_ARN`.
@@ -114,9 +118,21 @@ impl KeapSettings {
         } else {
             KeapAuth::None
         };
+        let requests_per_second = match set(KEAP_REQUESTS_PER_SECOND) {
+            None => std::num::NonZeroU32::MIN.saturating_add(9),
+            Some(text) => text
+                .parse::<std::num::NonZeroU32>()
+                .ok()
+                .filter(|n| n.get() <= 25)
+                .ok_or_else(|| ConfigError::Invalid {
+                    name: KEAP_REQUESTS_PER_SECOND,
+                    reason: format!("`{text}` is not a whole number from 1 to 25 (Keap's spike limit is 10/s for a key, 25/s for an OAuth app)"),
+                })?,
+        };
         Ok(Self {
             base_url: set(KEAP_BASE_URL_VAR).unwrap_or_else(|| KEAP_BASE_URL.to_owned()),
             auth,
+            requests_per_second,
         })
     }
 
@@ -243,7 +259,8 @@ pub async fn build_client(
             RefreshPolicy::default(),
         ))),
     };
-    let config = KeapClientConfig::new(&settings.base_url, credential);
+    let mut config = KeapClientConfig::new(&settings.base_url, credential);
+    config.requests_per_second = settings.requests_per_second;
     Ok(Some(KeapClient::new(config)?))
 }
 

@@ -9,8 +9,7 @@ use crate::rules::PlanError;
 use std::time::Duration;
 use time::OffsetDateTime;
 
-/// SQS cannot hide a message for longer than 12 hours.
-pub const MAX_VISIBILITY_DELAY: Duration = Duration::from_secs(12 * 3600);
+pub use crate::queue::MAX_VISIBILITY_DELAY;
 
 /// How long a record waits after a transient failure that names no time of its own.
 pub const DEFAULT_RETRY_DELAY: Duration = Duration::from_secs(30);

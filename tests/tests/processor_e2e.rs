@@ -1,0 +1,532 @@
+//! The processor end to end over real wire protocols: ingest puts signed reference webhooks on
+//! an SQS FIFO queue in moto, the processor's Lambda handler runs each batch as the event
+//! source mapping would deliver it, with its idempotency records and identity map in DynamoDB
+//! (moto), against the Keap stand-in (which refuses any request the v1 spec would).
+
+use http::{HeaderMap, HeaderValue, Method};
+use integration_tests::keap_standin::{Fault, KeapStandIn};
+use integration_tests::{
+    create_customers_table, create_fifo_queue_pair, create_idempotency_table, delete_succeeded,
+    drain, dynamodb_client, moto_endpoint, receive_as_lambda_event, sqs_client,
+};
+use shared::chargify::signature::{sign, SIGNATURE_HEADER};
+use shared::chargify::SharedKeySet;
+use shared::dynamodb::Table;
+use shared::entrypoints::processor_lambda::handle;
+use shared::fixtures;
+use shared::idempotency::{
+    DynamoDbIdempotencyStore, IdempotencyKey, IdempotencyStore, RecordStatus,
+};
+use shared::identity::DynamoDbCustomerStore;
+use shared::ingest::{InboundRequest, IngestService};
+use shared::keap::{directory::DEFAULT_TTL, Credential, Directory, KeapClient, KeapClientConfig};
+use shared::processor::{Processor, ProcessorSettings};
+use shared::queue::{RecordControl, SqsRecordControl, SqsWebhookQueue};
+use shared::rules::RuleSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const KEY: &str = "e2e-shared-key";
+
+struct Stack {
+    sqs: aws_sdk_sqs::Client,
+    queue_url: String,
+    dead_letter_url: String,
+    keap: KeapStandIn,
+    idempotency: Arc<DynamoDbIdempotencyStore>,
+    processor: Arc<Processor>,
+    control: Arc<dyn RecordControl>,
+    ingest: IngestService<SqsWebhookQueue>,
+}
+
+async fn stack() -> Stack {
+    stack_with(RuleSet::default_rules().expect("default rules")).await
+}
+
+async fn stack_with(rules: RuleSet) -> Stack {
+    let endpoint = moto_endpoint();
+    let sqs = sqs_client(&endpoint).await;
+    let dynamodb = dynamodb_client(&endpoint).await;
+    let (queue_url, dead_letter_url) = create_fifo_queue_pair(&sqs, "e2e").await;
+    let idempotency_table = create_idempotency_table(&dynamodb).await;
+    let customers_table = create_customers_table(&dynamodb).await;
+    let keap = KeapStandIn::start().await;
+    {
+        let mut state = keap.state();
+        for (i, label) in rules.custom_field_labels().into_iter().enumerate() {
+            state.custom_fields.push((100 + i as i64, label));
+        }
+    }
+    let mut config = KeapClientConfig::new(keap.base_url(), Credential::ApiKey("sak-e2e".into()));
+    config.max_wait = Duration::from_secs(2);
+    config.max_retries = 1;
+    let crm = KeapClient::new(config).expect("client");
+    let idempotency = Arc::new(DynamoDbIdempotencyStore::new(Table::new(
+        dynamodb.clone(),
+        &idempotency_table,
+    )));
+    let processor = Arc::new(Processor {
+        rules: Arc::new(rules),
+        crm: Arc::new(crm),
+        directory: Directory::new(DEFAULT_TTL),
+        idempotency: idempotency.clone(),
+        customers: Arc::new(DynamoDbCustomerStore::new(Table::new(
+            dynamodb,
+            &customers_table,
+        ))),
+        settings: ProcessorSettings::default(),
+    });
+    let control: Arc<dyn RecordControl> = Arc::new(SqsRecordControl::new(
+        sqs.clone(),
+        &queue_url,
+        &dead_letter_url,
+    ));
+    let keys = SharedKeySet::parse(KEY).expect("key");
+    let ingest = IngestService::new(keys, SqsWebhookQueue::new(sqs.clone(), &queue_url));
+    Stack {
+        sqs,
+        queue_url,
+        dead_letter_url,
+        keap,
+        idempotency,
+        processor,
+        control,
+        ingest,
+    }
+}
+
+impl Stack {
+    /// Posts a signed webhook through ingest; returns the HTTP status ingest answered.
+    async fn post(&self, body: &str) -> u16 {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            SIGNATURE_HEADER,
+            HeaderValue::from_str(&sign(KEY, body.as_bytes())).expect("header"),
+        );
+        let reply = self
+            .ingest
+            .handle(InboundRequest {
+                method: &Method::POST,
+                headers: &headers,
+                query_signatures: Vec::new(),
+                body: body.as_bytes(),
+            })
+            .await;
+        reply.status()
+    }
+
+    /// One Lambda invocation: receive a batch, run the handler, delete what succeeded.
+    /// Returns the failed message ids, or `None` when the queue had nothing visible.
+    async fn invoke(&self) -> Option<Vec<String>> {
+        let event = receive_as_lambda_event(&self.sqs, &self.queue_url, 60).await;
+        if event.records.is_empty() {
+            return None;
+        }
+        let response = handle(
+            self.processor.clone(),
+            self.control.clone(),
+            event.clone(),
+            Instant::now() + Duration::from_secs(60),
+        )
+        .await
+        .expect("every failed record has an id");
+        let failed: Vec<String> = response
+            .batch_item_failures
+            .into_iter()
+            .map(|f| f.item_identifier)
+            .collect();
+        delete_succeeded(&self.sqs, &self.queue_url, &event, &failed).await;
+        Some(failed)
+    }
+
+    /// Invokes until the queue shows nothing (bounded).
+    async fn drain_through_processor(&self) -> Vec<String> {
+        let mut failed = Vec::new();
+        for _ in 0..20 {
+            match self.invoke().await {
+                Some(f) => failed.extend(f),
+                None => break,
+            }
+        }
+        failed
+    }
+
+    fn goals(&self) -> Vec<String> {
+        self.keap
+            .state()
+            .goals
+            .iter()
+            .map(|(i, c, _)| format!("{i}/{c}"))
+            .collect()
+    }
+
+    fn tag_names_of_only_contact(&self) -> Vec<String> {
+        let state = self.keap.state();
+        assert_eq!(state.contacts.len(), 1, "exactly one contact");
+        let id = *state.contacts.keys().next().expect("contact");
+        let mut names: Vec<String> = state
+            .contact_tags
+            .get(&id)
+            .into_iter()
+            .flatten()
+            .filter_map(|t| state.tags.get(t))
+            .filter_map(|t| t["name"].as_str().map(str::to_owned))
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn assert_no_violations(&self) {
+        let violations = self.keap.violations();
+        assert!(
+            violations.is_empty(),
+            "requests the spec refuses: {violations:#?}"
+        );
+    }
+}
+
+fn billing(tags: &[String]) -> Vec<String> {
+    tags.iter()
+        .filter(|t| t.starts_with("Billing: "))
+        .cloned()
+        .collect()
+}
+
+#[tokio::test]
+async fn every_reference_webhook_goes_from_ingest_to_keap() {
+    let stack = stack().await;
+    for (event, body) in fixtures::ALL {
+        assert_eq!(stack.post(body).await, 200, "{event}");
+    }
+    let failed = stack.drain_through_processor().await;
+    assert!(failed.is_empty(), "failed: {failed:?}");
+    stack.assert_no_violations();
+    let goals = stack.goals();
+    assert!(goals.contains(&"chargify/signup".to_owned()), "{goals:?}");
+    assert!(
+        goals.contains(&"chargify/payment_failed".to_owned()),
+        "{goals:?}"
+    );
+    // signup (acme-test) and the captures (capital-preferences-ltd) share john@example.com,
+    // so they meet in one Keap contact, found by email; payment_success is pookie999's.
+    let (contacts, tags) = {
+        let state = stack.keap.state();
+        let tags: Vec<String> = state
+            .tags
+            .values()
+            .filter_map(|t| t["name"].as_str().map(str::to_owned))
+            .collect();
+        (state.contacts.len(), tags)
+    };
+    assert_eq!(contacts, 2);
+    assert!(tags.contains(&"Billing: Active".to_owned()), "{tags:?}");
+    assert!(
+        tags.contains(&"Plan: handle_6a9273b8a".to_owned()),
+        "{tags:?}"
+    );
+    // The records say what happened; the dead-letter queue is empty.
+    let record = stack
+        .idempotency
+        .get(&IdempotencyKey::new("acme-test", "5"))
+        .await
+        .expect("read")
+        .expect("signup record");
+    assert_eq!(record.status, RecordStatus::Completed);
+    assert!(drain(&stack.sqs, &stack.dead_letter_url).await.is_empty());
+}
+
+#[tokio::test]
+async fn the_same_webhook_three_times_at_once_has_one_effect() {
+    let stack = stack().await;
+    assert_eq!(stack.post(fixtures::SIGNUP_SUCCESS).await, 200);
+    let event = receive_as_lambda_event(&stack.sqs, &stack.queue_url, 60).await;
+    assert_eq!(event.records.len(), 1);
+    // Three deliveries of it (an SQS redelivery, a Chargify retry, a replay) run together.
+    let runs: Vec<_> = (0..3)
+        .map(|i| {
+            let mut copy = event.clone();
+            copy.records[0].message_id = Some(format!("copy-{i}"));
+            let processor = stack.processor.clone();
+            let control = stack.control.clone();
+            tokio::spawn(async move {
+                handle(
+                    processor,
+                    control,
+                    copy,
+                    Instant::now() + Duration::from_secs(60),
+                )
+                .await
+            })
+        })
+        .collect();
+    for run in runs {
+        run.await.expect("no panic").expect("reportable");
+    }
+    // Whichever lost the race retries later and finds the record completed.
+    let retry = handle(
+        stack.processor.clone(),
+        stack.control.clone(),
+        event,
+        Instant::now() + Duration::from_secs(60),
+    )
+    .await
+    .expect("reportable");
+    assert!(retry.batch_item_failures.is_empty());
+    assert_eq!(stack.goals(), ["chargify/signup"]);
+    assert_eq!(stack.keap.state().contacts.len(), 1);
+    stack.assert_no_violations();
+}
+
+#[tokio::test]
+async fn a_failure_after_the_goal_does_not_fire_it_again_on_retry() {
+    let rules = RuleSet::from_toml(&shared::rules::DEFAULT_RULES.replace(
+        "  { achieve_goal = \"chargify/signup\" },",
+        "  { achieve_goal = \"chargify/signup\" },\n  { add_note = { title = \"Signed up\", body = \"Plan {{ product.name }}\" } },",
+    ))
+    .expect("rules");
+    let stack = stack_with(rules).await;
+    // The note fails (twice: the client retries once), after the goal succeeded.
+    stack
+        .keap
+        .inject_on("POST", "/v1/notes", Fault::Status(503));
+    stack
+        .keap
+        .inject_on("POST", "/v1/notes", Fault::Status(503));
+    assert_eq!(stack.post(fixtures::SIGNUP_SUCCESS).await, 200);
+    let failed = stack.invoke().await.expect("a batch");
+    assert_eq!(failed.len(), 1);
+    assert_eq!(stack.goals(), ["chargify/signup"]);
+    assert!(stack.keap.state().notes.is_empty());
+    // The record comes back (the processor hid it for 30 s; make it visible now) and is retried.
+    let event = receive_as_lambda_event(&stack.sqs, &stack.queue_url, 0).await;
+    assert!(
+        event.records.is_empty(),
+        "hidden by the processor's retry delay"
+    );
+    let retried = handle(
+        stack.processor.clone(),
+        stack.control.clone(),
+        resend(&stack).await,
+        Instant::now() + Duration::from_secs(60),
+    )
+    .await
+    .expect("reportable");
+    assert!(retried.batch_item_failures.is_empty());
+    assert_eq!(stack.goals(), ["chargify/signup"], "the goal fired once");
+    assert_eq!(stack.keap.state().notes.len(), 1);
+    stack.assert_no_violations();
+}
+
+/// The same webhook as a fresh SQS record (as a redelivery after the visibility delay).
+async fn resend(stack: &Stack) -> aws_lambda_events::sqs::SqsEvent {
+    let envelope = fixtures::envelope(fixtures::SIGNUP_SUCCESS).expect("envelope");
+    let mut record = aws_lambda_events::sqs::SqsMessage::default();
+    record.message_id = Some("redelivery".into());
+    record.body = Some(envelope.to_json());
+    record
+        .attributes
+        .insert("MessageGroupId".into(), envelope.message_group_id());
+    let _ = stack;
+    let mut event = aws_lambda_events::sqs::SqsEvent::default();
+    event.records.push(record);
+    event
+}
+
+fn state_change(id: &str, state: &str, updated_at: &str) -> String {
+    fixtures::derive(
+        fixtures::SIGNUP_SUCCESS,
+        id,
+        "subscription_state_change",
+        &[
+            ("payload[subscription][state]", state),
+            ("payload[subscription][updated_at]", updated_at),
+        ],
+    )
+}
+
+#[tokio::test]
+async fn an_older_state_change_after_a_newer_one_leaves_the_state_tag_alone() {
+    let stack = stack().await;
+    stack.post(fixtures::SIGNUP_SUCCESS).await;
+    stack
+        .post(&state_change(
+            "71",
+            "canceled",
+            "2012-11-01%2009%3A00%3A00%20-0400",
+        ))
+        .await;
+    // Chargify does not promise order: an earlier "past_due" arrives last.
+    stack
+        .post(&state_change(
+            "70",
+            "past_due",
+            "2012-10-01%2009%3A00%3A00%20-0400",
+        ))
+        .await;
+    assert!(stack.drain_through_processor().await.is_empty());
+    assert_eq!(
+        billing(&stack.tag_names_of_only_contact()),
+        ["Billing: Canceled"]
+    );
+    stack.assert_no_violations();
+}
+
+#[tokio::test]
+async fn an_email_change_keeps_the_same_contact() {
+    let stack = stack().await;
+    stack.post(fixtures::SIGNUP_SUCCESS).await;
+    let update = fixtures::derive(
+        fixtures::CUSTOMER_UPDATE,
+        "80",
+        "customer_update",
+        &[
+            ("payload[site][subdomain]", "acme-test"),
+            ("payload[customer][id]", "15"),
+            ("payload[customer][email]", "john.new%40example.com"),
+        ],
+    );
+    stack.post(&update).await;
+    assert!(stack.drain_through_processor().await.is_empty());
+    let state = stack.keap.state();
+    assert_eq!(state.contacts.len(), 1, "no second contact");
+    let contact = state.contacts.values().next().expect("contact");
+    assert_eq!(
+        contact["email_addresses"][0]["email"].as_str(),
+        Some("john.new@example.com"),
+        "{contact:?}"
+    );
+    drop(state);
+    stack.assert_no_violations();
+}
+
+#[tokio::test]
+async fn a_keap_429_is_retried_later_and_a_400_lands_in_the_dead_letter_queue() {
+    let stack = stack().await;
+    // Daily quota: never retried in-process; the record waits for the reset.
+    stack
+        .keap
+        .inject_on("PUT", "/v1/contacts", Fault::DailyQuota);
+    stack.post(fixtures::SIGNUP_SUCCESS).await;
+    let failed = stack.invoke().await.expect("batch");
+    assert_eq!(failed.len(), 1);
+    assert!(stack.goals().is_empty());
+    // Nothing lost: the message is still on the queue, hidden until the quota resets.
+    let attributes = stack
+        .sqs
+        .get_queue_attributes()
+        .queue_url(&stack.queue_url)
+        .attribute_names(
+            aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
+        )
+        .send()
+        .await
+        .expect("attributes");
+    let hidden = attributes
+        .attributes
+        .and_then(|a| {
+            a.get(&aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+                .cloned()
+        })
+        .unwrap_or_default();
+    assert_eq!(hidden, "1");
+
+    // A 400 (Keap refuses the contact): dead-lettered with the reason, not retried.
+    let other = fixtures::derive(
+        fixtures::SIGNUP_SUCCESS,
+        "90",
+        "signup_success",
+        &[("payload[subscription][customer][id]", "16")],
+    );
+    stack
+        .keap
+        .inject_on("PUT", "/v1/contacts", Fault::Status(400));
+    stack.post(&other).await;
+    let failed = stack.invoke().await.expect("batch");
+    assert!(
+        failed.is_empty(),
+        "a dead-lettered record leaves the main queue"
+    );
+    let letters = drain(&stack.sqs, &stack.dead_letter_url).await;
+    assert_eq!(letters.len(), 1);
+    let attribute = |name: &str| {
+        letters[0]
+            .attributes
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(attribute("FailureCode"), "keap_permanent");
+    assert!(attribute("FailureReason").contains("400") || !attribute("FailureReason").is_empty());
+    assert!(letters[0].body.contains("\"webhook_id\":\"90\""));
+}
+
+#[tokio::test]
+async fn a_fifo_group_stops_at_its_first_failure() {
+    let stack = stack().await;
+    // Customer 15: signup fails transiently, so its later payment failure must wait.
+    stack
+        .keap
+        .inject_on("PUT", "/v1/contacts", Fault::Status(503));
+    stack
+        .keap
+        .inject_on("PUT", "/v1/contacts", Fault::Status(503));
+    stack.post(fixtures::SIGNUP_SUCCESS).await;
+    let payment_failure = fixtures::derive(fixtures::SIGNUP_SUCCESS, "61", "payment_failure", &[]);
+    stack.post(&payment_failure).await;
+    // Another customer's webhook is not held up.
+    let other = fixtures::derive(
+        fixtures::SIGNUP_SUCCESS,
+        "62",
+        "signup_success",
+        &[
+            ("payload[subscription][customer][id]", "99"),
+            (
+                "payload[subscription][customer][email]",
+                "other%40example.com",
+            ),
+        ],
+    );
+    stack.post(&other).await;
+    let event = receive_as_lambda_event(&stack.sqs, &stack.queue_url, 60).await;
+    assert_eq!(event.records.len(), 3, "moto hands the whole batch over");
+    let response = handle(
+        stack.processor.clone(),
+        stack.control.clone(),
+        event.clone(),
+        Instant::now() + Duration::from_secs(60),
+    )
+    .await
+    .expect("reportable");
+    let failed: Vec<String> = response
+        .batch_item_failures
+        .into_iter()
+        .map(|f| f.item_identifier)
+        .collect();
+    let ids: Vec<String> = event
+        .records
+        .iter()
+        .map(|r| r.message_id.clone().unwrap_or_default())
+        .collect();
+    let group = |i: usize| event.records[i].attributes.get("MessageGroupId").cloned();
+    let failed_groups: Vec<_> = ids
+        .iter()
+        .enumerate()
+        .filter(|(_, id)| failed.contains(id))
+        .map(|(i, _)| group(i))
+        .collect();
+    assert_eq!(
+        failed.len(),
+        2,
+        "the failed signup and the payment failure behind it"
+    );
+    assert!(failed_groups
+        .iter()
+        .all(|g| *g == Some("acme-test:cus:15".into())));
+    assert_eq!(
+        stack.goals(),
+        ["chargify/signup"],
+        "customer 99's signup went through"
+    );
+    stack.assert_no_violations();
+}
