@@ -6,6 +6,7 @@
 
 pub mod keap_contract;
 pub mod keap_standin;
+pub mod lambda_watch;
 
 use base64::Engine;
 use serde_json::{json, Value};

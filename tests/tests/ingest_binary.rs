@@ -3,39 +3,16 @@
 //! over plain HTTP through the emulator's function-URL route, as Chargify would post.
 //! Needs `cargo lambda` on PATH; `tests/run.sh` provides it.
 
+use integration_tests::lambda_watch::LambdaWatch;
 use integration_tests::{
     create_fifo_queue, create_secret, drain, http_request, moto_endpoint, repo_root, sqs_client,
 };
 use shared::chargify::signature::sign;
 use shared::envelope::WebhookEnvelope;
 use shared::fixtures;
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const KEY: &str = "binary-test-shared-key";
-
-/// Kills the watcher (and the function it started) when the test ends, pass or fail.
-struct Watcher(Child);
-
-impl Drop for Watcher {
-    fn drop(&mut self) {
-        // cargo lambda runs the function as a child process in its own group.
-        let _ = Command::new("kill")
-            .arg("--")
-            .arg(format!("-{}", self.0.id()))
-            .status();
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port on 127.0.0.1")
-}
 
 /// Where the function under test gets its shared keys.
 enum Keys<'a> {
@@ -49,54 +26,25 @@ enum Region {
     Unset,
 }
 
-fn start_watcher(
-    port: u16,
-    queue_url: &str,
-    endpoint: &str,
-    keys: Keys<'_>,
-    region: Region,
-) -> Watcher {
-    use std::os::unix::process::CommandExt;
-    let log =
-        std::fs::File::create(std::env::temp_dir().join(format!("cargo-lambda-watch-{port}.log")))
-            .expect("log file");
-    let mut command = Command::new("cargo");
-    command
-        .env_remove("CHARGIFY_SHARED_KEYS")
-        .env_remove("CHARGIFY_SHARED_KEYS_SECRET_ARN")
-        .env_remove("AWS_REGION")
-        .env_remove("AWS_DEFAULT_REGION")
-        .env("AWS_EC2_METADATA_DISABLED", "true");
-    if let Region::Set = region {
-        command.env("AWS_REGION", "us-east-1");
-    }
+fn start_watcher(queue_url: &str, endpoint: &str, keys: Keys<'_>, region: Region) -> LambdaWatch {
+    let mut env = vec![("QUEUE_URL", queue_url), ("AWS_ENDPOINT_URL", endpoint)];
     match keys {
-        Keys::Inline(spec) => command.env("CHARGIFY_SHARED_KEYS", spec),
-        Keys::SecretArn(arn) => command.env("CHARGIFY_SHARED_KEYS_SECRET_ARN", arn),
-    };
-    let child = command
-        .current_dir(repo_root())
-        .args([
-            "lambda",
-            "watch",
-            "--ignore-changes",
-            "--quiet",
-            "-A",
-            "127.0.0.1",
-            "-P",
-        ])
-        .arg(port.to_string())
-        .args(["--package", "ingest", "--bin", "ingest"])
-        .env("QUEUE_URL", queue_url)
-        .env("AWS_ENDPOINT_URL", endpoint)
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .stdout(log.try_clone().expect("log file"))
-        .stderr(log)
-        .process_group(0)
-        .spawn()
-        .expect("`cargo lambda` is on PATH (run the tests with `bash tests/run.sh`)");
-    Watcher(child)
+        Keys::Inline(spec) => env.push(("CHARGIFY_SHARED_KEYS", spec)),
+        Keys::SecretArn(arn) => env.push(("CHARGIFY_SHARED_KEYS_SECRET_ARN", arn)),
+    }
+    if let Region::Set = region {
+        env.push(("AWS_REGION", "us-east-1"));
+    }
+    LambdaWatch::start(
+        "ingest",
+        &env,
+        &[
+            "CHARGIFY_SHARED_KEYS",
+            "CHARGIFY_SHARED_KEYS_SECRET_ARN",
+            "AWS_REGION",
+            "AWS_DEFAULT_REGION",
+        ],
+    )
 }
 
 /// A form POST to the function through cargo lambda's function-URL route.
@@ -128,22 +76,10 @@ async fn wait_until_ready(port: u16) {
     }
 }
 
-fn cargo_lambda_invoke(port: u16, event: &str) -> serde_json::Value {
-    let output = Command::new("cargo")
-        .current_dir(repo_root())
-        .args(["lambda", "invoke", "-A", "127.0.0.1", "-P"])
-        .arg(port.to_string())
-        .args(["--output-format", "json", "--data-file", event, "ingest"])
-        .stdin(Stdio::null())
-        .output()
-        .expect("cargo lambda invoke runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "invoke {event}: {stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("invoke {event} printed {stdout}: {e}"))
+fn cargo_lambda_invoke(watch: &LambdaWatch, event: &str) -> serde_json::Value {
+    watch
+        .invoke("ingest", event)
+        .unwrap_or_else(|e| panic!("invoke {event}: {e}"))
 }
 
 #[tokio::test]
@@ -151,8 +87,8 @@ async fn the_built_binary_enqueues_signed_webhooks_and_refuses_the_rest() {
     let endpoint = moto_endpoint();
     let client = sqs_client(&endpoint).await;
     let queue_url = create_fifo_queue(&client, "binary").await;
-    let port = free_port();
-    let _watcher = start_watcher(port, &queue_url, &endpoint, Keys::Inline(KEY), Region::Set);
+    let watch = start_watcher(&queue_url, &endpoint, Keys::Inline(KEY), Region::Set);
+    let port = watch.port;
     wait_until_ready(port).await;
 
     // Over HTTP, as Chargify posts: signed, tampered, wrong method.
@@ -173,7 +109,7 @@ async fn the_built_binary_enqueues_signed_webhooks_and_refuses_the_rest() {
 
     // Through the Lambda invoke API, with the sam-local event files (signed with the demo
     // key, which this function does not have: so they must be refused).
-    let reply = cargo_lambda_invoke(port, "events/ingest-signup-success.json");
+    let reply = cargo_lambda_invoke(&watch, "events/ingest-signup-success.json");
     assert_eq!(reply["statusCode"], 401, "{reply}");
 
     // A body flagged base64 that is not (a direct invoke; API Gateway never sends one) gets a
@@ -188,7 +124,7 @@ async fn the_built_binary_enqueues_signed_webhooks_and_refuses_the_rest() {
     event["body"] = serde_json::Value::String("not base64 at all!".into());
     let file = std::env::temp_dir().join(format!("bad-base64-{port}.json"));
     std::fs::write(&file, event.to_string()).expect("write event");
-    let reply = cargo_lambda_invoke(port, &file.to_string_lossy());
+    let reply = cargo_lambda_invoke(&watch, &file.to_string_lossy());
     assert_eq!(reply["statusCode"], 401, "{reply}");
 
     let messages = drain(&client, &queue_url).await;
@@ -207,7 +143,6 @@ async fn the_built_binary_reads_its_key_from_secrets_manager_and_answers_the_eve
     let endpoint = moto_endpoint();
     let client = sqs_client(&endpoint).await;
     let queue_url = create_fifo_queue(&client, "binary-events").await;
-    let port = free_port();
     // The demo key the event files are signed with (events/env.json).
     let env: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(repo_root().join("events/env.json")).expect("env.json"),
@@ -218,14 +153,8 @@ async fn the_built_binary_reads_its_key_from_secrets_manager_and_answers_the_eve
         .expect("demo key");
     // This function reads the key from Secrets Manager at cold start, as in AWS.
     let arn = create_secret("binary-demo-key", demo_key).await;
-    let _watcher = start_watcher(
-        port,
-        &queue_url,
-        &endpoint,
-        Keys::SecretArn(&arn),
-        Region::Unset,
-    );
-    wait_until_ready(port).await;
+    let watch = start_watcher(&queue_url, &endpoint, Keys::SecretArn(&arn), Region::Unset);
+    wait_until_ready(watch.port).await;
     for (file, status) in [
         ("events/ingest-signup-success.json", 200),
         ("events/ingest-payment-success-base64.json", 200),
@@ -233,7 +162,7 @@ async fn the_built_binary_reads_its_key_from_secrets_manager_and_answers_the_eve
         ("events/ingest-wrong-signature.json", 401),
         ("events/ingest-not-a-webhook.json", 400),
     ] {
-        let reply = cargo_lambda_invoke(port, file);
+        let reply = cargo_lambda_invoke(&watch, file);
         assert_eq!(reply["statusCode"], status, "{file}: {reply}");
     }
     assert_eq!(drain(&client, &queue_url).await.len(), 2);

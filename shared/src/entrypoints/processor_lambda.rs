@@ -38,6 +38,13 @@ pub async fn run() -> Result<(), Error> {
         let control = Arc::clone(&control);
         async move {
             let deadline = deadline_of(event.context.deadline);
+            tracing::debug!(
+                deadline_ms = event.context.deadline,
+                remaining_ms = deadline
+                    .saturating_duration_since(Instant::now())
+                    .as_millis() as u64,
+                "invocation"
+            );
             let response = handle(processor, control, event.payload, deadline).await;
             telemetry::flush_metrics();
             response.map_err(Error::from)
@@ -124,11 +131,36 @@ fn batch_record(message: SqsMessage) -> BatchRecord {
     }
 }
 
-/// The Lambda context's deadline (milliseconds since the epoch) as an `Instant`.
+/// Deadlines below this (September 2001 in epoch milliseconds) cannot be timestamps.
+const EARLIEST_DEADLINE_MS: u64 = 1_000_000_000_000;
+
+/// The Lambda context's deadline as an `Instant`. Lambda sends milliseconds since the epoch;
+/// `cargo lambda watch` sends the timeout itself (e.g. `600000`), which is read as time left,
+/// so local runs are not cut to zero.
 pub fn deadline_of(deadline_ms: u64) -> Instant {
+    if deadline_ms < EARLIEST_DEADLINE_MS {
+        return Instant::now() + Duration::from_millis(deadline_ms);
+    }
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
     Instant::now() + Duration::from_millis(deadline_ms.saturating_sub(now_ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadlines_are_epoch_times_or_cargo_lambdas_relative_timeout() {
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let left = |d: Instant| d.saturating_duration_since(Instant::now()).as_secs();
+        assert!((55..=60).contains(&left(deadline_of(now_ms + 60_000))));
+        assert!((595..=600).contains(&left(deadline_of(600_000))));
+        assert_eq!(left(deadline_of(now_ms - 5_000)), 0);
+    }
 }

@@ -72,6 +72,7 @@ pub async fn process_batch(
         if remaining < MIN_TIME_PER_RECORD {
             tracing::warn!(
                 message_id = message_id.as_deref().unwrap_or(""),
+                remaining_ms = remaining.as_millis() as u64,
                 "too little invocation time left; record returned to the queue"
             );
             failed_groups.insert(group);

@@ -1,0 +1,103 @@
+//! A built function under `cargo lambda watch` (a local Lambda Runtime API on 127.0.0.1), for
+//! the binary tests. Needs `cargo lambda` on PATH; `tests/run.sh` provides it.
+
+use crate::repo_root;
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+
+/// The watcher and the function it runs; both are killed when this is dropped, pass or fail.
+pub struct LambdaWatch {
+    child: Child,
+    pub port: u16,
+    pub log: std::path::PathBuf,
+}
+
+impl Drop for LambdaWatch {
+    fn drop(&mut self) {
+        // cargo lambda runs the function as a child process in its own group.
+        let _ = Command::new("kill")
+            .arg("--")
+            .arg(format!("-{}", self.child.id()))
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port on 127.0.0.1")
+}
+
+impl LambdaWatch {
+    /// Starts `cargo lambda watch` for `package`'s binary of the same name on a free port,
+    /// with `remove` taken out of and `env` added to the environment, and dummy AWS
+    /// credentials (the emulators check none).
+    pub fn start(package: &str, env: &[(&str, &str)], remove: &[&str]) -> Self {
+        use std::os::unix::process::CommandExt;
+        let port = free_port();
+        let log = std::env::temp_dir().join(format!("cargo-lambda-watch-{package}-{port}.log"));
+        let file = std::fs::File::create(&log).expect("log file");
+        let mut command = Command::new("cargo");
+        for name in remove {
+            command.env_remove(name);
+        }
+        command
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing");
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let child = command
+            .current_dir(repo_root())
+            .args([
+                "lambda",
+                "watch",
+                "--ignore-changes",
+                "--quiet",
+                // The invocation deadline the function sees (and how long an invoke waits).
+                "--timeout",
+                "60",
+                "-A",
+                "127.0.0.1",
+                "-P",
+            ])
+            .arg(port.to_string())
+            .args(["--package", package, "--bin", package])
+            .stdout(file.try_clone().expect("log file"))
+            .stderr(file)
+            .process_group(0)
+            .spawn()
+            .expect("`cargo lambda` is on PATH (run the tests with `bash tests/run.sh`)");
+        Self { child, port, log }
+    }
+
+    /// `cargo lambda invoke <function> --data-file <event>`: the function's JSON answer, or
+    /// the error text when the invocation failed.
+    pub fn invoke(&self, function: &str, event: &str) -> Result<serde_json::Value, String> {
+        // Bounded: a function that failed to start never answers.
+        let output = Command::new("timeout")
+            .current_dir(repo_root())
+            .args(["120", "cargo", "lambda", "invoke", "-A", "127.0.0.1", "-P"])
+            .arg(self.port.to_string())
+            .args(["--output-format", "json", "--data-file", event, function])
+            .stdin(Stdio::null())
+            .output()
+            .expect("cargo lambda invoke runs");
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        if !output.status.success() {
+            return Err(format!(
+                "{stdout}{}",
+                String::from_utf8_lossy(&output.stderr)
+            ));
+        }
+        serde_json::from_str(&stdout).map_err(|e| format!("invoke {event} printed {stdout}: {e}"))
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}

@@ -1,0 +1,154 @@
+//! The built `processor` binary under `cargo lambda watch`, configured as in AWS (environment
+//! only), with SQS and DynamoDB in moto and Keap as the stand-in: SQS events made by ingest
+//! are invoked through the Lambda invoke API, and a misconfigured function refuses to start
+//! with a message naming the variable.
+
+use http::{HeaderMap, HeaderValue, Method};
+use integration_tests::keap_standin::KeapStandIn;
+use integration_tests::lambda_watch::LambdaWatch;
+use integration_tests::{
+    create_customers_table, create_fifo_queue_pair, create_idempotency_table, dynamodb_client,
+    moto_endpoint, receive_as_lambda_event, sqs_client,
+};
+use shared::chargify::signature::{sign, SIGNATURE_HEADER};
+use shared::chargify::SharedKeySet;
+use shared::fixtures;
+use shared::ingest::{InboundRequest, IngestService};
+use shared::queue::SqsWebhookQueue;
+use shared::rules::RuleSet;
+use std::time::{Duration, Instant};
+
+const KEY: &str = "processor-binary-key";
+
+/// Invokes `event` (written to a temp file), retrying while the watcher is still building the
+/// binary (bounded: the first build of the processor can take minutes).
+async fn invoke_when_ready(
+    watch: &LambdaWatch,
+    event: &serde_json::Value,
+) -> Result<serde_json::Value, String> {
+    let file = std::env::temp_dir().join(format!("processor-event-{}.json", watch.port));
+    std::fs::write(&file, event.to_string()).expect("write event");
+    let deadline = Instant::now() + Duration::from_secs(400);
+    loop {
+        let result = watch.invoke("processor", &file.to_string_lossy());
+        let starting = matches!(&result, Err(e) if e.contains("connect") || e.contains("Connection refused") || e.contains("error sending request"));
+        if !starting || Instant::now() > deadline {
+            return result;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+// Multi-threaded: the Keap stand-in serves on this runtime while `cargo lambda invoke` blocks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_built_binary_applies_queued_webhooks_to_keap() {
+    let endpoint = moto_endpoint();
+    let sqs = sqs_client(&endpoint).await;
+    let dynamodb = dynamodb_client(&endpoint).await;
+    let (queue_url, dead_letter_url) = create_fifo_queue_pair(&sqs, "processor-bin").await;
+    let idempotency_table = create_idempotency_table(&dynamodb).await;
+    let customers_table = create_customers_table(&dynamodb).await;
+    let keap = KeapStandIn::start().await;
+    {
+        let rules = RuleSet::default_rules().expect("rules");
+        let mut state = keap.state();
+        for (i, label) in rules.custom_field_labels().into_iter().enumerate() {
+            state.custom_fields.push((200 + i as i64, label));
+        }
+    }
+    // Ingest puts the story on the queue, exactly as in AWS.
+    let ingest = IngestService::new(
+        SharedKeySet::parse(KEY).expect("key"),
+        SqsWebhookQueue::new(sqs.clone(), &queue_url),
+    );
+    for (_, body) in fixtures::story().into_iter().take(3) {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            SIGNATURE_HEADER,
+            HeaderValue::from_str(&sign(KEY, body.as_bytes())).expect("header"),
+        );
+        let reply = ingest
+            .handle(InboundRequest {
+                method: &Method::POST,
+                headers: &headers,
+                query_signatures: Vec::new(),
+                body: body.as_bytes(),
+            })
+            .await;
+        assert_eq!(reply.status(), 200);
+    }
+    let base_url = keap.base_url();
+    let watch = LambdaWatch::start(
+        "processor",
+        &[
+            ("AWS_ENDPOINT_URL", endpoint.as_str()),
+            ("AWS_REGION", "us-east-1"),
+            ("QUEUE_URL", queue_url.as_str()),
+            ("DEAD_LETTER_QUEUE_URL", dead_letter_url.as_str()),
+            ("IDEMPOTENCY_TABLE", idempotency_table.as_str()),
+            ("CUSTOMERS_TABLE", customers_table.as_str()),
+            ("KEAP_API_KEY", "sak-binary"),
+            ("KEAP_BASE_URL", base_url.as_str()),
+        ],
+        &["KEAP_CLIENT_ID", "KEAP_CLIENT_SECRET", "RULES_TOML"],
+    );
+    let event = receive_as_lambda_event(&sqs, &queue_url, 120).await;
+    assert_eq!(event.records.len(), 3);
+    let event = serde_json::to_value(&event).expect("event as JSON");
+    let reply = invoke_when_ready(&watch, &event)
+        .await
+        .unwrap_or_else(|e| panic!("invoke: {e}\n{}", watch.log_text()));
+    assert_eq!(reply["batchItemFailures"], serde_json::json!([]), "{reply}");
+    let goals: Vec<String> = keap.state().goals.iter().map(|g| g.1.clone()).collect();
+    assert_eq!(goals, ["signup", "trial_ending", "payment_failed"]);
+    assert!(keap.violations().is_empty());
+    // Invoked again with the same records (a redelivery): nothing more happens.
+    let calls = keap.state().calls.len();
+    let reply = invoke_when_ready(&watch, &event).await.expect("invoke");
+    assert_eq!(reply["batchItemFailures"], serde_json::json!([]), "{reply}");
+    assert_eq!(keap.state().calls.len(), calls);
+    // The log is JSON lines and carries no email address.
+    let log = watch.log_text();
+    assert!(log.contains("\"webhook processed\""), "{log}");
+    assert!(!log.contains("john@example.com") && !log.contains("john%40example.com"));
+}
+
+#[tokio::test]
+async fn a_misconfigured_binary_names_the_missing_variable() {
+    let watch = LambdaWatch::start(
+        "processor",
+        &[
+            ("AWS_REGION", "us-east-1"),
+            ("QUEUE_URL", "http://127.0.0.1:9/1/q.fifo"),
+            ("DEAD_LETTER_QUEUE_URL", "http://127.0.0.1:9/1/dlq.fifo"),
+            ("CUSTOMERS_TABLE", "customers"),
+            ("KEAP_API_KEY", "sak"),
+        ],
+        &["IDEMPOTENCY_TABLE"],
+    );
+    // The first invoke starts the function, which stops at once; the invoke gets no answer.
+    let file = std::env::temp_dir().join(format!("processor-empty-{}.json", watch.port));
+    std::fs::write(&file, r#"{"Records": []}"#).expect("write event");
+    let mut log = String::new();
+    let deadline = Instant::now() + Duration::from_secs(400);
+    while Instant::now() < deadline {
+        let watch_ref = &watch;
+        let file = file.to_string_lossy().into_owned();
+        let _ = tokio::task::spawn_blocking({
+            let port = watch_ref.port;
+            move || {
+                std::process::Command::new("timeout")
+                    .args(["20", "cargo", "lambda", "invoke", "-A", "127.0.0.1", "-P"])
+                    .arg(port.to_string())
+                    .args(["--data-file", &file, "processor"])
+                    .output()
+            }
+        })
+        .await;
+        log = watch.log_text();
+        if log.contains("processor cannot start") {
+            break;
+        }
+    }
+    assert!(log.contains("IDEMPOTENCY_TABLE is not set"), "{log}");
+}
