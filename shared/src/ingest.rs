@@ -95,6 +95,15 @@ impl IngestReply {
         self.outcome.status()
     }
 
+    /// Headers every transport sends with the answer: JSON, and `Allow: POST` on a 405.
+    pub fn headers(&self) -> Vec<(&'static str, &'static str)> {
+        let mut headers = vec![("content-type", "application/json")];
+        if self.status() == 405 {
+            headers.push(("allow", "POST"));
+        }
+        headers
+    }
+
     /// JSON body: `{"outcome": …, "message": …, "webhook_id": …}`.
     pub fn body(&self) -> String {
         json!({
