@@ -46,9 +46,11 @@ pub const DEMO_SHARED_KEY: &str = "local-dev-shared-key";
 pub const VISIBILITY_TIMEOUT_VAR: &str = "CKS_VISIBILITY_TIMEOUT_SECS";
 const DEFAULT_VISIBILITY_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Test knob: the worker waits this long between receiving a batch and processing it, so a
-/// test can kill the process while records are in flight. Unset in normal use.
-pub const PAUSE_AFTER_RECEIVE_VAR: &str = "CKS_PAUSE_AFTER_RECEIVE_MS";
+/// Test knob, unset in normal use: `after_receive:<ms>` or `before_settle:<ms>` makes the
+/// worker wait there, so a test can kill the process with records in flight (before any
+/// Keap call, or after the Keap calls and the idempotency record but before the queue
+/// forgets the message).
+pub const TEST_PAUSE_VAR: &str = "CKS_TEST_PAUSE";
 
 /// Sleep between polls of an empty queue.
 const POLL_INTERVAL: Duration = Duration::from_millis(200);
@@ -95,6 +97,7 @@ pub enum ServeError {
 struct Timing {
     visibility: Duration,
     pause_after_receive: Duration,
+    pause_before_settle: Duration,
 }
 
 impl Timing {
@@ -111,14 +114,19 @@ impl Timing {
             },
             Err(_) => DEFAULT_VISIBILITY_TIMEOUT,
         };
-        let pause_after_receive = std::env::var(PAUSE_AFTER_RECEIVE_VAR)
-            .ok()
-            .and_then(|v| v.trim().parse().ok())
-            .map(Duration::from_millis)
-            .unwrap_or_default();
+        let pause = std::env::var(TEST_PAUSE_VAR).unwrap_or_default();
+        let pause_at = |point: &str| {
+            pause
+                .strip_prefix(point)
+                .and_then(|rest| rest.strip_prefix(':'))
+                .and_then(|ms| ms.trim().parse().ok())
+                .map(Duration::from_millis)
+                .unwrap_or_default()
+        };
         Ok(Self {
             visibility,
-            pause_after_receive,
+            pause_after_receive: pause_at("after_receive"),
+            pause_before_settle: pause_at("before_settle"),
         })
     }
 }
@@ -346,6 +354,10 @@ async fn worker_loop(
             calls_shown = show_dry_run_calls(crm, calls_shown);
         }
         show_outcomes(&records, &result);
+        if !timing.pause_before_settle.is_zero() {
+            tracing::info!("pausing before settling the batch (test knob)");
+            tokio::time::sleep(timing.pause_before_settle).await;
+        }
         if let Err(e) = queue.settle(&records, &result.failed).await {
             // Unsettled records come back after the visibility timeout; idempotency makes
             // their second run a no-op.
