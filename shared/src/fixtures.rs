@@ -24,6 +24,14 @@ pub const ALL: &[(&str, &str)] = &[
 /// The envelope ingest would queue for `body`, verified by a demo key (tests, benchmarks and
 /// the local samples). `None` when `body` is not a webhook.
 pub fn envelope(body: &str) -> Option<crate::envelope::WebhookEnvelope> {
+    envelope_at(body, time::OffsetDateTime::now_utc())
+}
+
+/// [`envelope`] received at `at` (generated files must not change from run to run).
+pub fn envelope_at(
+    body: &str,
+    at: time::OffsetDateTime,
+) -> Option<crate::envelope::WebhookEnvelope> {
     let webhook = crate::chargify::Webhook::parse(body.as_bytes()).ok()?;
     let keys = crate::chargify::SharedKeySet::parse("local-dev-shared-key").ok()?;
     let key = keys.keys().first()?;
@@ -32,7 +40,7 @@ pub fn envelope(body: &str) -> Option<crate::envelope::WebhookEnvelope> {
         body.to_owned(),
         key,
         crate::chargify::SignatureSource::Header,
-        time::OffsetDateTime::now_utc(),
+        at,
     ))
 }
 
