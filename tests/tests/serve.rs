@@ -202,6 +202,9 @@ async fn lambda_answer(method: &str, headers: &[(&str, &str)], body: &[u8]) -> (
     (reply.status(), reply.body())
 }
 
+/// Method, headers, body, expected status.
+type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, Vec<u8>, u16);
+
 #[tokio::test]
 async fn refusals_are_the_lambdas_answers() {
     let dir = tempfile_dir("refusals");
@@ -212,7 +215,7 @@ async fn refusals_are_the_lambdas_answers() {
     let malformed = b"hello=world".to_vec();
     let malformed_sig = sign(KEY, &malformed);
     let huge = vec![b'a'; MAX_BODY_BYTES + 1];
-    let cases: Vec<(&str, Vec<(&str, &str)>, Vec<u8>, u16)> = vec![
+    let cases: Vec<Case<'_>> = vec![
         (
             "POST",
             vec![(SIGNATURE_HEADER, wrong.as_str())],
