@@ -3,6 +3,12 @@
 //! and a module with its own `run`).
 
 mod keap_auth;
+mod keap_mode;
+mod plan;
+mod rules_check;
+mod send;
+mod serve;
+mod store;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -23,13 +29,26 @@ enum Group {
     /// Keap: the one-time OAuth authorisation.
     #[command(subcommand)]
     Keap(keap_auth::KeapCommand),
+    /// Run ingest, a durable SQLite queue and the processor in one local process.
+    Serve(serve::ServeArgs),
+    /// Show the Keap actions the rules produce for one webhook body.
+    Plan(plan::PlanArgs),
+    /// Sign a bundled sample webhook with the local key and post it.
+    Send(send::SendArgs),
+    /// Rules: validate the file and check it against Keap.
+    #[command(subcommand)]
+    Rules(rules_check::RulesCommand),
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.group {
-        Group::Keap(command) => keap_auth::run(command).await,
+        Group::Keap(command) => keap_auth::run(command).await.map_err(|e| e.to_string()),
+        Group::Serve(args) => serve::run(args).await.map_err(|e| e.to_string()),
+        Group::Plan(args) => plan::run(args).map_err(|e| e.to_string()),
+        Group::Send(args) => send::run(args).await.map_err(|e| e.to_string()),
+        Group::Rules(command) => rules_check::run(command).await.map_err(|e| e.to_string()),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -24,6 +24,14 @@ pub const ALL: &[(&str, &str)] = &[
 /// The envelope ingest would queue for `body`, verified by a demo key (tests, benchmarks and
 /// the local samples). `None` when `body` is not a webhook.
 pub fn envelope(body: &str) -> Option<crate::envelope::WebhookEnvelope> {
+    envelope_at(body, time::OffsetDateTime::now_utc())
+}
+
+/// [`envelope`] received at `at` (generated files must not change from run to run).
+pub fn envelope_at(
+    body: &str,
+    at: time::OffsetDateTime,
+) -> Option<crate::envelope::WebhookEnvelope> {
     let webhook = crate::chargify::Webhook::parse(body.as_bytes()).ok()?;
     let keys = crate::chargify::SharedKeySet::parse("local-dev-shared-key").ok()?;
     let key = keys.keys().first()?;
@@ -32,7 +40,7 @@ pub fn envelope(body: &str) -> Option<crate::envelope::WebhookEnvelope> {
         body.to_owned(),
         key,
         crate::chargify::SignatureSource::Header,
-        time::OffsetDateTime::now_utc(),
+        at,
     ))
 }
 
@@ -166,4 +174,67 @@ pub fn story() -> Vec<(&'static str, String)> {
             ),
         ),
     ]
+}
+
+/// Prefix that names a reference body even where a story step has the same name
+/// (`ref:payment_failure`).
+pub const REFERENCE_PREFIX: &str = "ref:";
+
+/// Every named sample `cks send` and the processor events use: the story's steps first, then
+/// the reference bodies by event key (a story step wins a shared name; `ref:<event>` always
+/// names the reference body).
+pub fn samples() -> Vec<(String, String)> {
+    let mut samples: Vec<(String, String)> = story()
+        .into_iter()
+        .map(|(name, body)| (name.to_owned(), body))
+        .collect();
+    for (event, body) in ALL {
+        let name = if samples.iter().any(|(n, _)| n == event) {
+            format!("{REFERENCE_PREFIX}{event}")
+        } else {
+            (*event).to_owned()
+        };
+        samples.push((name, (*body).to_owned()));
+    }
+    samples
+}
+
+/// The sample called `name` (see [`samples`]).
+pub fn sample(name: &str) -> Option<String> {
+    if let Some(event) = name.strip_prefix(REFERENCE_PREFIX) {
+        return ALL
+            .iter()
+            .find(|(e, _)| *e == event)
+            .map(|(_, b)| (*b).to_owned());
+    }
+    samples()
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, b)| b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_sample_has_a_unique_name_and_parses() {
+        let samples = samples();
+        assert_eq!(samples.len(), story().len() + ALL.len());
+        for (name, body) in &samples {
+            assert_eq!(
+                samples.iter().filter(|(n, _)| n == name).count(),
+                1,
+                "{name}"
+            );
+            assert!(envelope(body).is_some(), "{name} is a webhook");
+            assert_eq!(sample(name).as_deref(), Some(body.as_str()));
+        }
+        assert_eq!(sample("payment_failure"), Some(story()[2].1.clone()));
+        assert_eq!(
+            sample("ref:payment_failure").as_deref(),
+            Some(PAYMENT_FAILURE)
+        );
+        assert_eq!(sample("nope"), None);
+    }
 }

@@ -95,6 +95,15 @@ impl IngestReply {
         self.outcome.status()
     }
 
+    /// Headers every transport sends with the answer: JSON, and `Allow: POST` on a 405.
+    pub fn headers(&self) -> Vec<(&'static str, &'static str)> {
+        let mut headers = vec![("content-type", "application/json")];
+        if self.status() == 405 {
+            headers.push(("allow", "POST"));
+        }
+        headers
+    }
+
     /// JSON body: `{"outcome": …, "message": …, "webhook_id": …}`.
     pub fn body(&self) -> String {
         json!({
@@ -209,20 +218,27 @@ impl<Q: WebhookQueue> IngestService<Q> {
             verified.source,
             OffsetDateTime::now_utc(),
         );
-        let message = OutboundMessage {
-            group_id: envelope.message_group_id(),
-            deduplication_id: envelope.deduplication_id(),
-            body: envelope.to_json(),
-            attributes: vec![
-                ("event".into(), envelope.event.clone()),
-                ("envelope_version".into(), ENVELOPE_VERSION.to_string()),
-            ],
-        };
+        let message = outbound_message(&envelope);
         if message.body.len() > SQS_MAX_MESSAGE_BYTES {
             reply.outcome = Outcome::TooLarge { bytes: body.len() };
             return Prepared::Reply(reply);
         }
         Prepared::Send { message, reply }
+    }
+}
+
+/// The queue message for an envelope: FIFO group and deduplication id from the envelope, and
+/// the event key and envelope version as attributes. Public so the processor's test events
+/// are built exactly as ingest builds its messages.
+pub fn outbound_message(envelope: &WebhookEnvelope) -> OutboundMessage {
+    OutboundMessage {
+        group_id: envelope.message_group_id(),
+        deduplication_id: envelope.deduplication_id(),
+        body: envelope.to_json(),
+        attributes: vec![
+            ("event".into(), envelope.event.clone()),
+            ("envelope_version".into(), ENVELOPE_VERSION.to_string()),
+        ],
     }
 }
 

@@ -95,11 +95,9 @@ pub async fn handle<Q: WebhookQueue>(
         })
         .await;
     telemetry::flush_metrics();
-    let mut response = Response::builder()
-        .status(reply.status())
-        .header("content-type", "application/json");
-    if reply.status() == 405 {
-        response = response.header("allow", "POST");
+    let mut response = Response::builder().status(reply.status());
+    for (name, value) in reply.headers() {
+        response = response.header(name, value);
     }
     Ok(response.body(Body::from(reply.body()))?)
 }

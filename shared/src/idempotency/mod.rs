@@ -199,7 +199,7 @@ pub fn new_token() -> String {
 }
 
 /// `now + by`; a duration too large for a date (never one we pass) counts as a day.
-pub(crate) fn later(now: OffsetDateTime, by: Duration) -> OffsetDateTime {
+pub fn later(now: OffsetDateTime, by: Duration) -> OffsetDateTime {
     now + time::Duration::try_from(by).unwrap_or(time::Duration::DAY)
 }
 

@@ -353,6 +353,24 @@ impl RuleSet {
         labels
     }
 
+    /// Every goal the rules fire (`integration/call_name`, or the template's source when the
+    /// goal is rendered per webhook), for `rules check`.
+    pub fn goals(&self) -> Vec<String> {
+        let mut goals: Vec<String> = self
+            .rules
+            .iter()
+            .flat_map(|r| &r.actions)
+            .filter_map(|a| match a {
+                CompiledAction::AchieveGoal(Text::Literal(goal)) => Some(goal.clone()),
+                CompiledAction::AchieveGoal(Text::Template { source, .. }) => Some(source.clone()),
+                _ => None,
+            })
+            .collect();
+        goals.sort();
+        goals.dedup();
+        goals
+    }
+
     /// The events some rule answers.
     pub fn handled_events(&self) -> Vec<&str> {
         let mut events: Vec<&str> = self

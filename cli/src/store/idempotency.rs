@@ -1,0 +1,381 @@
+//! Idempotency records in SQLite, with the semantics of the in-memory and DynamoDB adapters
+//! (see `shared::idempotency`): each call is one immediate transaction that reads the row,
+//! decides exactly as the in-memory adapter does, and writes it back.
+
+use super::Db;
+use async_trait::async_trait;
+use rusqlite::{params, OptionalExtension, Row};
+use shared::idempotency::{
+    later, new_token, Begin, IdempotencyKey, IdempotencyRecord, IdempotencyStore, Lease,
+    RecordStatus, StoreError,
+};
+use std::collections::BTreeSet;
+use std::time::Duration;
+use time::OffsetDateTime;
+
+#[derive(Clone)]
+pub struct SqliteIdempotencyStore {
+    db: Db,
+}
+
+fn to_ns(at: OffsetDateTime) -> i64 {
+    i64::try_from(at.unix_timestamp_nanos()).unwrap_or(i64::MAX)
+}
+
+fn from_ns(ns: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ns)).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+/// A row and its lease holder.
+struct Stored {
+    record: IdempotencyRecord,
+    holder: Option<String>,
+}
+
+const COLUMNS: &str = "site, webhook_id, status, payload_hash, steps_done, attempts, \
+     lease_expires_at_ns, summary, last_error, expires_at_ns, holder";
+
+fn read(row: &Row<'_>) -> rusqlite::Result<(Stored, String, String)> {
+    let steps: String = row.get(4)?;
+    let status: String = row.get(2)?;
+    Ok((
+        Stored {
+            record: IdempotencyRecord {
+                key: IdempotencyKey::new(row.get::<_, String>(0)?, row.get::<_, String>(1)?),
+                status: RecordStatus::InProgress,
+                payload_hash: row.get(3)?,
+                steps_done: BTreeSet::new(),
+                attempts: row.get(5)?,
+                lease_expires_at: row.get::<_, Option<i64>>(6)?.map(from_ns),
+                summary: row.get(7)?,
+                last_error: row.get(8)?,
+                expires_at: from_ns(row.get(9)?),
+            },
+            holder: row.get(10)?,
+        },
+        status,
+        steps,
+    ))
+}
+
+/// The stored row for `key`, or `Corrupt` naming what is wrong with it.
+fn load(
+    tx: &rusqlite::Transaction<'_>,
+    key: &IdempotencyKey,
+) -> rusqlite::Result<Result<Option<Stored>, StoreError>> {
+    let raw = tx
+        .query_row(
+            &format!("SELECT {COLUMNS} FROM idempotency WHERE key = ?1"),
+            params![key.storage_key()],
+            read,
+        )
+        .optional()?;
+    let Some((mut stored, status, steps)) = raw else {
+        return Ok(Ok(None));
+    };
+    let Some(status) = RecordStatus::parse(&status) else {
+        return Ok(Err(StoreError::Corrupt {
+            detail: format!("status {status:?}"),
+        }));
+    };
+    let Ok(steps) = serde_json::from_str::<BTreeSet<String>>(&steps) else {
+        return Ok(Err(StoreError::Corrupt {
+            detail: "steps_done is not a JSON list of names".into(),
+        }));
+    };
+    stored.record.status = status;
+    stored.record.steps_done = steps;
+    Ok(Ok(Some(stored)))
+}
+
+fn save(tx: &rusqlite::Transaction<'_>, stored: &Stored) -> rusqlite::Result<()> {
+    let r = &stored.record;
+    let steps = serde_json::to_string(&r.steps_done).unwrap_or_else(|_| "[]".into());
+    tx.execute(
+        &format!("INSERT OR REPLACE INTO idempotency (key, {COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"),
+        params![
+            r.key.storage_key(),
+            r.key.site,
+            r.key.webhook_id,
+            r.status.as_str(),
+            r.payload_hash,
+            steps,
+            r.attempts,
+            r.lease_expires_at.map(to_ns),
+            r.summary,
+            r.last_error,
+            to_ns(r.expires_at),
+            stored.holder,
+        ],
+    )?;
+    Ok(())
+}
+
+impl SqliteIdempotencyStore {
+    pub fn new(db: Db) -> Self {
+        Self { db }
+    }
+
+    /// Loads the record held by `lease`, lets `change` edit it, and saves it; `LeaseLost`
+    /// when the lease is no longer this attempt's.
+    async fn with_held(
+        &self,
+        lease: &Lease,
+        require_in_progress: bool,
+        change: impl FnOnce(&mut Stored) + Send + 'static,
+    ) -> Result<(), StoreError> {
+        let key = lease.key.clone();
+        let token = lease.token.clone();
+        self.db
+            .write(move |tx| {
+                let stored = match load(tx, &key)? {
+                    Ok(Some(stored)) => stored,
+                    Ok(None) => return Ok(Err(StoreError::LeaseLost)),
+                    Err(e) => return Ok(Err(e)),
+                };
+                let held = stored.holder.as_deref() == Some(token.as_str())
+                    && (!require_in_progress || stored.record.status == RecordStatus::InProgress);
+                if !held {
+                    return Ok(Err(StoreError::LeaseLost));
+                }
+                let mut stored = stored;
+                change(&mut stored);
+                save(tx, &stored)?;
+                Ok(Ok(()))
+            })
+            .await
+            .map_err(|detail| StoreError::Unavailable { detail })?
+    }
+}
+
+#[async_trait]
+impl IdempotencyStore for SqliteIdempotencyStore {
+    async fn begin(
+        &self,
+        key: &IdempotencyKey,
+        payload_hash: &str,
+        now: OffsetDateTime,
+        lease_for: Duration,
+        record_ttl: Duration,
+    ) -> Result<Begin, StoreError> {
+        let key = key.clone();
+        let payload_hash = payload_hash.to_owned();
+        self.db
+            .write(move |tx| {
+                let token = new_token();
+                let lease_expires_at = later(now, lease_for);
+                let existing = match load(tx, &key)? {
+                    Ok(existing) => existing,
+                    Err(e) => return Ok(Err(e)),
+                };
+                let Some(mut stored) = existing else {
+                    save(
+                        tx,
+                        &Stored {
+                            record: IdempotencyRecord {
+                                key: key.clone(),
+                                status: RecordStatus::InProgress,
+                                payload_hash: payload_hash.clone(),
+                                steps_done: BTreeSet::new(),
+                                attempts: 1,
+                                lease_expires_at: Some(lease_expires_at),
+                                summary: None,
+                                last_error: None,
+                                expires_at: later(now, record_ttl),
+                            },
+                            holder: Some(token.clone()),
+                        },
+                    )?;
+                    return Ok(Ok(Begin::Started(Lease {
+                        key,
+                        token,
+                        expires_at: lease_expires_at,
+                        steps_done: BTreeSet::new(),
+                        attempt: 1,
+                        payload_differs: false,
+                    })));
+                };
+                let record = &mut stored.record;
+                match record.status {
+                    RecordStatus::Completed => {
+                        return Ok(Ok(Begin::AlreadyCompleted {
+                            summary: record.summary.clone(),
+                            same_payload: record.payload_hash == payload_hash,
+                        }))
+                    }
+                    RecordStatus::InProgress
+                        if record.lease_expires_at.is_some_and(|at| at >= now) =>
+                    {
+                        return Ok(Ok(Begin::InProgress {
+                            lease_expires_at: record.lease_expires_at.unwrap_or(now),
+                        }))
+                    }
+                    _ => {}
+                }
+                record.status = RecordStatus::InProgress;
+                record.attempts += 1;
+                record.lease_expires_at = Some(lease_expires_at);
+                record.expires_at = later(now, record_ttl);
+                let lease = Lease {
+                    key,
+                    token: token.clone(),
+                    expires_at: lease_expires_at,
+                    steps_done: record.steps_done.clone(),
+                    attempt: record.attempts,
+                    payload_differs: record.payload_hash != payload_hash,
+                };
+                stored.holder = Some(token);
+                save(tx, &stored)?;
+                Ok(Ok(Begin::Started(lease)))
+            })
+            .await
+            .map_err(|detail| StoreError::Unavailable { detail })?
+    }
+
+    async fn record_step(&self, lease: &Lease, step: &str) -> Result<(), StoreError> {
+        let step = step.to_owned();
+        self.with_held(lease, true, move |stored| {
+            stored.record.steps_done.insert(step);
+        })
+        .await
+    }
+
+    async fn complete(
+        &self,
+        lease: &Lease,
+        summary: &str,
+        final_step: Option<&str>,
+        now: OffsetDateTime,
+        record_ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let summary = summary.to_owned();
+        let final_step = final_step.map(str::to_owned);
+        self.with_held(lease, false, move |stored| {
+            let record = &mut stored.record;
+            record.status = RecordStatus::Completed;
+            record.summary = Some(summary);
+            record.lease_expires_at = None;
+            record.expires_at = later(now, record_ttl);
+            if let Some(step) = final_step {
+                record.steps_done.insert(step);
+            }
+            stored.holder = None;
+        })
+        .await
+    }
+
+    async fn release(&self, lease: &Lease, error: &str) -> Result<(), StoreError> {
+        let error = error.to_owned();
+        self.with_held(lease, false, move |stored| {
+            let record = &mut stored.record;
+            record.status = RecordStatus::Failed;
+            record.last_error = Some(error);
+            // An expiry in the past, never none: the next attempt may begin at once.
+            record.lease_expires_at = Some(OffsetDateTime::UNIX_EPOCH);
+            stored.holder = None;
+        })
+        .await
+    }
+
+    async fn get(&self, key: &IdempotencyKey) -> Result<Option<IdempotencyRecord>, StoreError> {
+        let key = key.clone();
+        self.db
+            .write(move |tx| Ok(load(tx, &key)?.map(|s| s.map(|s| s.record))))
+            .await
+            .map_err(|detail| StoreError::Unavailable { detail })?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::temp_db;
+
+    const MIN: Duration = Duration::from_secs(60);
+    const TTL: Duration = Duration::from_secs(35 * 24 * 3600);
+
+    fn key() -> IdempotencyKey {
+        IdempotencyKey::new("acme", "123")
+    }
+
+    async fn started(store: &SqliteIdempotencyStore, hash: &str, now: OffsetDateTime) -> Lease {
+        match store
+            .begin(&key(), hash, now, MIN, TTL)
+            .await
+            .expect("begin")
+        {
+            Begin::Started(lease) => lease,
+            other => panic!("expected a lease, got {other:?}"),
+        }
+    }
+
+    /// The in-memory adapter's scenario, against SQLite, and then across a reopen of the
+    /// file (what a restart sees).
+    #[tokio::test]
+    async fn same_semantics_as_the_in_memory_store_and_survives_a_reopen() {
+        let (dir, db) = temp_db();
+        let store = SqliteIdempotencyStore::new(db);
+        let now = OffsetDateTime::now_utc();
+        let first = started(&store, "h", now).await;
+        store.record_step(&first, "goal").await.expect("step");
+        assert!(matches!(
+            store.begin(&key(), "h", now, MIN, TTL).await.unwrap(),
+            Begin::InProgress { .. }
+        ));
+        let second = started(&store, "h", now + time::Duration::minutes(2)).await;
+        assert!(second.is_done("goal"));
+        assert_eq!(second.attempt, 2);
+        assert_eq!(
+            store.record_step(&first, "note").await,
+            Err(StoreError::LeaseLost)
+        );
+        store
+            .complete(&second, "ok", Some("note"), now, TTL)
+            .await
+            .expect("complete");
+
+        let reopened = SqliteIdempotencyStore::new(
+            Db::open(&dir.path().join("nested/local.sqlite3")).expect("reopen"),
+        );
+        assert_eq!(
+            reopened.begin(&key(), "h", now, MIN, TTL).await.unwrap(),
+            Begin::AlreadyCompleted {
+                summary: Some("ok".into()),
+                same_payload: true
+            }
+        );
+        assert!(matches!(
+            reopened
+                .begin(&key(), "other", now, MIN, TTL)
+                .await
+                .unwrap(),
+            Begin::AlreadyCompleted {
+                same_payload: false,
+                ..
+            }
+        ));
+        let record = reopened.get(&key()).await.unwrap().expect("record");
+        assert_eq!(record.steps_done.len(), 2);
+        assert_eq!(record.lease_expires_at, None);
+        assert_eq!(record.status, RecordStatus::Completed);
+    }
+
+    #[tokio::test]
+    async fn a_released_lease_is_retaken_at_once_and_flags_a_different_body() {
+        let (_dir, db) = temp_db();
+        let store = SqliteIdempotencyStore::new(db);
+        let now = OffsetDateTime::now_utc();
+        let first = started(&store, "h1", now).await;
+        store.release(&first, "Keap 503").await.expect("release");
+        let record = store.get(&key()).await.unwrap().expect("record");
+        assert_eq!(record.status, RecordStatus::Failed);
+        assert_eq!(record.last_error.as_deref(), Some("Keap 503"));
+        assert!(record.lease_expires_at.is_some());
+        let second = started(&store, "h2", now).await;
+        assert!(second.payload_differs);
+        assert_eq!(
+            store.release(&first, "late").await,
+            Err(StoreError::LeaseLost)
+        );
+    }
+}
