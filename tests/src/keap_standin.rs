@@ -176,6 +176,14 @@ impl KeapStandIn {
         self.state().faults.push_back(fault);
     }
 
+    /// Adds custom fields with these labels to the contact model (ids from `first_id`).
+    pub fn add_custom_fields(&self, labels: impl IntoIterator<Item = String>, first_id: i64) {
+        let mut state = self.state();
+        for (i, label) in labels.into_iter().enumerate() {
+            state.custom_fields.push((first_id + i as i64, label));
+        }
+    }
+
     /// Serves `fault` to the next `method` request whose path contains `path_fragment`.
     pub fn inject_on(&self, method: &str, path_fragment: &str, fault: Fault) {
         self.state()

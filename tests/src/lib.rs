@@ -473,3 +473,31 @@ pub async fn delete_succeeded(
         }
     }
 }
+
+/// What the processor needs in AWS, freshly made in the emulator: the FIFO queue and its
+/// dead-letter queue, the idempotency table and the identity-map table.
+pub struct ProcessorResources {
+    pub sqs: aws_sdk_sqs::Client,
+    pub dynamodb: aws_sdk_dynamodb::Client,
+    pub queue_url: String,
+    pub dead_letter_url: String,
+    pub idempotency_table: String,
+    pub customers_table: String,
+}
+
+pub async fn processor_resources(prefix: &str) -> ProcessorResources {
+    let endpoint = moto_endpoint();
+    let sqs = sqs_client(&endpoint).await;
+    let dynamodb = dynamodb_client(&endpoint).await;
+    let (queue_url, dead_letter_url) = create_fifo_queue_pair(&sqs, prefix).await;
+    let idempotency_table = create_idempotency_table(&dynamodb).await;
+    let customers_table = create_customers_table(&dynamodb).await;
+    ProcessorResources {
+        sqs,
+        dynamodb,
+        queue_url,
+        dead_letter_url,
+        idempotency_table,
+        customers_table,
+    }
+}

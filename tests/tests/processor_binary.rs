@@ -7,8 +7,7 @@ use http::{HeaderMap, HeaderValue, Method};
 use integration_tests::keap_standin::KeapStandIn;
 use integration_tests::lambda_watch::LambdaWatch;
 use integration_tests::{
-    create_customers_table, create_fifo_queue_pair, create_idempotency_table, dynamodb_client,
-    moto_endpoint, receive_as_lambda_event, sqs_client,
+    moto_endpoint, processor_resources, receive_as_lambda_event, ProcessorResources,
 };
 use shared::chargify::signature::{sign, SIGNATURE_HEADER};
 use shared::chargify::SharedKeySet;
@@ -43,19 +42,17 @@ async fn invoke_when_ready(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_built_binary_applies_queued_webhooks_to_keap() {
     let endpoint = moto_endpoint();
-    let sqs = sqs_client(&endpoint).await;
-    let dynamodb = dynamodb_client(&endpoint).await;
-    let (queue_url, dead_letter_url) = create_fifo_queue_pair(&sqs, "processor-bin").await;
-    let idempotency_table = create_idempotency_table(&dynamodb).await;
-    let customers_table = create_customers_table(&dynamodb).await;
+    let ProcessorResources {
+        sqs,
+        queue_url,
+        dead_letter_url,
+        idempotency_table,
+        customers_table,
+        ..
+    } = processor_resources("processor-bin").await;
     let keap = KeapStandIn::start().await;
-    {
-        let rules = RuleSet::default_rules().expect("rules");
-        let mut state = keap.state();
-        for (i, label) in rules.custom_field_labels().into_iter().enumerate() {
-            state.custom_fields.push((200 + i as i64, label));
-        }
-    }
+    let rules = RuleSet::default_rules().expect("rules");
+    keap.add_custom_fields(rules.custom_field_labels(), 200);
     // Ingest puts the story on the queue, exactly as in AWS.
     let ingest = IngestService::new(
         SharedKeySet::parse(KEY).expect("key"),

@@ -6,8 +6,7 @@
 use http::{HeaderMap, HeaderValue, Method};
 use integration_tests::keap_standin::{Fault, KeapStandIn};
 use integration_tests::{
-    create_customers_table, create_fifo_queue_pair, create_idempotency_table, delete_succeeded,
-    drain, dynamodb_client, moto_endpoint, receive_as_lambda_event, sqs_client,
+    delete_succeeded, drain, processor_resources, receive_as_lambda_event, ProcessorResources,
 };
 use shared::chargify::signature::{sign, SIGNATURE_HEADER};
 use shared::chargify::SharedKeySet;
@@ -44,19 +43,16 @@ async fn stack() -> Stack {
 }
 
 async fn stack_with(rules: RuleSet) -> Stack {
-    let endpoint = moto_endpoint();
-    let sqs = sqs_client(&endpoint).await;
-    let dynamodb = dynamodb_client(&endpoint).await;
-    let (queue_url, dead_letter_url) = create_fifo_queue_pair(&sqs, "e2e").await;
-    let idempotency_table = create_idempotency_table(&dynamodb).await;
-    let customers_table = create_customers_table(&dynamodb).await;
+    let ProcessorResources {
+        sqs,
+        dynamodb,
+        queue_url,
+        dead_letter_url,
+        idempotency_table,
+        customers_table,
+    } = processor_resources("e2e").await;
     let keap = KeapStandIn::start().await;
-    {
-        let mut state = keap.state();
-        for (i, label) in rules.custom_field_labels().into_iter().enumerate() {
-            state.custom_fields.push((100 + i as i64, label));
-        }
-    }
+    keap.add_custom_fields(rules.custom_field_labels(), 100);
     let mut config = KeapClientConfig::new(keap.base_url(), Credential::ApiKey("sak-e2e".into()));
     config.max_wait = Duration::from_secs(2);
     config.max_retries = 1;

@@ -8,8 +8,8 @@ use integration_tests::{
 };
 use shared::dynamodb::{string, Table, PARTITION_KEY};
 use shared::idempotency::{
-    Begin, DynamoDbIdempotencyStore, IdempotencyKey, IdempotencyStore, Lease, RecordStatus,
-    StoreError,
+    contract, Begin, DynamoDbIdempotencyStore, IdempotencyKey, IdempotencyStore, Lease,
+    RecordStatus, StoreError,
 };
 use shared::identity::{ClockUpdate, CustomerKey, CustomerStore, DynamoDbCustomerStore};
 use std::time::{Duration, Instant};
@@ -40,100 +40,10 @@ async fn started(store: &DynamoDbIdempotencyStore, hash: &str, now: OffsetDateTi
 }
 
 #[tokio::test]
-async fn a_live_lease_blocks_and_an_expired_one_is_retaken_with_its_steps() {
+async fn keeps_the_idempotency_contract() {
     let store = idempotency_store().await;
-    let now = OffsetDateTime::now_utc();
-    let first = started(&store, "h", now).await;
-    assert_eq!(first.attempt, 1);
-    assert!(!first.payload_differs);
-    store.record_step(&first, "goal").await.expect("step");
-    // The refusal carries the holder's expiry, read from the refused write (ALL_OLD).
-    assert_eq!(
-        store.begin(&key(), "h", now, MIN, TTL).await,
-        Ok(Begin::InProgress {
-            lease_expires_at: first.expires_at
-        })
-    );
-    // The first worker crashed; after its lease expires another takes over.
-    let second = started(&store, "h", now + time::Duration::minutes(2)).await;
-    assert!(second.is_done("goal"), "{second:?}");
-    assert_eq!(second.attempt, 2);
-    assert_ne!(second.token, first.token);
-    // The crashed worker, had it woken, can no longer write.
-    assert_eq!(
-        store.record_step(&first, "note").await,
-        Err(StoreError::LeaseLost)
-    );
-    assert_eq!(
-        store.complete(&first, "late", None, now, TTL).await,
-        Err(StoreError::LeaseLost)
-    );
-    assert_eq!(
-        store.release(&first, "late").await,
-        Err(StoreError::LeaseLost)
-    );
-    store
-        .complete(&second, "ok", Some("note"), now, TTL)
-        .await
-        .expect("complete");
-    assert_eq!(
-        store.begin(&key(), "h", now, MIN, TTL).await,
-        Ok(Begin::AlreadyCompleted {
-            summary: Some("ok".into()),
-            same_payload: true
-        })
-    );
-    // A completed record is never retaken, however late.
-    assert_eq!(
-        store
-            .begin(&key(), "other", now + time::Duration::days(1), MIN, TTL)
-            .await,
-        Ok(Begin::AlreadyCompleted {
-            summary: Some("ok".into()),
-            same_payload: false
-        })
-    );
-    assert_eq!(
-        store.record_step(&second, "after").await,
-        Err(StoreError::LeaseLost),
-        "completing gives the lease up"
-    );
-    let record = store.get(&key()).await.expect("get").expect("record");
-    assert_eq!(record.status, RecordStatus::Completed);
-    assert_eq!(
-        record.steps_done.into_iter().collect::<Vec<_>>(),
-        vec!["goal".to_owned(), "note".to_owned()]
-    );
-    assert_eq!(record.attempts, 2);
-    assert_eq!(record.lease_expires_at, None);
-    assert_eq!(record.summary.as_deref(), Some("ok"));
-    assert_eq!(record.payload_hash, "h");
-}
-
-#[tokio::test]
-async fn a_released_lease_is_retaken_at_once_and_flags_a_different_body() {
-    let store = idempotency_store().await;
-    let now = OffsetDateTime::now_utc();
-    let first = started(&store, "h1", now).await;
-    store.record_step(&first, "goal").await.expect("step");
-    store.release(&first, "Keap 503").await.expect("release");
-    let record = store.get(&key()).await.expect("get").expect("record");
-    assert_eq!(record.status, RecordStatus::Failed);
-    assert_eq!(record.last_error.as_deref(), Some("Keap 503"));
-    assert_eq!(
-        record.lease_expires_at,
-        Some(OffsetDateTime::UNIX_EPOCH),
-        "never a lease without an expiry"
-    );
-    let second = started(&store, "h2", now).await;
-    assert!(second.payload_differs);
-    assert!(second.is_done("goal"), "a released record keeps its steps");
-    assert_eq!(second.attempt, 2);
-    assert_eq!(
-        store.release(&first, "again").await,
-        Err(StoreError::LeaseLost),
-        "a released lease cannot be released twice"
-    );
+    contract::lease_lifecycle(&store, &IdempotencyKey::new("acme", "1")).await;
+    contract::release_and_retake(&store, &IdempotencyKey::new("acme", "2")).await;
 }
 
 #[tokio::test]

@@ -290,92 +290,35 @@ impl IdempotencyStore for SqliteIdempotencyStore {
 mod tests {
     use super::*;
     use crate::store::temp_db;
+    use shared::idempotency::contract;
 
-    const MIN: Duration = Duration::from_secs(60);
-    const TTL: Duration = Duration::from_secs(35 * 24 * 3600);
-
-    fn key() -> IdempotencyKey {
-        IdempotencyKey::new("acme", "123")
-    }
-
-    async fn started(store: &SqliteIdempotencyStore, hash: &str, now: OffsetDateTime) -> Lease {
-        match store
-            .begin(&key(), hash, now, MIN, TTL)
-            .await
-            .expect("begin")
-        {
-            Begin::Started(lease) => lease,
-            other => panic!("expected a lease, got {other:?}"),
-        }
-    }
-
-    /// The in-memory adapter's scenario, against SQLite, and then across a reopen of the
-    /// file (what a restart sees).
+    /// The contract every adapter keeps, then what a restart sees: the records survive a
+    /// reopen of the file.
     #[tokio::test]
-    async fn same_semantics_as_the_in_memory_store_and_survives_a_reopen() {
+    async fn keeps_the_idempotency_contract_across_a_reopen() {
         let (dir, db) = temp_db();
         let store = SqliteIdempotencyStore::new(db);
-        let now = OffsetDateTime::now_utc();
-        let first = started(&store, "h", now).await;
-        store.record_step(&first, "goal").await.expect("step");
-        assert!(matches!(
-            store.begin(&key(), "h", now, MIN, TTL).await.unwrap(),
-            Begin::InProgress { .. }
-        ));
-        let second = started(&store, "h", now + time::Duration::minutes(2)).await;
-        assert!(second.is_done("goal"));
-        assert_eq!(second.attempt, 2);
-        assert_eq!(
-            store.record_step(&first, "note").await,
-            Err(StoreError::LeaseLost)
-        );
-        store
-            .complete(&second, "ok", Some("note"), now, TTL)
-            .await
-            .expect("complete");
+        let key = IdempotencyKey::new("acme", "1");
+        contract::lease_lifecycle(&store, &key).await;
+        contract::release_and_retake(&store, &IdempotencyKey::new("acme", "2")).await;
 
         let reopened = SqliteIdempotencyStore::new(
             Db::open(&dir.path().join("nested/local.sqlite3")).expect("reopen"),
         );
+        let now = OffsetDateTime::now_utc();
+        let ttl = Duration::from_secs(35 * 24 * 3600);
         assert_eq!(
-            reopened.begin(&key(), "h", now, MIN, TTL).await.unwrap(),
+            reopened
+                .begin(&key, "h", now, Duration::from_secs(60), ttl)
+                .await
+                .expect("begin"),
             Begin::AlreadyCompleted {
                 summary: Some("ok".into()),
                 same_payload: true
             }
         );
-        assert!(matches!(
-            reopened
-                .begin(&key(), "other", now, MIN, TTL)
-                .await
-                .unwrap(),
-            Begin::AlreadyCompleted {
-                same_payload: false,
-                ..
-            }
-        ));
-        let record = reopened.get(&key()).await.unwrap().expect("record");
+        let record = reopened.get(&key).await.expect("get").expect("record");
         assert_eq!(record.steps_done.len(), 2);
-        assert_eq!(record.lease_expires_at, None);
         assert_eq!(record.status, RecordStatus::Completed);
-    }
-
-    #[tokio::test]
-    async fn a_released_lease_is_retaken_at_once_and_flags_a_different_body() {
-        let (_dir, db) = temp_db();
-        let store = SqliteIdempotencyStore::new(db);
-        let now = OffsetDateTime::now_utc();
-        let first = started(&store, "h1", now).await;
-        store.release(&first, "Keap 503").await.expect("release");
-        let record = store.get(&key()).await.unwrap().expect("record");
-        assert_eq!(record.status, RecordStatus::Failed);
-        assert_eq!(record.last_error.as_deref(), Some("Keap 503"));
-        assert!(record.lease_expires_at.is_some());
-        let second = started(&store, "h2", now).await;
-        assert!(second.payload_differs);
-        assert_eq!(
-            store.release(&first, "late").await,
-            Err(StoreError::LeaseLost)
-        );
     }
 }

@@ -176,80 +176,12 @@ impl IdempotencyStore for InMemoryIdempotencyStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const MIN: Duration = Duration::from_secs(60);
-    const TTL: Duration = Duration::from_secs(35 * 24 * 3600);
-
-    fn key() -> IdempotencyKey {
-        IdempotencyKey::new("acme", "123")
-    }
-
-    async fn started(store: &InMemoryIdempotencyStore, hash: &str, now: OffsetDateTime) -> Lease {
-        match store
-            .begin(&key(), hash, now, MIN, TTL)
-            .await
-            .expect("begin")
-        {
-            Begin::Started(lease) => lease,
-            other => panic!("expected a lease, got {other:?}"),
-        }
-    }
+    use crate::idempotency::contract;
 
     #[tokio::test]
-    async fn a_live_lease_blocks_and_an_expired_one_is_retaken_with_its_steps() {
+    async fn keeps_the_idempotency_contract() {
         let store = InMemoryIdempotencyStore::new();
-        let now = OffsetDateTime::now_utc();
-        let first = started(&store, "h", now).await;
-        store.record_step(&first, "goal").await.expect("step");
-        assert!(matches!(
-            store.begin(&key(), "h", now, MIN, TTL).await.unwrap(),
-            Begin::InProgress { .. }
-        ));
-        // The first worker crashed; after its lease expires another takes over.
-        let second = started(&store, "h", now + time::Duration::minutes(2)).await;
-        assert!(second.is_done("goal"));
-        assert_eq!(second.attempt, 2);
-        // The crashed worker, had it woken, can no longer write.
-        assert_eq!(
-            store.record_step(&first, "note").await,
-            Err(StoreError::LeaseLost)
-        );
-        store
-            .complete(&second, "ok", Some("note"), now, TTL)
-            .await
-            .expect("complete");
-        assert_eq!(
-            store.begin(&key(), "h", now, MIN, TTL).await.unwrap(),
-            Begin::AlreadyCompleted {
-                summary: Some("ok".into()),
-                same_payload: true
-            }
-        );
-        assert!(matches!(
-            store.begin(&key(), "other", now, MIN, TTL).await.unwrap(),
-            Begin::AlreadyCompleted {
-                same_payload: false,
-                ..
-            }
-        ));
-        let record = store.get(&key()).await.unwrap().expect("record");
-        assert_eq!(record.steps_done.len(), 2);
-        assert_eq!(record.lease_expires_at, None);
-    }
-
-    #[tokio::test]
-    async fn a_released_lease_is_retaken_at_once_and_flags_a_different_body() {
-        let store = InMemoryIdempotencyStore::new();
-        let now = OffsetDateTime::now_utc();
-        let first = started(&store, "h1", now).await;
-        store.release(&first, "Keap 503").await.expect("release");
-        let record = store.get(&key()).await.unwrap().expect("record");
-        assert_eq!(record.status, RecordStatus::Failed);
-        assert!(
-            record.lease_expires_at.is_some(),
-            "never a lease without an expiry"
-        );
-        let second = started(&store, "h2", now).await;
-        assert!(second.payload_differs);
+        contract::lease_lifecycle(&store, &IdempotencyKey::new("acme", "1")).await;
+        contract::release_and_retake(&store, &IdempotencyKey::new("acme", "2")).await;
     }
 }

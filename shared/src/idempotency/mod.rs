@@ -12,6 +12,7 @@
 //!   failure midway skips them ([`Lease::is_done`]).
 //! - [`IdempotencyStore::complete`] marks the record `COMPLETED` with a summary and a TTL.
 
+pub mod contract;
 mod dynamodb;
 mod memory;
 
