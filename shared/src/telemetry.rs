@@ -66,3 +66,48 @@ mod tests {
         assert_eq!(log_level(Some("shared=debug,info")), Level::INFO);
     }
 }
+
+/// `text` with every email address replaced by `<email>`, for log lines that carry text from
+/// outside (a Keap error message may quote the address it refused). Personal data stays out
+/// of CloudWatch; the dead-letter queue keeps the full reason for the operator.
+pub fn redact_emails(text: &str) -> String {
+    let is_boundary = |c: char| c.is_whitespace() || "\"'<>()[]{},;:".contains(c);
+    let mut out = String::with_capacity(text.len());
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        let looks_like_email = word
+            .split_once('@')
+            .is_some_and(|(local, domain)| !local.is_empty() && domain.contains('.'));
+        if looks_like_email {
+            out.push_str("<email>");
+        } else {
+            out.push_str(word);
+        }
+        word.clear();
+    };
+    for c in text.chars() {
+        if is_boundary(c) {
+            flush(&mut word, &mut out);
+            out.push(c);
+        } else {
+            word.push(c);
+        }
+    }
+    flush(&mut word, &mut out);
+    out
+}
+
+#[cfg(test)]
+mod redaction_tests {
+    use super::redact_emails;
+
+    #[test]
+    fn email_addresses_are_replaced_and_the_rest_kept() {
+        assert_eq!(
+            redact_emails("Keap refused \"john.doe@example.com\" (Invalid email)"),
+            "Keap refused \"<email>\" (Invalid email)"
+        );
+        assert_eq!(redact_emails("a@b.co, c@d.org"), "<email>, <email>");
+        assert_eq!(redact_emails("no address @ here"), "no address @ here");
+    }
+}

@@ -188,7 +188,7 @@ impl KeapClient {
                 KeapError::Throttled { retry_after, .. } => Some(*retry_after + jitter()),
                 _ => planned,
             })
-            .notify(|e, wait| tracing::warn!(error = %e, wait_ms = wait.as_millis() as u64, "Keap call failed; retrying"))
+            .notify(|e, wait| tracing::warn!(error = %crate::telemetry::redact_emails(&e.to_string()), wait_ms = wait.as_millis() as u64, "Keap call failed; retrying"))
             .await
     }
 

@@ -103,7 +103,7 @@ pub async fn process_batch(
                             webhook_id = webhook_id.as_str(),
                             event = event.as_str(),
                             code = error.code(),
-                            error = %error,
+                            error = %crate::telemetry::redact_emails(&error.to_string()),
                             retry_in_s = delay.as_secs(),
                             elapsed_ms,
                             "webhook failed; retried later"
@@ -141,7 +141,7 @@ pub async fn process_batch(
                                     webhook_id = webhook_id.as_str(),
                                     event = event.as_str(),
                                     code,
-                                    error = %error,
+                                    error = %crate::telemetry::redact_emails(&error.to_string()),
                                     elapsed_ms,
                                     "webhook cannot be applied; moved to the dead-letter queue"
                                 );
@@ -155,7 +155,7 @@ pub async fn process_batch(
                                     message_id = message_id.as_deref().unwrap_or(""),
                                     webhook_id = webhook_id.as_str(),
                                     code,
-                                    error = %error,
+                                    error = %crate::telemetry::redact_emails(&error.to_string()),
                                     dlq_error = %e,
                                     "webhook cannot be applied and the dead-letter queue refused it; returned to the queue"
                                 );
