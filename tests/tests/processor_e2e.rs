@@ -238,23 +238,26 @@ async fn the_same_webhook_three_times_at_once_has_one_effect() {
     let event = receive_as_lambda_event(&stack.sqs, &stack.queue_url, 60).await;
     assert_eq!(event.records.len(), 1);
     // Three deliveries of it (an SQS redelivery, a Chargify retry, a replay) run together.
-    let runs: Vec<_> = (0..3)
-        .map(|i| {
-            let mut copy = event.clone();
-            copy.records[0].message_id = Some(format!("copy-{i}"));
-            let processor = stack.processor.clone();
-            let control = stack.control.clone();
-            tokio::spawn(async move {
-                handle(
-                    processor,
-                    control,
-                    copy,
-                    Instant::now() + Duration::from_secs(60),
-                )
-                .await
-            })
-        })
-        .collect();
+    // Started 20 ms apart, so they overlap in Keap but reach the lease one after another:
+    // moto does not serialise concurrent conditional writes the way DynamoDB does (see
+    // stores_dynamodb.rs), and this test is about the processor, not the emulator.
+    let mut runs = Vec::new();
+    for i in 0..3 {
+        let mut copy = event.clone();
+        copy.records[0].message_id = Some(format!("copy-{i}"));
+        let processor = stack.processor.clone();
+        let control = stack.control.clone();
+        runs.push(tokio::spawn(async move {
+            handle(
+                processor,
+                control,
+                copy,
+                Instant::now() + Duration::from_secs(60),
+            )
+            .await
+        }));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     for run in runs {
         run.await.expect("no panic").expect("reportable");
     }

@@ -157,6 +157,31 @@ fn step_set(step: &str) -> AttributeValue {
     AttributeValue::Ss(vec![step.to_owned()])
 }
 
+impl DynamoDbIdempotencyStore {
+    /// A refused `begin` whose returned record is incomplete: DynamoDB returns the whole old
+    /// item atomically, but an emulator answering two writes at once can hand back one caught
+    /// mid-write. Decide on a consistent read instead (bounded: 3 reads, 100 ms apart); a
+    /// record still unreadable after that is reported corrupt.
+    async fn reread_refusal(
+        &self,
+        key: &IdempotencyKey,
+        payload_hash: &str,
+    ) -> Result<Begin, StoreError> {
+        let mut last = None;
+        for _ in 0..3 {
+            let item = self.table.get(key.storage_key()).await?;
+            match refusal(key, payload_hash, item.as_ref()) {
+                Err(e @ StoreError::Corrupt { .. }) => last = Some(e),
+                decided => return decided,
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(last.unwrap_or(StoreError::Corrupt {
+            detail: format!("record {} unreadable", key.storage_key()),
+        }))
+    }
+}
+
 #[async_trait]
 impl IdempotencyStore for DynamoDbIdempotencyStore {
     async fn begin(
@@ -190,7 +215,12 @@ impl IdempotencyStore for DynamoDbIdempotencyStore {
             Ok(output) => output,
             Err(err) => {
                 return match refused_item(&err) {
-                    Some(old) => refusal(key, payload_hash, old),
+                    Some(old) => match refusal(key, payload_hash, old) {
+                        Err(StoreError::Corrupt { .. }) => {
+                            self.reread_refusal(key, payload_hash).await
+                        }
+                        decided => decided,
+                    },
                     None => Err(classify(err)),
                 }
             }
