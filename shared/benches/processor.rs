@@ -142,8 +142,6 @@ fn main() {
         );
     }
     // A redelivery of the signup: one read-back of the record, no write, no Keap call.
-    let (first, _) = story_for("15", "john%40example.com", "")[0].clone();
-    let _ = first;
     let signup = story_for("15", "john%40example.com", "").remove(0).1;
     let calls_before = crm.call_count();
     let idem_before = idempotency.writes();

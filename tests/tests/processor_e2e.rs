@@ -305,7 +305,7 @@ async fn a_failure_after_the_goal_does_not_fire_it_again_on_retry() {
     let retried = handle(
         stack.processor.clone(),
         stack.control.clone(),
-        resend(&stack).await,
+        resend(),
         Instant::now() + Duration::from_secs(60),
     )
     .await
@@ -317,7 +317,7 @@ async fn a_failure_after_the_goal_does_not_fire_it_again_on_retry() {
 }
 
 /// The same webhook as a fresh SQS record (as a redelivery after the visibility delay).
-async fn resend(stack: &Stack) -> aws_lambda_events::sqs::SqsEvent {
+fn resend() -> aws_lambda_events::sqs::SqsEvent {
     let envelope = fixtures::envelope(fixtures::SIGNUP_SUCCESS).expect("envelope");
     let mut record = aws_lambda_events::sqs::SqsMessage::default();
     record.message_id = Some("redelivery".into());
@@ -325,7 +325,6 @@ async fn resend(stack: &Stack) -> aws_lambda_events::sqs::SqsEvent {
     record
         .attributes
         .insert("MessageGroupId".into(), envelope.message_group_id());
-    let _ = stack;
     let mut event = aws_lambda_events::sqs::SqsEvent::default();
     event.records.push(record);
     event
