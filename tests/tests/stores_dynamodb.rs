@@ -11,7 +11,9 @@ use shared::idempotency::{
     contract, Begin, DynamoDbIdempotencyStore, IdempotencyKey, IdempotencyStore, Lease,
     RecordStatus, StoreError,
 };
-use shared::identity::{ClockUpdate, CustomerKey, CustomerStore, DynamoDbCustomerStore};
+use shared::identity::{
+    contract as contract_identity, CustomerKey, CustomerStore, DynamoDbCustomerStore,
+};
 use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 
@@ -177,56 +179,16 @@ async fn each_operation_is_one_write_and_a_refusal_needs_no_read() {
 }
 
 #[tokio::test]
-async fn the_customer_clock_only_moves_forward_and_a_stale_save_keeps_the_contact_id() {
+async fn keeps_the_customer_store_contract() {
     let client = dynamodb_client(&moto_endpoint()).await;
     let table = create_customers_table(&client).await;
     let store = DynamoDbCustomerStore::new(Table::new(client, table));
-    let key = CustomerKey::new("acme", "42");
-    assert_eq!(store.get(&key).await, Ok(None));
-    let t1 = OffsetDateTime::from_unix_timestamp(1_790_000_000).expect("time")
-        + time::Duration::milliseconds(250);
-    let t2 = t1 + time::Duration::milliseconds(500);
-    assert_eq!(
-        store.save(&key, 7, Some(("s1", t2))).await,
-        Ok(ClockUpdate::Advanced)
-    );
-    assert_eq!(
-        store.save(&key, 8, Some(("s1", t1))).await,
-        Ok(ClockUpdate::Stale)
-    );
-    let record = store.get(&key).await.expect("get").expect("record");
-    assert_eq!(
-        record.contact_id,
-        Some(8),
-        "a stale save still stores the contact"
-    );
-    assert_eq!(record.subscription_clocks.get("s1"), Some(&t2));
-    // Equal times are not stale: a retry of the same event passes.
-    assert_eq!(
-        store.save(&key, 8, Some(("s1", t2))).await,
-        Ok(ClockUpdate::Advanced)
-    );
-    assert_eq!(
-        store.save(&key, 8, Some(("s2", t1))).await,
-        Ok(ClockUpdate::Advanced),
-        "each subscription has its own clock"
-    );
-    assert_eq!(store.save(&key, 9, None).await, Ok(ClockUpdate::Unchanged));
-    let record = store.get(&key).await.expect("get").expect("record");
-    assert_eq!(record.contact_id, Some(9));
-    assert!(record.is_stale("s1", t1));
-    assert!(!record.is_stale("s1", t2));
-    assert!(!record.is_stale("s2", t1));
-    assert_eq!(
-        record.subscription_clocks.keys().collect::<Vec<_>>(),
-        vec!["s1", "s2"]
-    );
-    // A clock is created on an item that has none, and with the item itself.
-    let fresh = CustomerKey::new("acme", "43");
-    assert_eq!(
-        store.save(&fresh, 1, Some(("s9", t1))).await,
-        Ok(ClockUpdate::Advanced)
-    );
+    contract_identity::clock_only_moves_forward(
+        &store,
+        &CustomerKey::new("acme", "42"),
+        &CustomerKey::new("acme", "43"),
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -124,27 +124,21 @@ impl CustomerStore for SqliteCustomerStore {
 mod tests {
     use super::*;
     use crate::store::temp_db;
+    use shared::identity::contract;
 
+    /// The contract every adapter keeps, then what a restart sees.
     #[tokio::test]
-    async fn the_clock_only_moves_forward() {
-        let (_dir, db) = temp_db();
-        let store = SqliteCustomerStore::new(db);
+    async fn keeps_the_customer_store_contract_across_a_reopen() {
+        let (dir, db) = temp_db();
         let key = CustomerKey::new("acme", "42");
-        assert_eq!(store.get(&key).await, Ok(None));
-        let t1 = OffsetDateTime::UNIX_EPOCH + time::Duration::hours(1);
-        let t2 = t1 + time::Duration::nanoseconds(1);
-        assert_eq!(
-            store.save(&key, 7, Some(("s1", t2))).await,
-            Ok(ClockUpdate::Advanced)
+        let before = {
+            let store = SqliteCustomerStore::new(db);
+            contract::clock_only_moves_forward(&store, &key, &CustomerKey::new("acme", "43")).await;
+            store.get(&key).await.expect("get")
+        };
+        let reopened = SqliteCustomerStore::new(
+            crate::store::Db::open(&dir.path().join("nested/local.sqlite3")).expect("reopen"),
         );
-        assert_eq!(
-            store.save(&key, 7, Some(("s1", t1))).await,
-            Ok(ClockUpdate::Stale)
-        );
-        assert_eq!(store.save(&key, 8, None).await, Ok(ClockUpdate::Unchanged));
-        let record = store.get(&key).await.unwrap().expect("record");
-        assert!(record.is_stale("s1", t1));
-        assert!(!record.is_stale("s1", t2));
-        assert_eq!(record.contact_id, Some(8));
+        assert_eq!(reopened.get(&key).await.expect("get"), before);
     }
 }

@@ -59,29 +59,16 @@ impl CustomerStore for InMemoryCustomerStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::identity::contract;
 
     #[tokio::test]
-    async fn the_clock_only_moves_forward() {
+    async fn keeps_the_customer_store_contract() {
         let store = InMemoryCustomerStore::new();
-        let key = CustomerKey::new("acme", "42");
-        let t1 = OffsetDateTime::UNIX_EPOCH + time::Duration::hours(1);
-        let t2 = t1 + time::Duration::hours(1);
-        assert_eq!(
-            store.save(&key, 7, Some(("s1", t2))).await,
-            Ok(ClockUpdate::Advanced)
-        );
-        assert_eq!(
-            store.save(&key, 7, Some(("s1", t1))).await,
-            Ok(ClockUpdate::Stale)
-        );
-        assert_eq!(
-            store.save(&key, 7, Some(("s1", t2))).await,
-            Ok(ClockUpdate::Advanced)
-        );
-        let record = store.get(&key).await.unwrap().expect("record");
-        assert!(record.is_stale("s1", t1));
-        assert!(!record.is_stale("s1", t2));
-        assert!(!record.is_stale("s2", t1));
-        assert_eq!(record.contact_id, Some(7));
+        contract::clock_only_moves_forward(
+            &store,
+            &CustomerKey::new("acme", "42"),
+            &CustomerKey::new("acme", "43"),
+        )
+        .await;
     }
 }

@@ -6,6 +6,7 @@
 //! creates a second contact. Both facts live in one item per customer, so a typical event
 //! costs one read and at most one write here.
 
+pub mod contract;
 mod dynamodb;
 mod memory;
 
