@@ -298,7 +298,7 @@ pub fn query_signatures(raw_query: Option<&str>) -> Vec<String> {
 }
 
 /// One JSON log line per request (no body, no personal data: ids, event key and outcome
-/// only), and the `WebhooksReceived` counter and `IngestLatency` histogram by outcome.
+/// only), and the request's metrics.
 fn record(reply: &IngestReply, bytes: usize, started: Instant) {
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
     let outcome = reply.outcome.code();
@@ -326,8 +326,31 @@ fn record(reply: &IngestReply, bytes: usize, started: Instant) {
             "webhook refused"
         ),
     }
-    metrics::counter!("WebhooksReceived", "outcome" => outcome).increment(1);
-    metrics::histogram!("IngestLatency", "outcome" => outcome).record(latency_ms);
+    record_metrics(&reply.outcome, event);
+}
+
+/// The catalogue's ingest metrics for one answer: accepted webhooks by event, 4xx refusals
+/// by reason, and the two alarm sources. A missing or malformed signature is a refusal but
+/// not a `SignatureFailures`: Chargify always sends a well-formed one, so those come from
+/// scanners of a public URL, and paging someone for them would hide the real signal (a wrong
+/// Site Shared Key makes Chargify's own signatures mismatch).
+fn record_metrics(outcome: &Outcome, event: &str) {
+    use crate::telemetry::metrics;
+    match outcome {
+        Outcome::Enqueued { .. } => metrics::webhook_received(event),
+        // Verified and answered 200, nothing stored: the logs show it, no metric counts it.
+        Outcome::TestAcknowledged => {}
+        Outcome::QueueFailed(_) => metrics::enqueue_failure(),
+        refused => {
+            if matches!(
+                refused,
+                Outcome::Unauthorized(SignatureError::Mismatch) | Outcome::SiteMismatch
+            ) {
+                metrics::signature_failure();
+            }
+            metrics::ingest_refused(refused.code());
+        }
+    }
 }
 
 #[cfg(test)]
