@@ -558,4 +558,42 @@ mod tests {
         );
         assert!(!reply.body().contains("connection refused"));
     }
+
+    #[test]
+    fn only_a_wrong_key_counts_as_a_signature_failure() {
+        use crate::telemetry::capture::Capture;
+        let capture = Capture::default();
+        metrics::with_local_recorder(&capture, || {
+            record_metrics(&Outcome::Unauthorized(SignatureError::Mismatch), "");
+            record_metrics(&Outcome::SiteMismatch, "signup_success");
+            record_metrics(&Outcome::Unauthorized(SignatureError::Missing), "");
+            record_metrics(&Outcome::MethodNotAllowed, "");
+            record_metrics(&Outcome::TestAcknowledged, "test");
+            record_metrics(
+                &Outcome::Enqueued {
+                    message_id: "m".into(),
+                },
+                "signup_success",
+            );
+            record_metrics(
+                &Outcome::QueueFailed(QueueError::Unavailable {
+                    detail: "down".into(),
+                }),
+                "signup_success",
+            );
+        });
+        assert_eq!(capture.get("SignatureFailures", &[]), Some(2.0));
+        let refused = |reason| capture.get("IngestRefused", &[("Reason", reason)]);
+        assert_eq!(refused("signature_mismatch"), Some(1.0));
+        assert_eq!(refused("signature_site_mismatch"), Some(1.0));
+        assert_eq!(refused("signature_missing"), Some(1.0));
+        assert_eq!(refused("method_not_allowed"), Some(1.0));
+        assert_eq!(
+            capture.get("WebhooksReceived", &[("Event", "signup_success")]),
+            Some(1.0)
+        );
+        assert_eq!(capture.get("EnqueueFailures", &[]), Some(1.0));
+        // The test webhook and the 503 are not refusals; nothing else was recorded.
+        assert_eq!(capture.len(), 7);
+    }
 }
