@@ -91,140 +91,123 @@ impl Expected {
 const GE: &str = "GreaterThanOrEqualToThreshold";
 const GT: &str = "GreaterThanThreshold";
 
+/// One alarm watching `metric` with `missing` data not breaching and a literal threshold;
+/// [`Expected::param`] and [`Expected::missing`] adjust the rest.
+fn alarm(
+    id: &'static str,
+    (namespace, metric): (&'static str, &'static str),
+    dimensions: &'static [(&'static str, &'static str)],
+    (statistic, comparison, threshold): (&'static str, &'static str, &'static str),
+) -> Expected {
+    Expected {
+        id,
+        namespace,
+        metric,
+        dimensions,
+        statistic,
+        threshold,
+        default: None,
+        comparison,
+        missing: "notBreaching",
+    }
+}
+
+impl Expected {
+    /// The threshold is a parameter (`${Name}`) whose default must be `default`.
+    fn param(mut self, default: &'static str) -> Self {
+        self.default = Some(default);
+        self
+    }
+    fn missing(mut self, missing: &'static str) -> Self {
+        self.missing = missing;
+        self
+    }
+}
+
 fn expected() -> Vec<Expected> {
+    const INGEST: &[(&str, &str)] = &[("FunctionName", "${IngestFunction}")];
+    const PROCESSOR: &[(&str, &str)] = &[("FunctionName", "${ProcessorFunction}")];
+    const EMF_INGEST: &[(&str, &str)] = &[("Function", "ingest")];
+    const EMF_PROCESSOR: &[(&str, &str)] = &[("Function", "processor")];
+    let lambda = |metric| ("AWS/Lambda", metric);
+    let ours = |metric| (METRICS_NAMESPACE, metric);
     vec![
-        Expected {
-            id: "DeadLetterQueueAlarm",
-            namespace: "AWS/SQS",
-            metric: "ApproximateNumberOfMessagesVisible",
-            dimensions: &[("QueueName", "${DeadLetterQueue.QueueName}")],
-            statistic: "Maximum",
-            threshold: "1",
-            default: None,
-            comparison: GE,
-            missing: "notBreaching",
-        },
-        Expected {
-            id: "QueueAgeAlarm",
-            namespace: "AWS/SQS",
-            metric: "ApproximateAgeOfOldestMessage",
-            dimensions: &[("QueueName", "${WebhookQueue.QueueName}")],
-            statistic: "Maximum",
-            threshold: "${QueueAgeAlarmSeconds}",
-            default: Some("900"),
-            comparison: GT,
-            missing: "notBreaching",
-        },
-        Expected {
-            id: "IngestErrorsAlarm",
-            namespace: "AWS/Lambda",
-            metric: "Errors",
-            dimensions: &[("FunctionName", "${IngestFunction}")],
-            statistic: "Sum",
-            threshold: "0",
-            default: None,
-            comparison: GT,
-            missing: "notBreaching",
-        },
-        Expected {
-            id: "IngestThrottlesAlarm",
-            namespace: "AWS/Lambda",
-            metric: "Throttles",
-            dimensions: &[("FunctionName", "${IngestFunction}")],
-            statistic: "Sum",
-            threshold: "0",
-            default: None,
-            comparison: GT,
-            missing: "notBreaching",
-        },
-        Expected {
-            id: "ProcessorErrorsAlarm",
-            namespace: "AWS/Lambda",
-            metric: "Errors",
-            dimensions: &[("FunctionName", "${ProcessorFunction}")],
-            statistic: "Sum",
-            threshold: "0",
-            default: None,
-            comparison: GT,
-            missing: "notBreaching",
-        },
-        Expected {
-            id: "ProcessorThrottlesAlarm",
-            namespace: "AWS/Lambda",
-            metric: "Throttles",
-            dimensions: &[("FunctionName", "${ProcessorFunction}")],
-            statistic: "Sum",
-            threshold: "0",
-            default: None,
-            comparison: GT,
-            missing: "notBreaching",
-        },
-        Expected {
-            id: "IngestApi5xxAlarm",
-            namespace: "AWS/ApiGateway",
-            metric: "5xx",
-            dimensions: &[("ApiId", "${WebhookApi}"), ("Stage", "$default")],
-            statistic: "Sum",
-            threshold: "0",
-            default: None,
-            comparison: GT,
-            missing: "notBreaching",
-        },
-        Expected {
-            id: "IngestSignatureMismatchAlarm",
-            namespace: METRICS_NAMESPACE,
-            metric: name::SIGNATURE_FAILURES,
-            dimensions: &[("Function", "ingest")],
-            statistic: "Sum",
-            threshold: "${SignatureFailureAlarmThreshold}",
-            default: Some("3"),
-            comparison: GE,
-            missing: "notBreaching",
-        },
-        Expected {
-            id: "IngestQueueFailuresAlarm",
-            namespace: METRICS_NAMESPACE,
-            metric: name::ENQUEUE_FAILURES,
-            dimensions: &[("Function", "ingest")],
-            statistic: "Sum",
-            threshold: "1",
-            default: None,
-            comparison: GE,
-            missing: "notBreaching",
-        },
-        Expected {
-            id: "KeapReauthorisationAlarm",
-            namespace: METRICS_NAMESPACE,
-            metric: name::KEAP_REAUTHORISATION_NEEDED,
-            dimensions: &[("Function", "processor")],
-            statistic: "Sum",
-            threshold: "1",
-            default: None,
-            comparison: GE,
-            missing: "notBreaching",
-        },
-        Expected {
-            id: "KeapDailyQuotaAlarm",
-            namespace: METRICS_NAMESPACE,
-            metric: name::KEAP_DAILY_QUOTA_REMAINING_PERCENT,
-            dimensions: &[("Function", "processor")],
-            statistic: "Minimum",
-            threshold: "${KeapQuotaAlarmPercent}",
-            default: Some("10"),
-            comparison: "LessThanThreshold",
-            missing: "ignore",
-        },
-        Expected {
-            id: "ProcessorDurationAlarm",
-            namespace: "AWS/Lambda",
-            metric: "Duration",
-            dimensions: &[("FunctionName", "${ProcessorFunction}")],
-            statistic: "Maximum",
-            threshold: "48000",
-            default: None,
-            comparison: GT,
-            missing: "notBreaching",
-        },
+        alarm(
+            "DeadLetterQueueAlarm",
+            ("AWS/SQS", "ApproximateNumberOfMessagesVisible"),
+            &[("QueueName", "${DeadLetterQueue.QueueName}")],
+            ("Maximum", GE, "1"),
+        ),
+        alarm(
+            "QueueAgeAlarm",
+            ("AWS/SQS", "ApproximateAgeOfOldestMessage"),
+            &[("QueueName", "${WebhookQueue.QueueName}")],
+            ("Maximum", GT, "${QueueAgeAlarmSeconds}"),
+        )
+        .param("900"),
+        alarm(
+            "IngestErrorsAlarm",
+            lambda("Errors"),
+            INGEST,
+            ("Sum", GT, "0"),
+        ),
+        alarm(
+            "IngestThrottlesAlarm",
+            lambda("Throttles"),
+            INGEST,
+            ("Sum", GT, "0"),
+        ),
+        alarm(
+            "ProcessorErrorsAlarm",
+            lambda("Errors"),
+            PROCESSOR,
+            ("Sum", GT, "0"),
+        ),
+        alarm(
+            "ProcessorThrottlesAlarm",
+            lambda("Throttles"),
+            PROCESSOR,
+            ("Sum", GT, "0"),
+        ),
+        alarm(
+            "IngestApi5xxAlarm",
+            ("AWS/ApiGateway", "5xx"),
+            &[("ApiId", "${WebhookApi}"), ("Stage", "$default")],
+            ("Sum", GT, "0"),
+        ),
+        alarm(
+            "IngestSignatureMismatchAlarm",
+            ours(name::SIGNATURE_FAILURES),
+            EMF_INGEST,
+            ("Sum", GE, "${SignatureFailureAlarmThreshold}"),
+        )
+        .param("3"),
+        alarm(
+            "IngestQueueFailuresAlarm",
+            ours(name::ENQUEUE_FAILURES),
+            EMF_INGEST,
+            ("Sum", GE, "1"),
+        ),
+        alarm(
+            "KeapReauthorisationAlarm",
+            ours(name::KEAP_REAUTHORISATION_NEEDED),
+            EMF_PROCESSOR,
+            ("Sum", GE, "1"),
+        ),
+        alarm(
+            "KeapDailyQuotaAlarm",
+            ours(name::KEAP_DAILY_QUOTA_REMAINING_PERCENT),
+            EMF_PROCESSOR,
+            ("Minimum", "LessThanThreshold", "${KeapQuotaAlarmPercent}"),
+        )
+        .param("10")
+        .missing("ignore"),
+        alarm(
+            "ProcessorDurationAlarm",
+            lambda("Duration"),
+            PROCESSOR,
+            ("Maximum", GT, "48000"),
+        ),
     ]
 }
 
