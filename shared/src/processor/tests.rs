@@ -287,15 +287,20 @@ fn record(id: &str, group: &str, body: &str) -> BatchRecord {
     }
 }
 
+/// Keap's per-minute 429, asking for a 20-second wait.
+fn minute_throttle() -> KeapError {
+    KeapError::Throttled {
+        kind: crate::keap::ThrottleKind::Minute,
+        retry_after: Duration::from_secs(20),
+        request_id: None,
+    }
+}
+
 #[tokio::test]
 async fn a_group_stops_at_its_first_failure_and_other_groups_go_on() {
     let world = world();
     let control = Arc::new(InMemoryRecordControl::new());
-    world.crm.fail_next(KeapError::Throttled {
-        kind: crate::keap::ThrottleKind::Minute,
-        retry_after: Duration::from_secs(20),
-        request_id: None,
-    });
+    world.crm.fail_next(minute_throttle());
     let records = vec![
         record("m1", "acme:cus:1", fixtures::SIGNUP_SUCCESS),
         record("m2", "acme:cus:1", fixtures::PAYMENT_FAILURE),
@@ -335,11 +340,7 @@ fn each_finished_record_is_counted_by_event_and_outcome() {
         runtime.block_on(async {
             let world = world();
             let control = Arc::new(InMemoryRecordControl::new());
-            world.crm.fail_next(KeapError::Throttled {
-                kind: crate::keap::ThrottleKind::Minute,
-                retry_after: Duration::from_secs(20),
-                request_id: None,
-            });
+            world.crm.fail_next(minute_throttle());
             let mut garbage = record("m0", "g0", fixtures::SIGNUP_SUCCESS);
             garbage.body = Some("{not json".into());
             let deadline = || Instant::now() + MINUTE * 2;
