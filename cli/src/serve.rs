@@ -132,7 +132,7 @@ impl Timing {
 }
 
 pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
-    shared::telemetry::init("serve");
+    shared::telemetry::init(shared::telemetry::metrics::function::CLI);
     let timing = Timing::from_env()?;
     let key_spec = match std::env::var(CHARGIFY_SHARED_KEYS) {
         Ok(spec) if !spec.trim().is_empty() => spec,
@@ -350,6 +350,10 @@ async fn worker_loop(
             deadline,
         )
         .await;
+        // As the processor Lambda does per invocation: the EMF lines go to stdout with the
+        // logs, and the recorder never holds more than a batch's histogram values (it keeps
+        // at most 100 and complains past that).
+        shared::telemetry::flush_metrics();
         if let Some(crm) = &dry_run {
             calls_shown = show_dry_run_calls(crm, calls_shown);
         }

@@ -298,7 +298,7 @@ pub fn query_signatures(raw_query: Option<&str>) -> Vec<String> {
 }
 
 /// One JSON log line per request (no body, no personal data: ids, event key and outcome
-/// only), and the `WebhooksReceived` counter and `IngestLatency` histogram by outcome.
+/// only), and the request's metrics.
 fn record(reply: &IngestReply, bytes: usize, started: Instant) {
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
     let outcome = reply.outcome.code();
@@ -326,8 +326,31 @@ fn record(reply: &IngestReply, bytes: usize, started: Instant) {
             "webhook refused"
         ),
     }
-    metrics::counter!("WebhooksReceived", "outcome" => outcome).increment(1);
-    metrics::histogram!("IngestLatency", "outcome" => outcome).record(latency_ms);
+    record_metrics(&reply.outcome, event);
+}
+
+/// The catalogue's ingest metrics for one answer: accepted webhooks by event, 4xx refusals
+/// by reason, and the two alarm sources. A missing or malformed signature is a refusal but
+/// not a `SignatureFailures`: Chargify always sends a well-formed one, so those come from
+/// scanners of a public URL, and paging someone for them would hide the real signal (a wrong
+/// Site Shared Key makes Chargify's own signatures mismatch).
+fn record_metrics(outcome: &Outcome, event: &str) {
+    use crate::telemetry::metrics;
+    match outcome {
+        Outcome::Enqueued { .. } => metrics::webhook_received(event),
+        // Verified and answered 200, nothing stored: the logs show it, no metric counts it.
+        Outcome::TestAcknowledged => {}
+        Outcome::QueueFailed(_) => metrics::enqueue_failure(),
+        refused => {
+            if matches!(
+                refused,
+                Outcome::Unauthorized(SignatureError::Mismatch) | Outcome::SiteMismatch
+            ) {
+                metrics::signature_failure();
+            }
+            metrics::ingest_refused(refused.code());
+        }
+    }
 }
 
 #[cfg(test)]
@@ -534,5 +557,43 @@ mod tests {
             (503, "queue_unavailable")
         );
         assert!(!reply.body().contains("connection refused"));
+    }
+
+    #[test]
+    fn only_a_wrong_key_counts_as_a_signature_failure() {
+        use crate::telemetry::capture::Capture;
+        let capture = Capture::default();
+        metrics::with_local_recorder(&capture, || {
+            record_metrics(&Outcome::Unauthorized(SignatureError::Mismatch), "");
+            record_metrics(&Outcome::SiteMismatch, "signup_success");
+            record_metrics(&Outcome::Unauthorized(SignatureError::Missing), "");
+            record_metrics(&Outcome::MethodNotAllowed, "");
+            record_metrics(&Outcome::TestAcknowledged, "test");
+            record_metrics(
+                &Outcome::Enqueued {
+                    message_id: "m".into(),
+                },
+                "signup_success",
+            );
+            record_metrics(
+                &Outcome::QueueFailed(QueueError::Unavailable {
+                    detail: "down".into(),
+                }),
+                "signup_success",
+            );
+        });
+        assert_eq!(capture.get("SignatureFailures", &[]), Some(2.0));
+        let refused = |reason| capture.get("IngestRefused", &[("Reason", reason)]);
+        assert_eq!(refused("signature_mismatch"), Some(1.0));
+        assert_eq!(refused("signature_site_mismatch"), Some(1.0));
+        assert_eq!(refused("signature_missing"), Some(1.0));
+        assert_eq!(refused("method_not_allowed"), Some(1.0));
+        assert_eq!(
+            capture.get("WebhooksReceived", &[("Event", "signup_success")]),
+            Some(1.0)
+        );
+        assert_eq!(capture.get("EnqueueFailures", &[]), Some(1.0));
+        // The test webhook and the 503 are not refusals; nothing else was recorded.
+        assert_eq!(capture.len(), 7);
     }
 }

@@ -3,6 +3,7 @@
 //! over plain HTTP through the emulator's function-URL route, as Chargify would post.
 //! Needs `cargo lambda` on PATH; `tests/run.sh` provides it.
 
+use integration_tests::emf;
 use integration_tests::lambda_watch::LambdaWatch;
 use integration_tests::{
     create_fifo_queue, create_secret, drain, http_request, moto_endpoint, repo_root, sqs_client,
@@ -126,6 +127,50 @@ async fn the_built_binary_enqueues_signed_webhooks_and_refuses_the_rest() {
     std::fs::write(&file, event.to_string()).expect("write event");
     let reply = cargo_lambda_invoke(&watch, &file.to_string_lossy());
     assert_eq!(reply["statusCode"], 401, "{reply}");
+
+    // Every metric line is valid EMF. Three requests carried a signature no key produces
+    // (the tampered body, the event file signed with the demo key, the undecodable base64
+    // body); the readiness probes carried none, which is a refusal but not a signature failure.
+    let metrics = emf::extract(&emf::documents(&watch.log_text()));
+    assert_eq!(
+        emf::total(&metrics, "SignatureFailures", &[("Function", "ingest")]),
+        3.0
+    );
+    assert_eq!(
+        emf::total(
+            &metrics,
+            "IngestRefused",
+            &[("Function", "ingest"), ("Reason", "signature_mismatch")]
+        ),
+        3.0
+    );
+    assert!(
+        emf::total(
+            &metrics,
+            "IngestRefused",
+            &[("Function", "ingest"), ("Reason", "signature_missing")]
+        ) >= 1.0
+    );
+    assert_eq!(
+        emf::total(
+            &metrics,
+            "WebhooksReceived",
+            &[("Function", "ingest"), ("Event", "payment_failure")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        emf::dimension_sets(&metrics, "SignatureFailures"),
+        [["Function"]]
+    );
+    assert_eq!(
+        emf::dimension_sets(&metrics, "WebhooksReceived"),
+        [["Event", "Function"]]
+    );
+    assert_eq!(
+        emf::total(&metrics, "EnqueueFailures", &[("Function", "ingest")]),
+        0.0
+    );
 
     let messages = drain(&client, &queue_url).await;
     assert_eq!(messages.len(), 1, "{messages:?}");

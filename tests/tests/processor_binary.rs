@@ -4,6 +4,7 @@
 //! with a message naming the variable.
 
 use http::{HeaderMap, HeaderValue, Method};
+use integration_tests::emf;
 use integration_tests::keap_standin::KeapStandIn;
 use integration_tests::lambda_watch::LambdaWatch;
 use integration_tests::{
@@ -108,6 +109,62 @@ async fn the_built_binary_applies_queued_webhooks_to_keap() {
     let log = watch.log_text();
     assert!(log.contains("\"webhook processed\""), "{log}");
     assert!(!log.contains("john@example.com") && !log.contains("john%40example.com"));
+    // The metrics it wrote are valid EMF, with the catalogue's dimensions.
+    let metrics = emf::extract(&emf::documents(&log));
+    let processed = |event, outcome| {
+        emf::total(
+            &metrics,
+            "WebhooksProcessed",
+            &[
+                ("Function", "processor"),
+                ("Event", event),
+                ("Outcome", outcome),
+            ],
+        )
+    };
+    for event in ["signup_success", "trial_end_notice", "payment_failure"] {
+        assert_eq!(processed(event, "applied"), 1.0, "{event} applied");
+        assert_eq!(processed(event, "duplicate"), 1.0, "{event} redelivered");
+    }
+    assert_eq!(
+        emf::dimension_sets(&metrics, "WebhooksProcessed"),
+        [["Event", "Function", "Outcome"]]
+    );
+    assert!(
+        emf::total(
+            &metrics,
+            "KeapCalls",
+            &[
+                ("Function", "processor"),
+                ("Operation", "contact_upsert"),
+                ("Status", "200")
+            ]
+        ) >= 1.0
+    );
+    let lags: Vec<&emf::Extracted> = metrics.iter().filter(|m| m.name == "EndToEndLag").collect();
+    assert_eq!(lags.iter().map(|m| m.values.len()).sum::<usize>(), 3);
+    assert!(
+        lags.iter()
+            .all(|m| m.unit.as_deref() == Some("Milliseconds")
+                && m.dimensions.keys().eq(["Function"]))
+    );
+    let quota: Vec<f64> = metrics
+        .iter()
+        .filter(|m| m.name == "KeapDailyQuotaRemainingPercent")
+        .flat_map(|m| m.values.clone())
+        .collect();
+    assert!(
+        !quota.is_empty() && quota.iter().all(|p| (0.0..=100.0).contains(p)),
+        "{quota:?}"
+    );
+    assert_eq!(
+        emf::total(
+            &metrics,
+            "KeapReauthorisationNeeded",
+            &[("Function", "processor")]
+        ),
+        0.0
+    );
 }
 
 #[tokio::test]

@@ -14,7 +14,7 @@ use std::sync::Arc;
 /// Cold start: configuration, keys (Secrets Manager is read here, once), SQS client; then
 /// serve invocations. A configuration error ends the process with a message naming the fix.
 pub async fn run() -> Result<(), Error> {
-    telemetry::init("ingest");
+    telemetry::init(telemetry::metrics::function::INGEST);
     let settings = IngestSettings::from_env().inspect_err(|e| {
         tracing::error!(error = %e, "ingest cannot start: configuration");
     })?;

@@ -29,7 +29,7 @@ const AWS_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct UnreportableFailures(pub usize);
 
 pub async fn run() -> Result<(), Error> {
-    telemetry::init("processor");
+    telemetry::init(telemetry::metrics::function::PROCESSOR);
     let (processor, control) = cold_start().await.inspect_err(|e| {
         tracing::error!(error = %e, "processor cannot start");
     })?;

@@ -18,9 +18,10 @@ use super::crm::{
     TagId,
 };
 use super::directory::{Directory, DEFAULT_TTL};
-use super::errors::KeapError;
+use super::errors::{KeapError, ThrottleKind};
 use super::oauth::OAuthTokens;
 use super::throttle::ThrottleReport;
+use crate::telemetry::metrics::{self, CallStatus, RateLimitKind};
 use async_trait::async_trait;
 use backon::{ExponentialBuilder, Retryable};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -136,6 +137,24 @@ impl KeapClient {
         query: &[(&str, String)],
         body: Option<&Value>,
     ) -> Result<Value, KeapError> {
+        self.call_once_authorised(method, path, query, body)
+            .await
+            .inspect_err(|e| {
+                if needs_a_person(e) {
+                    metrics::keap_reauthorisation_needed();
+                }
+            })
+    }
+
+    /// [`Self::call`] without the metric: the credential, and with OAuth one new token and
+    /// one retry after a 401.
+    async fn call_once_authorised(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&Value>,
+    ) -> Result<Value, KeapError> {
         let tokens = match &self.config.credential {
             Credential::ApiKey(key) => {
                 return self
@@ -216,14 +235,22 @@ impl KeapClient {
         if let Some(body) = body {
             request = request.json(body);
         }
-        let response = request.send().await.map_err(|e| KeapError::Network {
-            detail: without_url(&e),
+        let operation = operation_of(&method, path);
+        let response = request.send().await.map_err(|e| {
+            metrics::keap_call(operation, CallStatus::Network);
+            KeapError::Network {
+                detail: without_url(&e),
+            }
         })?;
         let status = response.status().as_u16();
+        metrics::keap_call(operation, CallStatus::Http(status));
         let headers = response.headers().clone();
         let report = ThrottleReport::from_headers(&headers);
         if !report.is_empty() {
             *self.last_report.lock().unwrap_or_else(|p| p.into_inner()) = report;
+        }
+        if let Some(available) = report.daily.available {
+            metrics::keap_quota(available, report.daily.limit);
         }
         let request_id = headers
             .get("x-request-id")
@@ -234,12 +261,12 @@ impl KeapClient {
             detail: without_url(&e),
         })?;
         if !(200..300).contains(&status) {
-            return Err(KeapError::from_response(
-                status,
-                &headers,
-                &bytes,
-                time::OffsetDateTime::now_utc(),
-            ));
+            let error =
+                KeapError::from_response(status, &headers, &bytes, time::OffsetDateTime::now_utc());
+            if status == 429 {
+                metrics::keap_rate_limited(rate_limit_kind(&error));
+            }
+            return Err(error);
         }
         if bytes.is_empty() {
             return Ok(Value::Null);
@@ -305,6 +332,60 @@ impl KeapClient {
 /// per 100 ms) answers 429, which costs a 1.5 s retry wait. A burst of one never does that.
 fn even_spacing(per_second: NonZeroU32) -> Quota {
     Quota::per_second(per_second).allow_burst(NonZeroU32::MIN)
+}
+
+/// True when no retry can succeed until a person fixes the credentials: OAuth's authorisation
+/// is gone, or Keap refused the key (API key mode) or a token just obtained (OAuth). This is
+/// what `KeapReauthorisationNeeded` counts, whatever the mode.
+fn needs_a_person(error: &KeapError) -> bool {
+    matches!(
+        error,
+        KeapError::ReauthorisationNeeded { .. } | KeapError::Unauthorized { .. }
+    )
+}
+
+/// The `Kind` of a 429, from the classification `KeapError::from_response` made.
+fn rate_limit_kind(error: &KeapError) -> RateLimitKind {
+    match error {
+        KeapError::Throttled {
+            kind: ThrottleKind::SpikeArrest,
+            ..
+        } => RateLimitKind::Spike,
+        KeapError::Throttled {
+            kind: ThrottleKind::Minute,
+            ..
+        } => RateLimitKind::Minute,
+        KeapError::DailyQuotaExhausted { .. } => RateLimitKind::Daily,
+        _ => RateLimitKind::Other,
+    }
+}
+
+/// The `Operation` dimension of a call: a fixed name per endpoint, never the ids, emails or
+/// goal names its path or query carry.
+pub fn operation_of(method: &Method, path: &str) -> &'static str {
+    let segments: Vec<&str> = path
+        .trim_start_matches("/v1/")
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
+    let m = method.as_str();
+    match (m, segments.as_slice()) {
+        ("PUT", ["contacts"]) => "contact_upsert",
+        ("GET", ["contacts"]) => "contact_find",
+        ("GET", ["contacts", "model"]) => "contact_model",
+        ("GET", ["contacts", _]) => "contact_get",
+        ("PATCH", ["contacts", _]) => "contact_update",
+        ("POST", ["contacts", _, "tags"]) => "tags_apply",
+        ("DELETE", ["contacts", _, "tags"]) => "tags_remove",
+        ("GET", ["tags"]) => "tag_find",
+        ("POST", ["tags"]) => "tag_create",
+        ("POST", ["tags", _, "contacts"]) => "tag_apply_to_contacts",
+        ("POST", ["campaigns", "goals", ..]) => "goal_achieve",
+        ("POST", ["notes"]) => "note_create",
+        ("GET", ["companies"]) => "company_find",
+        ("POST", ["companies"]) => "company_create",
+        _ => "other",
+    }
 }
 
 fn retry_in_process(error: &KeapError, max_wait: Duration) -> bool {
@@ -710,6 +791,60 @@ impl Crm for KeapClient {
 mod tests {
     use super::*;
     use crate::keap::throttle::Budget;
+
+    #[test]
+    fn operations_name_the_endpoint_never_its_ids() {
+        let cases = [
+            (Method::PUT, "/v1/contacts", "contact_upsert"),
+            (Method::GET, "/v1/contacts", "contact_find"),
+            (Method::GET, "/v1/contacts/model", "contact_model"),
+            (Method::GET, "/v1/contacts/1007", "contact_get"),
+            (Method::PATCH, "/v1/contacts/1007", "contact_update"),
+            (Method::POST, "/v1/contacts/1007/tags", "tags_apply"),
+            (Method::DELETE, "/v1/contacts/1007/tags", "tags_remove"),
+            (Method::GET, "/v1/tags", "tag_find"),
+            (Method::POST, "/v1/tags", "tag_create"),
+            (Method::POST, "/v1/tags/5/contacts", "tag_apply_to_contacts"),
+            (
+                Method::POST,
+                "/v1/campaigns/goals/chargify/signup",
+                "goal_achieve",
+            ),
+            (Method::POST, "/v1/notes", "note_create"),
+            (Method::GET, "/v1/companies", "company_find"),
+            (Method::POST, "/v1/companies", "company_create"),
+            (Method::DELETE, "/v1/companies/3", "other"),
+        ];
+        for (method, path, operation) in cases {
+            assert_eq!(operation_of(&method, path), operation, "{method} {path}");
+        }
+    }
+
+    #[test]
+    fn a_429_is_counted_by_the_limit_it_hit() {
+        let throttled = |kind| KeapError::Throttled {
+            kind,
+            retry_after: Duration::from_secs(1),
+            request_id: None,
+        };
+        assert_eq!(
+            rate_limit_kind(&throttled(ThrottleKind::SpikeArrest)),
+            RateLimitKind::Spike
+        );
+        assert_eq!(
+            rate_limit_kind(&throttled(ThrottleKind::Minute)),
+            RateLimitKind::Minute
+        );
+        let daily = KeapError::DailyQuotaExhausted {
+            resets_at: None,
+            request_id: None,
+        };
+        assert_eq!(rate_limit_kind(&daily), RateLimitKind::Daily);
+        assert!(needs_a_person(&KeapError::ReauthorisationNeeded {
+            reason: "gone".into()
+        }));
+        assert!(!needs_a_person(&daily));
+    }
 
     fn minute(limit: u64, available: u64) -> ThrottleReport {
         ThrottleReport {

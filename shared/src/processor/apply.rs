@@ -219,7 +219,7 @@ impl Run<'_> {
                             label = label.as_str(),
                             "Keap has no custom field with this label; value skipped (create the field or change the rules)"
                         );
-                        metrics::counter!("CustomFieldsSkipped").increment(1);
+                        crate::telemetry::metrics::custom_field_skipped();
                         applied.fields_skipped.push(label);
                     }
                     Err(e) => return Err(e.into()),

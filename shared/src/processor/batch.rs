@@ -8,6 +8,7 @@ use super::failure::{Disposition, ProcessError};
 use super::{Processed, Processor};
 use crate::envelope::WebhookEnvelope;
 use crate::queue::{DeadLetter, RecordControl};
+use crate::telemetry::metrics::{self, ProcessedOutcome};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -108,8 +109,7 @@ pub async fn process_batch(
                             elapsed_ms,
                             "webhook failed; retried later"
                         );
-                        metrics::counter!("WebhooksProcessed", "event" => event, "outcome" => "failed")
-                            .increment(1);
+                        metrics::webhook_processed(&event, ProcessedOutcome::RetryLater);
                         if let Some(receipt) = &record.receipt_handle {
                             if let Err(e) = control.retry_later(receipt, delay).await {
                                 tracing::warn!(error = %e, "could not delay the record; it returns after the visibility timeout");
@@ -145,8 +145,7 @@ pub async fn process_batch(
                                     elapsed_ms,
                                     "webhook cannot be applied; moved to the dead-letter queue"
                                 );
-                                metrics::counter!("WebhooksProcessed", "event" => event, "outcome" => "dead_lettered")
-                                    .increment(1);
+                                metrics::webhook_processed(&event, ProcessedOutcome::DeadLettered);
                                 result.dead_lettered += 1;
                                 result.outcomes.push("dead_lettered");
                             }
@@ -159,6 +158,7 @@ pub async fn process_batch(
                                     dlq_error = %e,
                                     "webhook cannot be applied and the dead-letter queue refused it; returned to the queue"
                                 );
+                                metrics::webhook_processed(&event, ProcessedOutcome::Failed);
                                 failed_groups.insert(group);
                                 fail(&mut result, "failed");
                             }
@@ -214,16 +214,17 @@ fn log_success(
     elapsed_ms: u64,
 ) {
     let outcome = processed.outcome();
-    let lag_ms = (OffsetDateTime::now_utc() - envelope.received_at)
-        .whole_milliseconds()
-        .max(0) as f64;
+    // A clock behind ingest's would make the lag negative: counted as zero.
+    let lag = Duration::try_from(OffsetDateTime::now_utc() - envelope.received_at)
+        .unwrap_or(Duration::ZERO);
+    let lag_ms = lag.as_millis() as u64;
     let summary = match processed {
         Processed::Applied(applied) => applied.summary(),
         Processed::Duplicate { same_payload: true } => "already applied".into(),
         Processed::Duplicate {
             same_payload: false,
         } => {
-            metrics::counter!("ReplayPayloadDiffers").increment(1);
+            metrics::replay_payload_differs();
             "already applied; this replay's body differs from the first (not applied)".into()
         }
         Processed::Ignored => "no rule for this event".into(),
@@ -239,9 +240,9 @@ fn log_success(
         lag_ms,
         "webhook processed"
     );
-    metrics::counter!("WebhooksProcessed", "event" => envelope.event.clone(), "outcome" => outcome)
-        .increment(1);
+    metrics::webhook_processed(&envelope.event, processed.metric_outcome());
+    // Stale records are applied too (their other actions ran), so they count in the lag.
     if matches!(processed, Processed::Applied(_)) {
-        metrics::histogram!("EndToEndLag").record(lag_ms);
+        metrics::end_to_end_lag(lag);
     }
 }

@@ -65,6 +65,17 @@ impl Processed {
             Self::Ignored => "ignored",
         }
     }
+
+    /// The `Outcome` dimension of `WebhooksProcessed`.
+    pub fn metric_outcome(&self) -> crate::telemetry::metrics::ProcessedOutcome {
+        use crate::telemetry::metrics::ProcessedOutcome as O;
+        match self {
+            Self::Applied(a) if a.stale => O::Stale,
+            Self::Applied(_) => O::Applied,
+            Self::Duplicate { .. } => O::Duplicate,
+            Self::Ignored => O::Ignored,
+        }
+    }
 }
 
 pub struct Processor {
@@ -129,7 +140,7 @@ impl Processor {
                 attempt = lease.attempt,
                 "this delivery's body differs from the first one seen for this webhook id"
             );
-            metrics::counter!("ReplayPayloadDiffers").increment(1);
+            crate::telemetry::metrics::replay_payload_differs();
         }
         let run = apply::Run {
             rules: &self.rules,

@@ -287,15 +287,20 @@ fn record(id: &str, group: &str, body: &str) -> BatchRecord {
     }
 }
 
+/// Keap's per-minute 429, asking for a 20-second wait.
+fn minute_throttle() -> KeapError {
+    KeapError::Throttled {
+        kind: crate::keap::ThrottleKind::Minute,
+        retry_after: Duration::from_secs(20),
+        request_id: None,
+    }
+}
+
 #[tokio::test]
 async fn a_group_stops_at_its_first_failure_and_other_groups_go_on() {
     let world = world();
     let control = Arc::new(InMemoryRecordControl::new());
-    world.crm.fail_next(KeapError::Throttled {
-        kind: crate::keap::ThrottleKind::Minute,
-        retry_after: Duration::from_secs(20),
-        request_id: None,
-    });
+    world.crm.fail_next(minute_throttle());
     let records = vec![
         record("m1", "acme:cus:1", fixtures::SIGNUP_SUCCESS),
         record("m2", "acme:cus:1", fixtures::PAYMENT_FAILURE),
@@ -318,6 +323,61 @@ async fn a_group_stops_at_its_first_failure_and_other_groups_go_on() {
         control.delays(),
         [("rh-m1".to_owned(), Duration::from_secs(20))]
     );
+}
+
+/// `WebhooksProcessed` counts each record it finished with once, by event and outcome, and a
+/// record held back behind its group's failure not at all (it was not processed).
+#[test]
+fn each_finished_record_is_counted_by_event_and_outcome() {
+    use crate::telemetry::capture::Capture;
+    let capture = Capture::default();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    // A current-thread runtime runs every task on this thread, where the local recorder is.
+    metrics::with_local_recorder(&capture, || {
+        runtime.block_on(async {
+            let world = world();
+            let control = Arc::new(InMemoryRecordControl::new());
+            world.crm.fail_next(minute_throttle());
+            let mut garbage = record("m0", "g0", fixtures::SIGNUP_SUCCESS);
+            garbage.body = Some("{not json".into());
+            let deadline = || Instant::now() + MINUTE * 2;
+            let first = vec![
+                record("m1", "acme:cus:1", fixtures::SIGNUP_SUCCESS),
+                record("m2", "acme:cus:1", fixtures::PAYMENT_FAILURE),
+                record("m3", "acme:cus:2", fixtures::CUSTOMER_UPDATE),
+                garbage,
+            ];
+            process_batch(world.processor.clone(), control.clone(), first, deadline()).await;
+            let again = vec![record("m4", "acme:cus:2", fixtures::CUSTOMER_UPDATE)];
+            process_batch(world.processor.clone(), control.clone(), again, deadline()).await;
+            control.fail_calls("DLQ down");
+            let mut unreadable = record("m5", "g5", fixtures::SIGNUP_SUCCESS);
+            unreadable.body = Some("{}".into());
+            process_batch(
+                world.processor.clone(),
+                control,
+                vec![unreadable],
+                deadline(),
+            )
+            .await;
+        })
+    });
+    let processed = |event, outcome| {
+        capture.get(
+            "WebhooksProcessed",
+            &[("Event", event), ("Outcome", outcome)],
+        )
+    };
+    assert_eq!(processed("signup_success", "retry_later"), Some(1.0));
+    assert_eq!(processed("payment_failure", "retry_later"), None);
+    assert_eq!(processed("customer_update", "applied"), Some(1.0));
+    assert_eq!(processed("customer_update", "duplicate"), Some(1.0));
+    assert_eq!(processed("other", "dead_lettered"), Some(1.0));
+    assert_eq!(processed("other", "failed"), Some(1.0));
+    assert!(capture.get("EndToEndLag", &[]).is_some());
 }
 
 #[tokio::test]

@@ -98,13 +98,21 @@ impl KeapTokenEndpoint {
     }
 
     async fn post(&self, request: reqwest::RequestBuilder) -> Result<TokenPair, KeapError> {
-        let response = request.send().await.map_err(|e| KeapError::Network {
-            detail: format!(
-                "Keap token endpoint: {}",
-                super::super::client::without_url(&e)
-            ),
+        use crate::telemetry::metrics::{keap_call, CallStatus};
+        // Token calls count against nothing in Keap's API quota, but a failing token endpoint
+        // is worth seeing next to the API calls.
+        const OPERATION: &str = "oauth_token";
+        let response = request.send().await.map_err(|e| {
+            keap_call(OPERATION, CallStatus::Network);
+            KeapError::Network {
+                detail: format!(
+                    "Keap token endpoint: {}",
+                    super::super::client::without_url(&e)
+                ),
+            }
         })?;
         let status = response.status().as_u16();
+        keap_call(OPERATION, CallStatus::Http(status));
         let headers = response.headers().clone();
         let bytes = response.bytes().await.map_err(|e| KeapError::Network {
             detail: format!(

@@ -1,5 +1,16 @@
 //! Logs and metrics: one JSON object per line on stdout, which CloudWatch Logs indexes, and
-//! CloudWatch Embedded Metric Format documents for the counters.
+//! CloudWatch Embedded Metric Format documents for the metrics of [`metrics`] (the catalogue).
+//!
+//! Both kinds of line are JSON objects written straight to stdout. A Lambda function with
+//! `LogFormat: JSON` passes an application line that is already a JSON object through as it
+//! is (no second encoding), so CloudWatch still finds the EMF documents in them; a line
+//! without a `level` member (every EMF line) counts as INFO for Lambda's log-level filter,
+//! which is why the stack never sets `ApplicationLogLevel` above INFO (README, Deploy).
+
+pub mod metrics;
+
+#[cfg(test)]
+pub(crate) mod capture;
 
 use std::sync::OnceLock;
 
@@ -10,7 +21,7 @@ static METRICS: OnceLock<Option<&'static metrics_cloudwatch_embedded::Collector>
 
 /// Installs the JSON log subscriber and the EMF metrics recorder, once per process.
 /// `RUST_LOG` sets the level (`error`, `warn`, `info`, `debug`, `trace`; default `info`).
-/// `function` becomes the `Function` metric dimension.
+/// `function` becomes the `Function` metric dimension (one of [`metrics::function`]).
 pub fn init(function: &'static str) {
     let level = log_level(std::env::var("RUST_LOG").ok().as_deref());
     // try_init: a second call (tests, a local server embedding both functions) is harmless.
@@ -32,6 +43,7 @@ pub fn init(function: &'static str) {
                 |e| tracing::warn!(error = %e, "metrics recorder not installed; metrics are off"),
             )
             .ok()
+            .inspect(|_| metrics::describe_units())
     });
 }
 
