@@ -1,5 +1,7 @@
-//! Chargify (Maxio Advanced Billing) webhooks: the wire format, signatures and the fields we use.
+//! Chargify (Maxio Advanced Billing): webhooks (the wire format, signatures and the fields we
+//! use) and the REST API client ([`api`]).
 
+pub mod api;
 pub mod form;
 pub mod signature;
 pub mod webhook;
