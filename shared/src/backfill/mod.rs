@@ -58,6 +58,8 @@ use crate::processor::{Applied, Disposition, ProcessError};
 use crate::rules::{Plan, RuleSet};
 use futures::StreamExt;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 
@@ -123,8 +125,11 @@ pub struct BackfillSettings {
     /// a few in flight hide each call's latency).
     pub concurrency: usize,
     pub record_ttl: Duration,
-    /// How long a snapshot's lease lasts: longer than a page takes.
+    /// How long a snapshot's lease lasts: longer than a page takes. A run killed mid-page
+    /// leaves its leases until then; a resume before stops with [`BackfillError::Busy`].
     pub lease: Duration,
+    /// Set (by Ctrl-C, say) to stop at the next page boundary, resumably.
+    pub interrupt: Arc<AtomicBool>,
 }
 
 impl Default for BackfillSettings {
@@ -135,6 +140,7 @@ impl Default for BackfillSettings {
             concurrency: 4,
             record_ttl: DEFAULT_RECORD_TTL,
             lease: Duration::from_secs(10 * 60),
+            interrupt: Arc::default(),
         }
     }
 }
@@ -154,6 +160,8 @@ pub enum StopReason {
     MaxKeapCalls { limit: u64, used: u64 },
     /// Keap's daily quota left is below what the next page needs.
     QuotaLow { left: u64, page_needs: u64 },
+    /// [`BackfillSettings::interrupt`] was set.
+    Interrupted,
 }
 
 /// The estimate shown with the progress.
@@ -286,6 +294,9 @@ impl Backfill<'_> {
         let mut page_cost: u64 = (PAGE_SIZE as f64 * ASSUMED_CALLS_PER_CONTACT) as u64;
 
         while !cursor.finished {
+            if self.settings.interrupt.load(Ordering::Relaxed) {
+                return Ok(stopped(cursor, run, key, started, StopReason::Interrupted));
+            }
             let used = run.keap_calls;
             if let Some(limit) = self.settings.max_keap_calls {
                 if used + page_cost > limit {

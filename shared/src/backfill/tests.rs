@@ -7,7 +7,7 @@ use crate::idempotency::InMemoryIdempotencyStore;
 use crate::identity::InMemoryCustomerStore;
 use async_trait::async_trait;
 use serde_json::Value;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::AtomicU32;
 use std::sync::Mutex;
 use time::format_description::well_known::Rfc3339;
 
@@ -414,6 +414,21 @@ async fn the_call_limit_stops_at_a_page_boundary_and_resume_finishes() {
     assert_eq!(resumed.finish, Finish::Complete);
     assert_eq!(resumed.run.applied, 250);
     assert_eq!(world.calls("upsert_contact"), 450);
+}
+
+#[tokio::test]
+async fn an_interrupt_stops_before_the_next_page() {
+    let world = World::new(FakeChargify::with(250, three_states));
+    let settings = BackfillSettings::default();
+    settings.interrupt.store(true, Ordering::Relaxed);
+    let stopped = world
+        .engine(settings)
+        .run(BackfillQuery::default(), false)
+        .await
+        .expect("run");
+    assert_eq!(stopped.finish, Finish::Stopped(StopReason::Interrupted));
+    assert_eq!(world.crm.call_count(), 0);
+    assert_eq!(world.run(true).await.expect("resume").run.applied, 250);
 }
 
 #[tokio::test]

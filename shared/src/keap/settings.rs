@@ -62,6 +62,18 @@ pub enum KeapAuth {
     OAuth(OAuthSettings),
 }
 
+/// Most `KEAP_REQUESTS_PER_SECOND` against Keap (an OAuth app's spike limit).
+pub const MAX_REQUESTS_PER_SECOND: u32 = 25;
+/// Most against a Keap stand-in on 127.0.0.1 or localhost (tests only).
+pub const MAX_LOCAL_REQUESTS_PER_SECOND: u32 = 1000;
+
+/// `http://127.0.0.1…` or `http://localhost…`: a stand-in, never Keap.
+fn is_loopback(base_url: &str) -> bool {
+    let rest = base_url.strip_prefix("http://").unwrap_or_default();
+    let host = rest.split(['/', ':']).next().unwrap_or_default();
+    host == "127.0.0.1" || host == "localhost"
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeapSettings {
     pub base_url: String,
@@ -118,19 +130,27 @@ impl KeapSettings {
         } else {
             KeapAuth::None
         };
+        let base_url = set(KEAP_BASE_URL_VAR).unwrap_or_else(|| KEAP_BASE_URL.to_owned());
+        // The ceiling protects Keap's spike limits; a stand-in on this machine has its own
+        // (the backfill test runs 10,000 contacts through one at hundreds a second).
+        let ceiling = if is_loopback(&base_url) {
+            MAX_LOCAL_REQUESTS_PER_SECOND
+        } else {
+            MAX_REQUESTS_PER_SECOND
+        };
         let requests_per_second = match set(KEAP_REQUESTS_PER_SECOND) {
             None => std::num::NonZeroU32::MIN.saturating_add(9),
             Some(text) => text
                 .parse::<std::num::NonZeroU32>()
                 .ok()
-                .filter(|n| n.get() <= 25)
+                .filter(|n| n.get() <= ceiling)
                 .ok_or_else(|| ConfigError::Invalid {
                     name: KEAP_REQUESTS_PER_SECOND,
-                    reason: format!("`{text}` is not a whole number from 1 to 25 (Keap's spike limit is 10/s for a key, 25/s for an OAuth app)"),
+                    reason: format!("`{text}` is not a whole number from 1 to {ceiling} (Keap's spike limit is 10/s for a key, 25/s for an OAuth app)"),
                 })?,
         };
         Ok(Self {
-            base_url: set(KEAP_BASE_URL_VAR).unwrap_or_else(|| KEAP_BASE_URL.to_owned()),
+            base_url,
             auth,
             requests_per_second,
         })
@@ -294,6 +314,21 @@ mod tests {
             settings(&[(KEAP_TOKEN_TABLE, "t")]).expect("valid").auth,
             KeapAuth::None
         );
+    }
+
+    #[test]
+    fn the_pace_ceiling_is_keaps_except_for_a_local_stand_in() {
+        let pace = |url: &str, rate: &str| {
+            settings(&[(KEAP_BASE_URL_VAR, url), (KEAP_REQUESTS_PER_SECOND, rate)])
+                .map(|s| s.requests_per_second.get())
+                .ok()
+        };
+        assert_eq!(pace(KEAP_BASE_URL, "25"), Some(25));
+        assert_eq!(pace(KEAP_BASE_URL, "26"), None);
+        assert_eq!(pace("http://127.0.0.1.example.com/crm/rest", "300"), None);
+        assert_eq!(pace("http://127.0.0.1:4321/crm/rest", "300"), Some(300));
+        assert_eq!(pace("http://localhost:4321", "1000"), Some(1000));
+        assert_eq!(pace("http://localhost:4321", "1001"), None);
     }
 
     #[test]
