@@ -2,6 +2,7 @@
 //! each command group lives in its own module (add a group as a new variant of [`Group`]
 //! and a module with its own `run`).
 
+mod backfill;
 mod keap_auth;
 mod keap_mode;
 mod plan;
@@ -38,6 +39,8 @@ enum Group {
     /// Rules: validate the file and check it against Keap.
     #[command(subcommand)]
     Rules(rules_check::RulesCommand),
+    /// Sync every existing Chargify subscription to Keap (resumable, bulk tags).
+    Backfill(backfill::BackfillArgs),
 }
 
 #[tokio::main]
@@ -49,6 +52,10 @@ async fn main() -> ExitCode {
         Group::Plan(args) => plan::run(args).map_err(|e| e.to_string()),
         Group::Send(args) => send::run(args).await.map_err(|e| e.to_string()),
         Group::Rules(command) => rules_check::run(command).await.map_err(|e| e.to_string()),
+        Group::Backfill(args) => match backfill::run(args).await {
+            Ok(code) => return code,
+            Err(e) => Err(e.to_string()),
+        },
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,6 +6,7 @@
 //! Durability: the file runs in WAL mode with `synchronous=FULL`, and every port call is one
 //! transaction, so what a call reported as done survives a `kill -9` or a power cut.
 
+pub mod cursor;
 pub mod idempotency;
 pub mod identity;
 pub mod queue;
