@@ -603,3 +603,67 @@ async fn failures_in_a_row_pause_the_endpoint_and_new_webhooks_wait_paused_until
         "only resume_endpoint (a URL edit) re-activates it"
     );
 }
+
+/// The reconciler's path for a subscription whose webhook never arrived: read it from the
+/// stand-in through the client, snapshot it, and process it like a webhook (in-memory ports).
+#[tokio::test]
+async fn a_subscription_read_from_the_api_syncs_through_the_processor_once() {
+    use shared::chargify::snapshot::snapshot_envelope;
+    use shared::idempotency::InMemoryIdempotencyStore;
+    use shared::identity::InMemoryCustomerStore;
+    use shared::keap::{Directory, InMemoryCrm};
+    use shared::processor::{Processed, Processor, ProcessorSettings};
+
+    let standin = ChargifyStandIn::start().await;
+    let ids = add(&standin, 1, "active");
+    standin.change_state(ids[0], "past_due");
+    let sub = client(&standin)
+        .subscription(ids[0])
+        .await
+        .expect("answered")
+        .expect("exists");
+    let rules = Arc::new(shared::rules::RuleSet::default_rules().expect("rules"));
+    let crm = Arc::new(InMemoryCrm::new());
+    for label in rules.custom_field_labels() {
+        crm.add_custom_field(&label);
+    }
+    let processor = Processor {
+        rules,
+        crm: crm.clone(),
+        directory: Directory::new(Duration::from_secs(60)),
+        idempotency: Arc::new(InMemoryIdempotencyStore::new()),
+        customers: Arc::new(InMemoryCustomerStore::new()),
+        settings: ProcessorSettings::default(),
+    };
+    let now = time::OffsetDateTime::now_utc();
+    let envelope = snapshot_envelope("acme", &sub, now).expect("snapshot");
+    assert_eq!(
+        envelope.message_group_id(),
+        "acme:cus:100",
+        "the customer's FIFO group"
+    );
+    let outcome = processor
+        .process(&envelope, Duration::from_secs(60))
+        .await
+        .expect("processed");
+    assert_eq!(outcome.outcome(), "applied");
+    let contact = *crm.state().contacts.keys().next().expect("a contact");
+    let tags = crm.tag_names(contact);
+    assert!(
+        tags.contains("Billing: Past Due") && tags.contains("Plan: basic"),
+        "{tags:?}"
+    );
+    assert!(crm.state().goals.is_empty(), "a snapshot fires no goal");
+    // Read again, unchanged: the same id, a duplicate.
+    let again = client(&standin)
+        .subscription(ids[0])
+        .await
+        .expect("answered")
+        .expect("exists");
+    let envelope = snapshot_envelope("acme", &again, now).expect("snapshot");
+    let outcome = processor
+        .process(&envelope, Duration::from_secs(60))
+        .await
+        .expect("processed");
+    assert_eq!(outcome, Processed::Duplicate { same_payload: true });
+}
