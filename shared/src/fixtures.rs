@@ -10,6 +10,10 @@ pub const PAYMENT_SUCCESS: &str = include_str!("../fixtures/chargify/payment_suc
 pub const CUSTOMER_UPDATE: &str = include_str!("../fixtures/chargify/customer_update.txt");
 pub const STATEMENT_SETTLED: &str = include_str!("../fixtures/chargify/statement_settled.txt");
 
+/// Not a webhook: `{"subscription": {…}}` as Chargify's REST API returns it (the Maxio spec's
+/// example), for the API client and snapshot syncs.
+pub const API_SUBSCRIPTION: &str = include_str!("../fixtures/chargify/api_subscription.json");
+
 /// Every bundled body, by event key.
 pub const ALL: &[(&str, &str)] = &[
     ("test", TEST),

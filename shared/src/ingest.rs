@@ -207,6 +207,12 @@ impl<Q: WebhookQueue> IngestService<Q> {
         if webhook.is_test() {
             return Prepared::Reply(reply);
         }
+        // A snapshot is made from Chargify's API by our own side; one posted here is forged
+        // or a mistake, whoever signed it.
+        if crate::chargify::webhook::is_internal_event(&webhook.event) {
+            reply.outcome = Outcome::BadBody(WebhookError::InternalEvent(webhook.event.clone()));
+            return Prepared::Reply(reply);
+        }
         // Webhook::parse succeeded, so the body is UTF-8; the fallback is unreachable.
         let raw_body = std::str::from_utf8(body)
             .map(str::to_owned)
@@ -505,6 +511,23 @@ mod tests {
             200
         );
         assert_eq!(svc.queue().messages().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_is_never_accepted_from_the_internet_even_signed() {
+        let svc = service();
+        let sub: serde_json::Value =
+            serde_json::from_str(fixtures::API_SUBSCRIPTION).expect("JSON");
+        let body =
+            crate::chargify::snapshot::snapshot_body("snapshot-1-2", "acme", &sub["subscription"]);
+        let reply = post(&svc, body.as_bytes(), &signed_headers(body.as_bytes(), KEY)).await;
+        assert_eq!(
+            (reply.status(), reply.outcome.code()),
+            (400, "body_bad_field"),
+            "{}",
+            reply.body()
+        );
+        assert!(svc.queue().messages().is_empty());
     }
 
     #[tokio::test]

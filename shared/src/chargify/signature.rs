@@ -218,6 +218,9 @@ impl SharedKeySet {
 pub enum SignatureSource {
     Header,
     QueryParameter,
+    /// Not a signature: a snapshot the processor's own side fetched from Chargify's API with
+    /// the API key (see `chargify::snapshot`). Ingest never produces it.
+    ChargifyApi,
 }
 
 /// A signature presented by the request, not yet checked.

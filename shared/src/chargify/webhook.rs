@@ -53,6 +53,16 @@ pub const EVENT_KEYS: &[&str] = &[
     TEST_EVENT,
 ];
 
+/// Event keys that never come from Chargify: made by this system (a snapshot sync of a
+/// subscription read from the API). Rules may answer them; ingest refuses them from the
+/// internet, so only a holder of the API key can make one.
+pub const INTERNAL_EVENT_KEYS: &[&str] = &[super::snapshot::SNAPSHOT_EVENT];
+
+/// Whether `event` is one of [`INTERNAL_EVENT_KEYS`].
+pub fn is_internal_event(event: &str) -> bool {
+    INTERNAL_EVENT_KEYS.contains(&event)
+}
+
 /// A parsed webhook. Only build one from a body whose signature verified.
 #[derive(Debug, Clone)]
 pub struct Webhook {
@@ -82,6 +92,10 @@ pub enum WebhookError {
     BadEvent { field: &'static str },
     #[error("payload[site][subdomain] is not a valid subdomain")]
     BadSite,
+    #[error(
+        "event `{0}` is made by this system from Chargify's API, never sent by Chargify; refused"
+    )]
+    InternalEvent(String),
 }
 
 impl WebhookError {
@@ -90,7 +104,9 @@ impl WebhookError {
         match self {
             Self::NotAForm(_) => "body_not_form",
             Self::Missing(_) => "body_missing_field",
-            Self::BadId { .. } | Self::BadEvent { .. } | Self::BadSite => "body_bad_field",
+            Self::BadId { .. } | Self::BadEvent { .. } | Self::BadSite | Self::InternalEvent(_) => {
+                "body_bad_field"
+            }
         }
     }
 }

@@ -413,7 +413,7 @@ pub fn pacing_delay(report: &ThrottleReport) -> Option<Duration> {
     })
 }
 
-fn jitter() -> Duration {
+pub(crate) fn jitter() -> Duration {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())

@@ -460,3 +460,108 @@ async fn ignored_events_make_no_keap_call_and_no_record() {
     assert_eq!(world.idempotency.writes(), 0);
     assert_eq!(world.customers.writes(), 0);
 }
+
+/// The Maxio spec's subscription example as the signup fixture's subscription 14 of
+/// customer 15, in `state` as of `updated_at` (RFC 3339, as the API sends it).
+fn snapshot(state: &str, updated_at: &str) -> crate::envelope::WebhookEnvelope {
+    let raw: serde_json::Value =
+        serde_json::from_str(fixtures::API_SUBSCRIPTION).expect("fixture is JSON");
+    let mut sub = raw["subscription"].clone();
+    sub["id"] = 14.into();
+    sub["customer"]["id"] = 15.into();
+    sub["state"] = state.into();
+    sub["updated_at"] = updated_at.into();
+    let sub: crate::chargify::api::Subscription =
+        serde_json::from_value(sub).expect("a subscription");
+    crate::chargify::snapshot::snapshot_envelope("acme-test", &sub, OffsetDateTime::now_utc())
+        .expect("snapshot")
+}
+
+fn billing_tags(world: &World, contact: ContactId) -> Vec<String> {
+    world
+        .crm
+        .tag_names(contact)
+        .into_iter()
+        .filter(|t| t.starts_with("Billing: "))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_snapshot_creates_the_contact_with_its_state_and_plan_tags_and_no_goal() {
+    let world = world();
+    let env = snapshot("past_due", "2016-11-14T15:24:41-05:00");
+    let outcome = world
+        .processor
+        .process(&env, MINUTE)
+        .await
+        .expect("applied");
+    assert_eq!(outcome.outcome(), "applied");
+    let contact = contact_of(&world);
+    assert_eq!(billing_tags(&world, contact), ["Billing: Past Due"]);
+    assert!(world.crm.tag_names(contact).contains("Plan: basic"));
+    assert!(world.crm.state().goals.is_empty());
+    // The same subscription snapshotted again (a resumed backfill): a duplicate, no Keap call.
+    let calls = world.crm.state().calls.len();
+    let again = snapshot("past_due", "2016-11-14T15:24:41-05:00");
+    assert_eq!(again.webhook_id, env.webhook_id);
+    let outcome = world.processor.process(&again, MINUTE).await.expect("ok");
+    assert_eq!(outcome, Processed::Duplicate { same_payload: true });
+    assert_eq!(world.crm.state().calls.len(), calls);
+}
+
+#[tokio::test]
+async fn a_snapshot_older_than_the_last_webhook_changes_nothing_and_a_newer_one_wins() {
+    let world = world();
+    // Signup (active, 2012-09-09 11:38:33 -0400), then canceled a day later.
+    process(&world, fixtures::SIGNUP_SUCCESS)
+        .await
+        .expect("signup");
+    let canceled = fixtures::derive(
+        fixtures::SIGNUP_SUCCESS,
+        "6",
+        "subscription_state_change",
+        &[
+            ("payload[subscription][state]", "canceled"),
+            (
+                "payload[subscription][updated_at]",
+                "2012-09-10%2010%3A00%3A00%20-0400",
+            ),
+        ],
+    );
+    process(&world, &canceled).await.expect("canceled");
+    let contact = contact_of(&world);
+    assert_eq!(billing_tags(&world, contact), ["Billing: Canceled"]);
+
+    // A snapshot taken between the two (an hour after signup, in UTC this time) is stale.
+    let calls = world.crm.state().calls.len();
+    let old = snapshot("active", "2012-09-09T16:38:33Z");
+    let outcome = world
+        .processor
+        .process(&old, MINUTE)
+        .await
+        .expect("processed");
+    assert_eq!(outcome.outcome(), "stale");
+    assert_eq!(
+        world.crm.state().calls.len(),
+        calls,
+        "skip_all: no Keap call"
+    );
+    assert_eq!(billing_tags(&world, contact), ["Billing: Canceled"]);
+
+    // One newer than the cancellation applies, with no goal, and moves the clock on.
+    let goals = world.crm.state().goals.len();
+    let newer = snapshot("active", "2012-09-11T10:00:00-04:00");
+    let outcome = world
+        .processor
+        .process(&newer, MINUTE)
+        .await
+        .expect("processed");
+    assert_eq!(outcome.outcome(), "applied");
+    assert_eq!(billing_tags(&world, contact), ["Billing: Active"]);
+    assert_eq!(world.crm.state().goals.len(), goals);
+    // So an older webhook that arrives late (a retry after an outage) is stale in turn.
+    let replayed = with_id(&canceled, "7");
+    let outcome = process(&world, &replayed).await.expect("processed");
+    assert_eq!(outcome.outcome(), "stale");
+    assert_eq!(billing_tags(&world, contact), ["Billing: Active"]);
+}

@@ -15,7 +15,7 @@ pub use plan::{
 };
 pub use template::{TemplateError, Templates, Text};
 
-use crate::chargify::webhook::EVENT_KEYS;
+use crate::chargify::webhook::{is_internal_event, EVENT_KEYS};
 use file::{ActionSpec, Filter, TagRefSpec};
 use std::collections::BTreeMap;
 
@@ -197,7 +197,7 @@ impl RuleSet {
                 });
             }
             for event in &rule.events {
-                if !EVENT_KEYS.contains(&event.as_str()) {
+                if !EVENT_KEYS.contains(&event.as_str()) && !is_internal_event(event) {
                     return Err(RulesError::UnknownEvent {
                         rule: rule.name.clone(),
                         event: event.clone(),

@@ -602,6 +602,78 @@ actions = [{ add_note = { title = "Payment failed", body = "{{ transaction.memo 
 
     use super::super::{RulesError, DEFAULT_RULES};
 
+    /// The Maxio spec's subscription example in `state`, as a snapshot body.
+    fn snapshot_in(state: &str) -> String {
+        let mut raw: Value =
+            serde_json::from_str(fixtures::API_SUBSCRIPTION).expect("fixture is JSON");
+        raw["subscription"]["state"] = Value::String(state.into());
+        crate::chargify::snapshot::snapshot_body(
+            "snapshot-15236915-1",
+            "acme",
+            &raw["subscription"],
+        )
+    }
+
+    #[test]
+    fn a_snapshot_sets_contact_fields_and_exactly_one_state_tag_and_fires_nothing() {
+        let group = [
+            ("trialing", "Billing: Trialing"),
+            ("active", "Billing: Active"),
+            ("past_due", "Billing: Past Due"),
+            ("canceled", "Billing: Canceled"),
+            ("expired", "Billing: Expired"),
+            ("on_hold", "Billing: On Hold"),
+            ("unpaid", "Billing: Unpaid"),
+        ];
+        for (state, tag) in group {
+            let plan = plan_for(&snapshot_in(state));
+            assert_eq!(plan.rules, ["snapshot"], "{state}");
+            assert_eq!(plan.event, "subscription_snapshot");
+            assert_eq!(plan.customer_id.as_deref(), Some("14714298"));
+            assert_eq!(plan.contact.email.as_deref(), Some("curtis@example.com"));
+            assert_eq!(plan.contact.locality.as_deref(), Some("Boulder"));
+            let version = plan.subscription.as_ref().expect("a subscription");
+            assert_eq!(version.id, "15236915");
+            assert_eq!(
+                version.updated_at,
+                Some(time::macros::datetime!(2016-11-14 15:24:41 -05:00))
+            );
+            let actions = kinds(&plan);
+            assert_eq!(actions[0], &Action::UpsertContact);
+            let Action::SetFields { fields } = actions[1] else {
+                panic!("fields expected, got {:?}", actions[1]);
+            };
+            assert!(fields.contains(&("Chargify State".into(), state.into())));
+            assert!(fields.contains(&("Chargify Plan".into(), "$10 Basic Plan".into())));
+            assert!(fields.contains(&("Chargify Subscription ID".into(), "15236915".into())));
+            let Action::KeepOneTag { keep, others, .. } = actions[2] else {
+                panic!("keep_one_tag expected, got {:?}", actions[2]);
+            };
+            assert_eq!(keep, &name(tag));
+            assert_eq!(others.len(), 6);
+            assert!(!others.contains(keep));
+            assert_eq!(
+                actions[3],
+                &Action::ApplyTags {
+                    tags: vec![name("Plan: basic")]
+                }
+            );
+            assert_eq!(actions.len(), 4, "{state}: {actions:?}");
+            assert!(plan
+                .actions
+                .iter()
+                .all(|a| a.action.is_repeatable() && a.on_stale == OnStale::SkipAll));
+        }
+        // A transient or unknown state has no tag: the contact is still brought in line.
+        for state in ["assessing", "some_future_state"] {
+            let plan = plan_for(&snapshot_in(state));
+            assert!(!kinds(&plan)
+                .iter()
+                .any(|a| matches!(a, Action::KeepOneTag { .. })));
+            assert_eq!(kinds(&plan)[0], &Action::UpsertContact);
+        }
+    }
+
     #[test]
     fn the_default_rules_load_and_name_their_tags_and_fields() {
         let rules = RuleSet::from_toml(DEFAULT_RULES).expect("default rules load");
