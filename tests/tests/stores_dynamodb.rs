@@ -30,7 +30,7 @@ async fn idempotency_store() -> DynamoDbIdempotencyStore {
 
 async fn started(store: &DynamoDbIdempotencyStore, hash: &str, now: OffsetDateTime) -> Lease {
     match store
-        .begin(&key(), hash, now, MIN, TTL)
+        .begin(&key(), hash, &contract::small(now), now, MIN, TTL)
         .await
         .expect("begin")
     {
@@ -44,6 +44,7 @@ async fn keeps_the_idempotency_contract() {
     let store = idempotency_store().await;
     contract::lease_lifecycle(&store, &IdempotencyKey::new("acme", "1")).await;
     contract::release_and_retake(&store, &IdempotencyKey::new("acme", "2")).await;
+    contract::reopen_for_a_forced_replay(&store, &IdempotencyKey::new("acme", "3")).await;
 }
 
 #[tokio::test]
@@ -91,7 +92,11 @@ async fn eight_concurrent_begins_leave_exactly_one_holder() {
     let tasks: Vec<_> = (0..8)
         .map(|_| {
             let store = store.clone();
-            tokio::spawn(async move { store.begin(&key(), "h", now, MIN, TTL).await })
+            tokio::spawn(async move {
+                store
+                    .begin(&key(), "h", &contract::small(now), now, MIN, TTL)
+                    .await
+            })
         })
         .collect();
     let mut leases = Vec::new();
@@ -131,7 +136,9 @@ async fn each_operation_is_one_write_and_a_refusal_needs_no_read() {
     store.record_step(&first, "goal").await.expect("step");
     one_update(&log, "record_step");
     assert!(matches!(
-        store.begin(&key(), "h", now, MIN, TTL).await,
+        store
+            .begin(&key(), "h", &contract::small(now), now, MIN, TTL)
+            .await,
         Ok(Begin::InProgress { .. })
     ));
     one_update(&log, "refused begin");
@@ -145,7 +152,9 @@ async fn each_operation_is_one_write_and_a_refusal_needs_no_read() {
         .expect("complete");
     one_update(&log, "complete with a final step");
     assert!(matches!(
-        store.begin(&key(), "h", now, MIN, TTL).await,
+        store
+            .begin(&key(), "h", &contract::small(now), now, MIN, TTL)
+            .await,
         Ok(Begin::AlreadyCompleted { .. })
     ));
     one_update(&log, "begin of a completed record");
@@ -251,7 +260,14 @@ async fn a_record_with_odd_attributes_is_corrupt_not_a_panic() {
     assert!(
         matches!(
             store
-                .begin(&key(), "h", OffsetDateTime::now_utc(), MIN, TTL)
+                .begin(
+                    &key(),
+                    "h",
+                    &contract::small(OffsetDateTime::now_utc()),
+                    OffsetDateTime::now_utc(),
+                    MIN,
+                    TTL
+                )
                 .await,
             Err(StoreError::Corrupt { .. })
         ),
@@ -284,7 +300,10 @@ async fn a_missing_table_is_unavailable() {
         other => panic!("{what}: {other:?}"),
     };
     unavailable(
-        store.begin(&key(), "h", now, MIN, TTL).await.map(drop),
+        store
+            .begin(&key(), "h", &contract::small(now), now, MIN, TTL)
+            .await
+            .map(drop),
         "begin",
     );
     unavailable(store.get(&key()).await.map(drop), "get");
@@ -307,7 +326,14 @@ async fn an_unreachable_endpoint_fails_fast_as_unavailable() {
     let customers = DynamoDbCustomerStore::new(Table::new(client, "any"));
     let started = Instant::now();
     let result = store
-        .begin(&key(), "h", OffsetDateTime::now_utc(), MIN, TTL)
+        .begin(
+            &key(),
+            "h",
+            &contract::small(OffsetDateTime::now_utc()),
+            OffsetDateTime::now_utc(),
+            MIN,
+            TTL,
+        )
         .await;
     assert!(
         matches!(

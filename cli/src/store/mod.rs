@@ -61,7 +61,10 @@ CREATE TABLE IF NOT EXISTS idempotency (
     summary TEXT,
     last_error TEXT,
     expires_at_ns INTEGER NOT NULL,
-    holder TEXT
+    holder TEXT,
+    event TEXT,
+    received_at_ns INTEGER,
+    envelope TEXT
 );
 CREATE TABLE IF NOT EXISTS customers (
     key TEXT PRIMARY KEY,
@@ -108,6 +111,7 @@ impl Db {
             conn.pragma_update(None, "journal_mode", "WAL")?;
             conn.pragma_update(None, "synchronous", "FULL")?;
             conn.execute_batch(SCHEMA)?;
+            add_missing_columns(&conn)?;
             Ok(conn)
         };
         let conn = open().map_err(|source| DbError::Open {
@@ -140,6 +144,28 @@ impl Db {
             Err(e) => Err(format!("SQLite call did not finish: {e}")),
         }
     }
+}
+
+/// Columns added since the first release, for files made before them (`CREATE TABLE IF NOT
+/// EXISTS` leaves an existing table as it was). Each is nullable, so old rows read as before.
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    ("idempotency", "event", "TEXT"),
+    ("idempotency", "received_at_ns", "INTEGER"),
+    ("idempotency", "envelope", "TEXT"),
+];
+
+fn add_missing_columns(conn: &Connection) -> rusqlite::Result<()> {
+    for (table, column, kind) in ADDED_COLUMNS {
+        let present: bool = conn.query_row(
+            &format!("SELECT COUNT(*) > 0 FROM pragma_table_info('{table}') WHERE name = ?1"),
+            [column],
+            |row| row.get(0),
+        )?;
+        if !present {
+            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind}"))?;
+        }
+    }
+    Ok(())
 }
 
 /// Milliseconds since the epoch, now.
