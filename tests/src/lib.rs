@@ -7,6 +7,7 @@
 pub mod keap_contract;
 pub mod keap_standin;
 pub mod lambda_watch;
+pub mod pipeline;
 
 use base64::Engine;
 use serde_json::{json, Value};
@@ -375,6 +376,37 @@ pub fn http_api_event(method: &str, body: &[u8], signature: Signature<'_>, base6
         event["queryStringParameters"] = query_params;
     }
     event
+}
+
+/// `target/debug/cks`, built once per test binary by the first test that needs it (a test
+/// crate cannot name another package's binary with `CARGO_BIN_EXE_*`).
+pub fn cks_binary() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let status = std::process::Command::new(
+                std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()),
+            )
+            .current_dir(repo_root())
+            .args([
+                "build",
+                "--quiet",
+                "--locked",
+                "-p",
+                "chargify-keap-sync-cli",
+                "--bin",
+                "cks",
+            ])
+            .status()
+            .expect("cargo runs");
+            assert!(status.success(), "cargo build -p chargify-keap-sync-cli");
+            std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| repo_root().join("target"))
+                .join("debug")
+                .join("cks")
+        })
+        .clone()
 }
 
 /// The repository root (this crate lives in `tests/`).

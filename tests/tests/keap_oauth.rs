@@ -5,7 +5,7 @@
 
 use async_trait::async_trait;
 use integration_tests::keap_standin::{Fault, KeapStandIn};
-use integration_tests::{aws_config_for, dynamodb_client, moto_endpoint, repo_root, unique_name};
+use integration_tests::{aws_config_for, dynamodb_client, moto_endpoint, unique_name};
 use shared::keap::oauth::{
     ClientCredentials, DynamoDbTokenStore, KeapTokenEndpoint, OAuthTokens, RefreshPolicy,
     StoreError, TokenIssuer, TokenPair, TokenRecord, TokenStore,
@@ -352,33 +352,6 @@ async fn a_revoked_access_token_costs_one_refresh_and_one_retry() {
     assert!(keap.violations().is_empty(), "{:?}", keap.violations());
 }
 
-/// `target/debug/cks`, built once (bounded) by the first test that needs it.
-async fn cks_binary() -> std::path::PathBuf {
-    let root = repo_root();
-    let status = tokio::time::timeout(
-        Duration::from_secs(600),
-        tokio::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args([
-                "build",
-                "--locked",
-                "-p",
-                "chargify-keap-sync-cli",
-                "--bin",
-                "cks",
-            ])
-            .current_dir(&root)
-            .status(),
-    )
-    .await
-    .expect("cargo build finishes within 10 minutes")
-    .expect("cargo runs");
-    assert!(status.success(), "cargo build -p chargify-keap-sync-cli");
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| root.join("target"));
-    target.join("debug").join("cks")
-}
-
 async fn cks(
     binary: &std::path::Path,
     env: &[(&str, String)],
@@ -421,7 +394,7 @@ async fn cks(
 
 #[tokio::test]
 async fn cks_keap_exchange_code_stores_the_first_pair() {
-    let binary = cks_binary().await;
+    let binary = integration_tests::cks_binary();
     let keap = KeapStandIn::start().await;
     let (dynamodb, table) = token_table().await;
     let credentials = client_credentials(&keap);
