@@ -179,3 +179,41 @@ pub(crate) fn temp_db() -> (tempfile::TempDir, Db) {
     let db = Db::open(&dir.path().join("nested/local.sqlite3")).expect("open");
     (dir, db)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared::idempotency::{IdempotencyKey, IdempotencyStore, RecordStatus};
+
+    /// A file from before records kept their delivery opens, gains the columns, and still
+    /// reads its records (without a delivery).
+    #[tokio::test]
+    async fn an_older_file_gains_the_new_columns_and_keeps_its_records() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("old.sqlite3");
+        Connection::open(&path)
+            .and_then(|conn| {
+                conn.execute_batch(
+                    "CREATE TABLE idempotency (key TEXT PRIMARY KEY, site TEXT NOT NULL,
+                     webhook_id TEXT NOT NULL, status TEXT NOT NULL, payload_hash TEXT NOT NULL,
+                     steps_done TEXT NOT NULL, attempts INTEGER NOT NULL,
+                     lease_expires_at_ns INTEGER, summary TEXT, last_error TEXT,
+                     expires_at_ns INTEGER NOT NULL, holder TEXT);
+                     INSERT INTO idempotency VALUES ('acme#1', 'acme', '1', 'COMPLETED', 'h',
+                     '[\"0:goal:chargify/signup\"]', 1, NULL, 'ok', NULL, 0, NULL);",
+                )
+            })
+            .expect("an old file");
+        let store = idempotency::SqliteIdempotencyStore::new(Db::open(&path).expect("opens"));
+        let record = store
+            .get(&IdempotencyKey::new("acme", "1"))
+            .await
+            .expect("reads")
+            .expect("the old record");
+        assert_eq!(record.status, RecordStatus::Completed);
+        assert_eq!(record.steps_done.len(), 1);
+        assert_eq!(record.received, None);
+        // Opening it again finds the columns there and adds nothing.
+        Db::open(&path).expect("opens again");
+    }
+}
