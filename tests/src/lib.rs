@@ -409,6 +409,67 @@ pub fn cks_binary() -> PathBuf {
         .clone()
 }
 
+/// What one `cks` run gave.
+#[derive(Debug)]
+pub struct CksRun {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CksRun {
+    /// stdout as one JSON value a line.
+    pub fn json_lines(&self) -> Vec<Value> {
+        self.stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
+    }
+
+    /// The failure's message, which the commands promise on exactly one line.
+    pub fn one_error_line(&self) -> &str {
+        assert!(!self.ok, "expected a failure; stdout: {}", self.stdout);
+        let lines: Vec<&str> = self.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "one error line: {}", self.stderr);
+        lines[0]
+    }
+}
+
+/// Runs the built `cks` ([`cks_binary`]) with `args` against moto, as an operator with
+/// credentials would: the endpoint, a region, dummy keys, no profile, no instance metadata.
+/// `env` then sets (`Some`) or removes (`None`) variables. Bounded: a minute.
+pub async fn run_cks(args: &[&str], env: &[(&str, Option<&str>)]) -> CksRun {
+    let binary = tokio::task::spawn_blocking(cks_binary)
+        .await
+        .expect("cks builds");
+    let mut command = tokio::process::Command::new(binary);
+    command
+        .args(args)
+        .kill_on_drop(true)
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_SESSION_TOKEN")
+        .env("AWS_ENDPOINT_URL", moto_endpoint())
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_EC2_METADATA_DISABLED", "true");
+    for (name, value) in env {
+        match value {
+            Some(value) => command.env(name, value),
+            None => command.env_remove(name),
+        };
+    }
+    let output = tokio::time::timeout(Duration::from_secs(60), command.output())
+        .await
+        .expect("cks finishes within a minute")
+        .expect("cks runs");
+    CksRun {
+        ok: output.status.success(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
 /// The repository root (this crate lives in `tests/`).
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

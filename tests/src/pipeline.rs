@@ -96,21 +96,7 @@ impl Pipeline {
 
     /// Posts a signed webhook through ingest; returns the HTTP status ingest answered.
     pub async fn post(&self, body: &str) -> u16 {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            SIGNATURE_HEADER,
-            HeaderValue::from_str(&sign(KEY, body.as_bytes())).expect("header"),
-        );
-        let reply = self
-            .ingest
-            .handle(InboundRequest {
-                method: &Method::POST,
-                headers: &headers,
-                query_signatures: Vec::new(),
-                body: body.as_bytes(),
-            })
-            .await;
-        reply.status()
+        post_signed(&self.ingest, KEY, body).await
     }
 
     /// One Lambda invocation: receive a batch, run the handler, delete what succeeded.
@@ -166,4 +152,23 @@ impl Pipeline {
             "requests the spec refuses: {violations:#?}"
         );
     }
+}
+
+/// Posts `body` through `ingest`, signed with `key` in the header as Chargify signs it;
+/// returns the HTTP status ingest answered.
+pub async fn post_signed(ingest: &IngestService<SqsWebhookQueue>, key: &str, body: &str) -> u16 {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        SIGNATURE_HEADER,
+        HeaderValue::from_str(&sign(key, body.as_bytes())).expect("header"),
+    );
+    ingest
+        .handle(InboundRequest {
+            method: &Method::POST,
+            headers: &headers,
+            query_signatures: Vec::new(),
+            body: body.as_bytes(),
+        })
+        .await
+        .status()
 }

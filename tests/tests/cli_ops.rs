@@ -8,8 +8,8 @@ use aws_sdk_sqs::types::QueueAttributeName;
 use integration_tests::keap_standin::Fault;
 use integration_tests::pipeline::Pipeline;
 use integration_tests::{
-    aws_config_for, cks_binary, create_customers_table, drain, dynamodb_client, moto_endpoint,
-    sqs_client, unique_name, ProcessorResources,
+    aws_config_for, create_customers_table, drain, dynamodb_client, moto_endpoint, run_cks,
+    sqs_client, unique_name, CksRun, ProcessorResources,
 };
 use serde_json::{json, Value};
 use shared::fixtures;
@@ -84,66 +84,9 @@ async fn create_stack(name: &str, outputs: &[&str]) -> HashMap<String, String> {
         .unwrap_or_default()
 }
 
-/// What one `cks` run gave.
-struct Run {
-    ok: bool,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn json_lines(&self) -> Vec<Value> {
-        self.stdout
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-            .collect()
-    }
-
-    /// A failure reported on exactly one line, as the commands promise.
-    fn one_error_line(&self) -> &str {
-        assert!(!self.ok, "expected a failure; stdout: {}", self.stdout);
-        let lines: Vec<&str> = self.stderr.lines().collect();
-        assert_eq!(lines.len(), 1, "one error line: {}", self.stderr);
-        lines[0]
-    }
-}
-
-/// Runs the built `cks` with `args` against moto, as an operator with credentials would
-/// (bounded: a minute). `env` adds or overrides variables; a `None` value removes one.
-async fn cks_with(args: &[&str], env: &[(&str, Option<&str>)]) -> Run {
-    let binary = tokio::task::spawn_blocking(cks_binary)
-        .await
-        .expect("cks builds");
-    let mut command = tokio::process::Command::new(binary);
-    command.args(args).kill_on_drop(true);
-    for name in ["CKS_STACK", "CKS_SITE", "AWS_PROFILE", "AWS_SESSION_TOKEN"] {
-        command.env_remove(name);
-    }
-    command
-        .env("AWS_ENDPOINT_URL", moto_endpoint())
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_EC2_METADATA_DISABLED", "true");
-    for (name, value) in env {
-        match value {
-            Some(value) => command.env(name, value),
-            None => command.env_remove(name),
-        };
-    }
-    let output = tokio::time::timeout(Duration::from_secs(60), command.output())
-        .await
-        .expect("cks finishes within a minute")
-        .expect("cks runs");
-    Run {
-        ok: output.status.success(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
-}
-
-async fn cks(args: &[&str]) -> Run {
-    cks_with(args, &[]).await
+/// `cks` with no stack or site from the environment.
+async fn cks(args: &[&str]) -> CksRun {
+    run_cks(args, &[("CKS_STACK", None), ("CKS_SITE", None)]).await
 }
 
 /// `cks` that must succeed; returns its stdout.
@@ -457,7 +400,7 @@ async fn a_missing_stack_output_or_credentials_is_one_line_naming_what_to_set() 
         "{line}"
     );
     // CKS_STACK names the stack too.
-    let run = cks_with(&["dlq", "list"], &[("CKS_STACK", Some(&absent))]).await;
+    let run = run_cks(&["dlq", "list"], &[("CKS_STACK", Some(&absent))]).await;
     assert!(run.one_error_line().contains(&absent));
 
     // A stack without the table's output: the commands that need it say which output and
@@ -473,7 +416,7 @@ async fn a_missing_stack_output_or_credentials_is_one_line_naming_what_to_set() 
     let listed = cks_ok(&["dlq", "list", "--stack", &partial]).await;
     assert!(listed.contains("0 dead letter(s) listed"), "{listed}");
 
-    let run = cks_with(
+    let run = run_cks(
         &["status", "5", "--stack", &partial],
         &[
             ("AWS_ACCESS_KEY_ID", None),

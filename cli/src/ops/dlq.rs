@@ -68,6 +68,30 @@ struct Received {
     receive_count: Option<u32>,
 }
 
+/// One pass over the queue: batches until [`EMPTY_RECEIVES`] receives in a row find nothing.
+#[derive(Default)]
+struct Pass {
+    empty: usize,
+}
+
+impl Pass {
+    async fn next(
+        &mut self,
+        queue: &DeadLetterQueue,
+        visibility: i32,
+    ) -> Result<Option<Vec<Received>>, OpsError> {
+        while self.empty < EMPTY_RECEIVES {
+            let batch = queue.receive(visibility).await?;
+            if !batch.is_empty() {
+                self.empty = 0;
+                return Ok(Some(batch));
+            }
+            self.empty += 1;
+        }
+        Ok(None)
+    }
+}
+
 struct DeadLetterQueue {
     sqs: aws_sdk_sqs::Client,
     url: String,
@@ -173,15 +197,12 @@ impl DeadLetterQueue {
     async fn peek_all(&self, max: usize) -> Result<Vec<Received>, OpsError> {
         let bar = progress::bar(self.approximate_count().await?, "reading dead letters");
         let mut seen: Vec<Received> = Vec::new();
-        let mut empty = 0;
+        let mut pass = Pass::default();
         let outcome = async {
-            while seen.len() < max && empty < EMPTY_RECEIVES {
-                let batch = self.receive(LIST_VISIBILITY_SECS).await?;
-                if batch.is_empty() {
-                    empty += 1;
-                    continue;
-                }
-                empty = 0;
+            while seen.len() < max {
+                let Some(batch) = pass.next(self, LIST_VISIBILITY_SECS).await? else {
+                    break;
+                };
                 for message in batch {
                     progress::advance(&bar);
                     seen.push(message);
@@ -242,11 +263,7 @@ fn print_list(messages: &[Received], json: bool) {
             println!("{view}");
             continue;
         }
-        let field = |name: &str| match &view[name] {
-            serde_json::Value::String(s) => s.clone(),
-            serde_json::Value::Null => "-".into(),
-            other => other.to_string(),
-        };
+        let field = |name: &str| super::field(&view, name);
         println!(
             "{}  {}  {}  sent {}  receives {}  {}: {}",
             field("message_id"),
@@ -297,14 +314,11 @@ async fn redrive(
 ) -> Result<(), OpsError> {
     let run = super::run_id();
     let bar = progress::bar(queue.approximate_count().await?, "redriving");
-    let (mut moved, mut empty) = (0, 0);
-    while moved < max && empty < EMPTY_RECEIVES {
-        let batch = queue.receive(REDRIVE_VISIBILITY_SECS).await?;
-        if batch.is_empty() {
-            empty += 1;
-            continue;
-        }
-        empty = 0;
+    let (mut moved, mut pass) = (0, Pass::default());
+    while moved < max {
+        let Some(batch) = pass.next(queue, REDRIVE_VISIBILITY_SECS).await? else {
+            break;
+        };
         // In the order received, so a group's messages reach the main queue in their order.
         for message in batch {
             if moved >= max {

@@ -86,6 +86,15 @@ pub fn key_text(key: &IdempotencyKey) -> String {
     key.storage_key()
 }
 
+/// A field of a JSON view as text output prints it: strings bare, absent as `-`.
+pub fn field(view: &serde_json::Value, name: &str) -> String {
+    match &view[name] {
+        serde_json::Value::Null => "-".to_owned(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
 /// A time as RFC 3339, for output.
 pub fn rfc3339(at: time::OffsetDateTime) -> String {
     at.format(&time::format_description::well_known::Rfc3339)

@@ -92,11 +92,7 @@ fn view(record: &IdempotencyRecord, show_body: bool, now: OffsetDateTime) -> Val
 }
 
 fn text(view: &Value) -> String {
-    let field = |name: &str| match &view[name] {
-        Value::Null => "-".to_owned(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
+    let field = |name: &str| super::field(view, name);
     let steps = match view["steps_done"].as_array() {
         Some(steps) if !steps.is_empty() => steps
             .iter()

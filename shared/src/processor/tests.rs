@@ -401,6 +401,15 @@ async fn ignored_events_make_no_keap_call_and_no_record() {
     assert_eq!(world.customers.writes(), 0);
 }
 
+async fn record_of(world: &World, key: &IdempotencyKey) -> crate::idempotency::IdempotencyRecord {
+    world
+        .idempotency
+        .get(key)
+        .await
+        .expect("get")
+        .expect("record")
+}
+
 /// The record keeps the envelope that began it, so an operator can replay it; a forced
 /// replay (`reopen`) applies the plan again without firing the goal a second time, and a
 /// plain redelivery of a completed record still changes nothing.
@@ -414,12 +423,7 @@ async fn the_record_keeps_the_envelope_and_a_forced_replay_repeats_no_goal() {
         .await
         .expect("applies");
     let key = IdempotencyKey::new(&envelope.site, &envelope.webhook_id);
-    let record = world
-        .idempotency
-        .get(&key)
-        .await
-        .expect("get")
-        .expect("record");
+    let record = record_of(&world, &key).await;
     let kept = record.received.expect("the envelope is kept");
     assert_eq!(kept.event, "signup_success");
     assert_eq!(kept.received_at, envelope.received_at);
@@ -458,12 +462,7 @@ async fn the_record_keeps_the_envelope_and_a_forced_replay_repeats_no_goal() {
         "contact and tags are written again"
     );
     assert_eq!(world.crm.state().goals.len(), 1);
-    let record = world
-        .idempotency
-        .get(&key)
-        .await
-        .expect("get")
-        .expect("record");
+    let record = record_of(&world, &key).await;
     assert_eq!(record.status, crate::idempotency::RecordStatus::Completed);
     assert_eq!(record.attempts, 2);
 }
