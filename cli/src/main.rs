@@ -4,6 +4,7 @@
 
 mod keap_auth;
 mod keap_mode;
+mod ops;
 mod plan;
 mod rules_check;
 mod send;
@@ -38,6 +39,13 @@ enum Group {
     /// Rules: validate the file and check it against Keap.
     #[command(subcommand)]
     Rules(rules_check::RulesCommand),
+    /// A webhook's idempotency record in the deployed stack: status, steps done, errors.
+    Status(ops::status::StatusArgs),
+    /// Send webhooks stored in their records to the deployed queue again.
+    Replay(ops::replay::ReplayArgs),
+    /// The deployed dead-letter queue: list or redrive.
+    #[command(subcommand)]
+    Dlq(ops::dlq::DlqCommand),
 }
 
 #[tokio::main]
@@ -49,6 +57,9 @@ async fn main() -> ExitCode {
         Group::Plan(args) => plan::run(args).map_err(|e| e.to_string()),
         Group::Send(args) => send::run(args).await.map_err(|e| e.to_string()),
         Group::Rules(command) => rules_check::run(command).await.map_err(|e| e.to_string()),
+        Group::Status(args) => ops::status::run(args).await.map_err(|e| e.to_string()),
+        Group::Replay(args) => ops::replay::run(args).await.map_err(|e| e.to_string()),
+        Group::Dlq(command) => ops::dlq::run(command).await.map_err(|e| e.to_string()),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
