@@ -12,7 +12,7 @@ use crate::store::cursor::SqliteCursorStore;
 use crate::store::idempotency::SqliteIdempotencyStore;
 use crate::store::identity::SqliteCustomerStore;
 use crate::store::{Db, DbError};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::ProgressBar;
 use shared::backfill::{
     Backfill, BackfillError, BackfillQuery, BackfillSettings, CursorStore, DynamoDbCursorStore,
     Eta, Finish, Outcome, Progress, StopReason, Totals,
@@ -25,7 +25,6 @@ use shared::identity::{CustomerStore, DynamoDbCustomerStore};
 use shared::keap::directory::DEFAULT_TTL;
 use shared::keap::{Crm, Directory, InMemoryCrm};
 use shared::rules::{RuleSet, RulesError};
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
@@ -259,21 +258,16 @@ impl Stores {
     }
 }
 
-/// The progress bar on stderr; hidden when stderr is not a terminal (logs, CI).
+/// The progress bar (the ops commands' style), on stderr and only on a terminal.
 struct Bar {
     bar: ProgressBar,
 }
 
 impl Bar {
     fn new() -> Self {
-        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-        if !std::io::stderr().is_terminal() {
-            bar.set_draw_target(ProgressDrawTarget::hidden());
+        Self {
+            bar: crate::ops::progress::bar(0, "subscriptions"),
         }
-        let style = ProgressStyle::with_template("{bar:30} {pos}/{len} subscriptions {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar());
-        bar.set_style(style);
-        Self { bar }
     }
 }
 
@@ -295,7 +289,7 @@ impl Progress for Bar {
             .map(|q| format!(", Keap quota left {q}"))
             .unwrap_or_default();
         self.bar.set_message(format!(
-            "| {} Keap calls ({:.2}/contact){quota} | {eta_text}{}",
+            "subscriptions | {} Keap calls ({:.2}/contact){quota} | {eta_text}{}",
             run.keap_calls,
             eta.calls_per_contact,
             if eta.quota_short {

@@ -5,6 +5,7 @@
 mod backfill;
 mod keap_auth;
 mod keap_mode;
+mod ops;
 mod plan;
 mod rules_check;
 mod send;
@@ -39,6 +40,13 @@ enum Group {
     /// Rules: validate the file and check it against Keap.
     #[command(subcommand)]
     Rules(rules_check::RulesCommand),
+    /// A webhook's idempotency record in the deployed stack: status, steps done, errors.
+    Status(ops::status::StatusArgs),
+    /// Send webhooks stored in their records to the deployed queue again.
+    Replay(ops::replay::ReplayArgs),
+    /// The deployed dead-letter queue: list or redrive.
+    #[command(subcommand)]
+    Dlq(ops::dlq::DlqCommand),
     /// Sync every existing Chargify subscription to Keap (resumable, bulk tags).
     Backfill(backfill::BackfillArgs),
 }
@@ -52,6 +60,9 @@ async fn main() -> ExitCode {
         Group::Plan(args) => plan::run(args).map_err(|e| e.to_string()),
         Group::Send(args) => send::run(args).await.map_err(|e| e.to_string()),
         Group::Rules(command) => rules_check::run(command).await.map_err(|e| e.to_string()),
+        Group::Status(args) => ops::status::run(args).await.map_err(|e| e.to_string()),
+        Group::Replay(args) => ops::replay::run(args).await.map_err(|e| e.to_string()),
+        Group::Dlq(command) => ops::dlq::run(command).await.map_err(|e| e.to_string()),
         Group::Backfill(args) => match backfill::run(args).await {
             Ok(code) => return code,
             Err(e) => Err(e.to_string()),

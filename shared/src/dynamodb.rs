@@ -80,6 +80,11 @@ impl Table {
             .key(PARTITION_KEY, string(pk))
     }
 
+    /// A `Scan` of the whole table, for the caller to page through (operator commands only).
+    pub fn scan(&self) -> aws_sdk_dynamodb::operation::scan::builders::ScanFluentBuilder {
+        self.client.scan().table_name(&self.name)
+    }
+
     /// The item `pk`, read consistently: a write acknowledged just before is always seen.
     pub async fn get(&self, pk: String) -> Result<Option<Item>, StoreError> {
         let output = self

@@ -14,5 +14,6 @@ pub mod ingest;
 pub mod keap;
 pub mod processor;
 pub mod queue;
+pub mod replay;
 pub mod rules;
 pub mod telemetry;

@@ -4,10 +4,12 @@
 //! Tests fail, rather than skip, when the emulator is not there: a skipped AWS test would
 //! let a broken adapter pass.
 
+pub mod chargify_standin;
 pub mod emf;
 pub mod keap_contract;
 pub mod keap_standin;
 pub mod lambda_watch;
+pub mod pipeline;
 
 use base64::Engine;
 use serde_json::{json, Value};
@@ -376,6 +378,98 @@ pub fn http_api_event(method: &str, body: &[u8], signature: Signature<'_>, base6
         event["queryStringParameters"] = query_params;
     }
     event
+}
+
+/// `target/debug/cks`, built once per test binary by the first test that needs it (a test
+/// crate cannot name another package's binary with `CARGO_BIN_EXE_*`).
+pub fn cks_binary() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let status = std::process::Command::new(
+                std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()),
+            )
+            .current_dir(repo_root())
+            .args([
+                "build",
+                "--quiet",
+                "--locked",
+                "-p",
+                "chargify-keap-sync-cli",
+                "--bin",
+                "cks",
+            ])
+            .status()
+            .expect("cargo runs");
+            assert!(status.success(), "cargo build -p chargify-keap-sync-cli");
+            std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| repo_root().join("target"))
+                .join("debug")
+                .join("cks")
+        })
+        .clone()
+}
+
+/// What one `cks` run gave.
+#[derive(Debug)]
+pub struct CksRun {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CksRun {
+    /// stdout as one JSON value a line.
+    pub fn json_lines(&self) -> Vec<Value> {
+        self.stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
+    }
+
+    /// The failure's message, which the commands promise on exactly one line.
+    pub fn one_error_line(&self) -> &str {
+        assert!(!self.ok, "expected a failure; stdout: {}", self.stdout);
+        let lines: Vec<&str> = self.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "one error line: {}", self.stderr);
+        lines[0]
+    }
+}
+
+/// Runs the built `cks` ([`cks_binary`]) with `args` against moto, as an operator with
+/// credentials would: the endpoint, a region, dummy keys, no profile, no instance metadata.
+/// `env` then sets (`Some`) or removes (`None`) variables. Bounded: a minute.
+pub async fn run_cks(args: &[&str], env: &[(&str, Option<&str>)]) -> CksRun {
+    let binary = tokio::task::spawn_blocking(cks_binary)
+        .await
+        .expect("cks builds");
+    let mut command = tokio::process::Command::new(binary);
+    command
+        .args(args)
+        .kill_on_drop(true)
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_SESSION_TOKEN")
+        .env("AWS_ENDPOINT_URL", moto_endpoint())
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_EC2_METADATA_DISABLED", "true");
+    for (name, value) in env {
+        match value {
+            Some(value) => command.env(name, value),
+            None => command.env_remove(name),
+        };
+    }
+    let output = tokio::time::timeout(Duration::from_secs(60), command.output())
+        .await
+        .expect("cks finishes within a minute")
+        .expect("cks runs");
+    CksRun {
+        ok: output.status.success(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
 }
 
 /// The repository root (this crate lives in `tests/`).

@@ -5,7 +5,7 @@
 
 use async_trait::async_trait;
 use integration_tests::keap_standin::{Fault, KeapStandIn};
-use integration_tests::{aws_config_for, dynamodb_client, moto_endpoint, repo_root, unique_name};
+use integration_tests::{aws_config_for, dynamodb_client, moto_endpoint, unique_name};
 use shared::keap::oauth::{
     ClientCredentials, DynamoDbTokenStore, KeapTokenEndpoint, OAuthTokens, RefreshPolicy,
     StoreError, TokenIssuer, TokenPair, TokenRecord, TokenStore,
@@ -352,41 +352,9 @@ async fn a_revoked_access_token_costs_one_refresh_and_one_retry() {
     assert!(keap.violations().is_empty(), "{:?}", keap.violations());
 }
 
-/// `target/debug/cks`, built once (bounded) by the first test that needs it.
-async fn cks_binary() -> std::path::PathBuf {
-    let root = repo_root();
-    let status = tokio::time::timeout(
-        Duration::from_secs(600),
-        tokio::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args([
-                "build",
-                "--locked",
-                "-p",
-                "chargify-keap-sync-cli",
-                "--bin",
-                "cks",
-            ])
-            .current_dir(&root)
-            .status(),
-    )
-    .await
-    .expect("cargo build finishes within 10 minutes")
-    .expect("cargo runs");
-    assert!(status.success(), "cargo build -p chargify-keap-sync-cli");
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| root.join("target"));
-    target.join("debug").join("cks")
-}
-
-async fn cks(
-    binary: &std::path::Path,
-    env: &[(&str, String)],
-    args: &[&str],
-) -> (bool, String, String) {
-    let mut command = tokio::process::Command::new(binary);
-    command.args(args).kill_on_drop(true);
-    for name in [
+/// `cks` against moto with only the Keap settings in `env` (none inherited).
+async fn cks(env: &[(&str, String)], args: &[&str]) -> (bool, String, String) {
+    let mut vars: Vec<(&str, Option<&str>)> = [
         settings::KEAP_CLIENT_ID,
         settings::KEAP_CLIENT_SECRET,
         settings::KEAP_TOKEN_TABLE,
@@ -395,33 +363,20 @@ async fn cks(
         settings::KEAP_API_KEY_SECRET_ARN,
         settings::KEAP_OAUTH_CLIENT_SECRET_ARN,
         settings::KEAP_TOKEN_KEY,
-        "AWS_PROFILE",
-    ] {
-        command.env_remove(name);
-    }
-    command
-        .env("AWS_ENDPOINT_URL", moto_endpoint())
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_EC2_METADATA_DISABLED", "true");
-    for (name, value) in env {
-        command.env(name, value);
-    }
-    let output = tokio::time::timeout(Duration::from_secs(60), command.output())
-        .await
-        .expect("cks finishes within a minute")
-        .expect("cks runs");
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    ]
+    .into_iter()
+    .map(|name| (name, None))
+    .collect();
+    vars.extend(
+        env.iter()
+            .map(|(name, value)| (*name, Some(value.as_str()))),
+    );
+    let run = integration_tests::run_cks(args, &vars).await;
+    (run.ok, run.stdout, run.stderr)
 }
 
 #[tokio::test]
 async fn cks_keap_exchange_code_stores_the_first_pair() {
-    let binary = cks_binary().await;
     let keap = KeapStandIn::start().await;
     let (dynamodb, table) = token_table().await;
     let credentials = client_credentials(&keap);
@@ -437,7 +392,6 @@ async fn cks_keap_exchange_code_stores_the_first_pair() {
     let redirect = "https://ops.example.com/keap/callback";
 
     let (ok, url, _) = cks(
-        &binary,
         &env,
         &[
             "keap",
@@ -464,7 +418,7 @@ async fn cks_keap_exchange_code_stores_the_first_pair() {
         "--redirect-uri",
         redirect,
     ];
-    let (ok, out, err) = cks(&binary, &env, &exchange).await;
+    let (ok, out, err) = cks(&env, &exchange).await;
     assert!(ok, "stdout: {out}\nstderr: {err}");
     assert!(out.contains(&table) && out.contains("version 1"), "{out}");
     let store = DynamoDbTokenStore::new(dynamodb, &table, KEY);
@@ -479,12 +433,12 @@ async fn cks_keap_exchange_code_stores_the_first_pair() {
     assert_eq!(keap.state().oauth.exchanges, 1);
 
     // A used code is refused, says why, exits non-zero, and leaves the pair alone.
-    let (ok, _, err) = cks(&binary, &env, &exchange).await;
+    let (ok, _, err) = cks(&env, &exchange).await;
     assert!(!ok);
     assert!(err.contains("invalid_grant"), "{err}");
     assert_eq!(stored(&store).await, record);
     // Without OAuth settings it says what to set.
-    let (ok, _, err) = cks(&binary, &[], &exchange).await;
+    let (ok, _, err) = cks(&[], &exchange).await;
     assert!(!ok);
     assert!(err.contains("KEAP_CLIENT_ID"), "{err}");
     assert!(keap.violations().is_empty(), "{:?}", keap.violations());

@@ -3,17 +3,16 @@
 //! are invoked through the Lambda invoke API, and a misconfigured function refuses to start
 //! with a message naming the variable.
 
-use http::{HeaderMap, HeaderValue, Method};
 use integration_tests::emf;
 use integration_tests::keap_standin::KeapStandIn;
 use integration_tests::lambda_watch::LambdaWatch;
+use integration_tests::pipeline::post_signed;
 use integration_tests::{
     moto_endpoint, processor_resources, receive_as_lambda_event, ProcessorResources,
 };
-use shared::chargify::signature::{sign, SIGNATURE_HEADER};
 use shared::chargify::SharedKeySet;
 use shared::fixtures;
-use shared::ingest::{InboundRequest, IngestService};
+use shared::ingest::IngestService;
 use shared::queue::SqsWebhookQueue;
 use shared::rules::RuleSet;
 use std::time::{Duration, Instant};
@@ -60,20 +59,7 @@ async fn the_built_binary_applies_queued_webhooks_to_keap() {
         SqsWebhookQueue::new(sqs.clone(), &queue_url),
     );
     for (_, body) in fixtures::story().into_iter().take(3) {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            SIGNATURE_HEADER,
-            HeaderValue::from_str(&sign(KEY, body.as_bytes())).expect("header"),
-        );
-        let reply = ingest
-            .handle(InboundRequest {
-                method: &Method::POST,
-                headers: &headers,
-                query_signatures: Vec::new(),
-                body: body.as_bytes(),
-            })
-            .await;
-        assert_eq!(reply.status(), 200);
+        assert_eq!(post_signed(&ingest, KEY, &body).await, 200);
     }
     let base_url = keap.base_url();
     let watch = LambdaWatch::start(

@@ -3,182 +3,37 @@
 //! source mapping would deliver it, with its idempotency records and identity map in DynamoDB
 //! (moto), against the Keap stand-in (which refuses any request the v1 spec would).
 
-use http::{HeaderMap, HeaderValue, Method};
-use integration_tests::keap_standin::{Fault, KeapStandIn};
-use integration_tests::{
-    delete_succeeded, drain, processor_resources, receive_as_lambda_event, ProcessorResources,
-};
-use shared::chargify::signature::{sign, SIGNATURE_HEADER};
-use shared::chargify::SharedKeySet;
-use shared::dynamodb::Table;
+use integration_tests::keap_standin::Fault;
+use integration_tests::pipeline::Pipeline as Stack;
+use integration_tests::{drain, receive_as_lambda_event};
 use shared::entrypoints::processor_lambda::handle;
 use shared::fixtures;
-use shared::idempotency::{
-    DynamoDbIdempotencyStore, IdempotencyKey, IdempotencyStore, RecordStatus,
-};
-use shared::identity::DynamoDbCustomerStore;
-use shared::ingest::{InboundRequest, IngestService};
-use shared::keap::{directory::DEFAULT_TTL, Credential, Directory, KeapClient, KeapClientConfig};
-use shared::processor::{Processor, ProcessorSettings};
-use shared::queue::{RecordControl, SqsRecordControl, SqsWebhookQueue};
+use shared::idempotency::{IdempotencyKey, IdempotencyStore, RecordStatus};
 use shared::rules::RuleSet;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const KEY: &str = "e2e-shared-key";
-
-struct Stack {
-    sqs: aws_sdk_sqs::Client,
-    queue_url: String,
-    dead_letter_url: String,
-    keap: KeapStandIn,
-    idempotency: Arc<DynamoDbIdempotencyStore>,
-    processor: Arc<Processor>,
-    control: Arc<dyn RecordControl>,
-    ingest: IngestService<SqsWebhookQueue>,
-}
-
 async fn stack() -> Stack {
-    stack_with(RuleSet::default_rules().expect("default rules")).await
+    Stack::start(RuleSet::default_rules().expect("default rules")).await
 }
 
 async fn stack_with(rules: RuleSet) -> Stack {
-    let ProcessorResources {
-        sqs,
-        dynamodb,
-        queue_url,
-        dead_letter_url,
-        idempotency_table,
-        customers_table,
-    } = processor_resources("e2e").await;
-    let keap = KeapStandIn::start().await;
-    keap.add_custom_fields(rules.custom_field_labels(), 100);
-    let mut config = KeapClientConfig::new(keap.base_url(), Credential::ApiKey("sak-e2e".into()));
-    config.max_wait = Duration::from_secs(2);
-    config.max_retries = 1;
-    let crm = KeapClient::new(config).expect("client");
-    let idempotency = Arc::new(DynamoDbIdempotencyStore::new(Table::new(
-        dynamodb.clone(),
-        &idempotency_table,
-    )));
-    let processor = Arc::new(Processor {
-        rules: Arc::new(rules),
-        crm: Arc::new(crm),
-        directory: Directory::new(DEFAULT_TTL),
-        idempotency: idempotency.clone(),
-        customers: Arc::new(DynamoDbCustomerStore::new(Table::new(
-            dynamodb,
-            &customers_table,
-        ))),
-        settings: ProcessorSettings::default(),
-    });
-    let control: Arc<dyn RecordControl> = Arc::new(SqsRecordControl::new(
-        sqs.clone(),
-        &queue_url,
-        &dead_letter_url,
-    ));
-    let keys = SharedKeySet::parse(KEY).expect("key");
-    let ingest = IngestService::new(keys, SqsWebhookQueue::new(sqs.clone(), &queue_url));
-    Stack {
-        sqs,
-        queue_url,
-        dead_letter_url,
-        keap,
-        idempotency,
-        processor,
-        control,
-        ingest,
-    }
+    Stack::start(rules).await
 }
 
-impl Stack {
-    /// Posts a signed webhook through ingest; returns the HTTP status ingest answered.
-    async fn post(&self, body: &str) -> u16 {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            SIGNATURE_HEADER,
-            HeaderValue::from_str(&sign(KEY, body.as_bytes())).expect("header"),
-        );
-        let reply = self
-            .ingest
-            .handle(InboundRequest {
-                method: &Method::POST,
-                headers: &headers,
-                query_signatures: Vec::new(),
-                body: body.as_bytes(),
-            })
-            .await;
-        reply.status()
-    }
-
-    /// One Lambda invocation: receive a batch, run the handler, delete what succeeded.
-    /// Returns the failed message ids, or `None` when the queue had nothing visible.
-    async fn invoke(&self) -> Option<Vec<String>> {
-        let event = receive_as_lambda_event(&self.sqs, &self.queue_url, 60).await;
-        if event.records.is_empty() {
-            return None;
-        }
-        let response = handle(
-            self.processor.clone(),
-            self.control.clone(),
-            event.clone(),
-            Instant::now() + Duration::from_secs(60),
-        )
-        .await
-        .expect("every failed record has an id");
-        let failed: Vec<String> = response
-            .batch_item_failures
-            .into_iter()
-            .map(|f| f.item_identifier)
-            .collect();
-        delete_succeeded(&self.sqs, &self.queue_url, &event, &failed).await;
-        Some(failed)
-    }
-
-    /// Invokes until the queue shows nothing (bounded).
-    async fn drain_through_processor(&self) -> Vec<String> {
-        let mut failed = Vec::new();
-        for _ in 0..20 {
-            match self.invoke().await {
-                Some(f) => failed.extend(f),
-                None => break,
-            }
-        }
-        failed
-    }
-
-    fn goals(&self) -> Vec<String> {
-        self.keap
-            .state()
-            .goals
-            .iter()
-            .map(|(i, c, _)| format!("{i}/{c}"))
-            .collect()
-    }
-
-    fn tag_names_of_only_contact(&self) -> Vec<String> {
-        let state = self.keap.state();
-        assert_eq!(state.contacts.len(), 1, "exactly one contact");
-        let id = *state.contacts.keys().next().expect("contact");
-        let mut names: Vec<String> = state
-            .contact_tags
-            .get(&id)
-            .into_iter()
-            .flatten()
-            .filter_map(|t| state.tags.get(t))
-            .filter_map(|t| t["name"].as_str().map(str::to_owned))
-            .collect();
-        names.sort();
-        names
-    }
-
-    fn assert_no_violations(&self) {
-        let violations = self.keap.violations();
-        assert!(
-            violations.is_empty(),
-            "requests the spec refuses: {violations:#?}"
-        );
-    }
+fn tag_names_of_only_contact(stack: &Stack) -> Vec<String> {
+    let state = stack.keap.state();
+    assert_eq!(state.contacts.len(), 1, "exactly one contact");
+    let id = *state.contacts.keys().next().expect("contact");
+    let mut names: Vec<String> = state
+        .contact_tags
+        .get(&id)
+        .into_iter()
+        .flatten()
+        .filter_map(|t| state.tags.get(t))
+        .filter_map(|t| t["name"].as_str().map(str::to_owned))
+        .collect();
+    names.sort();
+    names
 }
 
 fn billing(tags: &[String]) -> Vec<String> {
@@ -363,7 +218,7 @@ async fn an_older_state_change_after_a_newer_one_leaves_the_state_tag_alone() {
         .await;
     assert!(stack.drain_through_processor().await.is_empty());
     assert_eq!(
-        billing(&stack.tag_names_of_only_contact()),
+        billing(&tag_names_of_only_contact(&stack)),
         ["Billing: Canceled"]
     );
     stack.assert_no_violations();

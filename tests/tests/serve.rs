@@ -4,7 +4,7 @@
 //! once; `cks plan` prints each sample's actions. Needs no moto (the binary is built by the
 //! first test that runs it). Every wait is a bounded poll.
 
-use integration_tests::{http_request, repo_root};
+use integration_tests::{cks_binary as cks, http_request};
 use shared::chargify::signature::{sign, SIGNATURE_HEADER};
 use shared::chargify::SharedKeySet;
 use shared::envelope::MAX_BODY_BYTES;
@@ -14,37 +14,10 @@ use shared::queue::InMemoryQueue;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 const KEY: &str = "serve-test-shared-key";
 const PATH: &str = "/webhooks/chargify";
-
-/// The `cks` binary, built once per test run.
-fn cks() -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-                .current_dir(repo_root())
-                .args([
-                    "build",
-                    "--quiet",
-                    "-p",
-                    "chargify-keap-sync-cli",
-                    "--bin",
-                    "cks",
-                ])
-                .status()
-                .expect("cargo runs");
-            assert!(status.success(), "cks builds");
-            let target = std::env::var_os("CARGO_TARGET_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| repo_root().join("target"));
-            target.join("debug").join("cks")
-        })
-        .clone()
-}
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

@@ -30,12 +30,19 @@ async fn idempotency_store() -> DynamoDbIdempotencyStore {
     DynamoDbIdempotencyStore::new(Table::new(client, table))
 }
 
-async fn started(store: &DynamoDbIdempotencyStore, hash: &str, now: OffsetDateTime) -> Lease {
-    match store
-        .begin(&key(), hash, now, MIN, TTL)
+/// `begin` on [`key`] at `now`, for a small delivery received then.
+async fn begin_at(
+    store: &DynamoDbIdempotencyStore,
+    hash: &str,
+    now: OffsetDateTime,
+) -> Result<Begin, StoreError> {
+    store
+        .begin(&key(), hash, &contract::small(now), now, MIN, TTL)
         .await
-        .expect("begin")
-    {
+}
+
+async fn started(store: &DynamoDbIdempotencyStore, hash: &str, now: OffsetDateTime) -> Lease {
+    match begin_at(store, hash, now).await.expect("begin") {
         Begin::Started(lease) => lease,
         other => panic!("expected a lease, got {other:?}"),
     }
@@ -46,6 +53,7 @@ async fn keeps_the_idempotency_contract() {
     let store = idempotency_store().await;
     contract::lease_lifecycle(&store, &IdempotencyKey::new("acme", "1")).await;
     contract::release_and_retake(&store, &IdempotencyKey::new("acme", "2")).await;
+    contract::reopen_for_a_forced_replay(&store, &IdempotencyKey::new("acme", "3")).await;
 }
 
 #[tokio::test]
@@ -93,7 +101,7 @@ async fn eight_concurrent_begins_leave_exactly_one_holder() {
     let tasks: Vec<_> = (0..8)
         .map(|_| {
             let store = store.clone();
-            tokio::spawn(async move { store.begin(&key(), "h", now, MIN, TTL).await })
+            tokio::spawn(async move { begin_at(&store, "h", now).await })
         })
         .collect();
     let mut leases = Vec::new();
@@ -133,7 +141,7 @@ async fn each_operation_is_one_write_and_a_refusal_needs_no_read() {
     store.record_step(&first, "goal").await.expect("step");
     one_update(&log, "record_step");
     assert!(matches!(
-        store.begin(&key(), "h", now, MIN, TTL).await,
+        begin_at(&store, "h", now).await,
         Ok(Begin::InProgress { .. })
     ));
     one_update(&log, "refused begin");
@@ -147,7 +155,7 @@ async fn each_operation_is_one_write_and_a_refusal_needs_no_read() {
         .expect("complete");
     one_update(&log, "complete with a final step");
     assert!(matches!(
-        store.begin(&key(), "h", now, MIN, TTL).await,
+        begin_at(&store, "h", now).await,
         Ok(Begin::AlreadyCompleted { .. })
     ));
     one_update(&log, "begin of a completed record");
@@ -212,9 +220,7 @@ async fn a_record_with_odd_attributes_is_corrupt_not_a_panic() {
     // No lease expiry, so the begin is refused; the refused item is unreadable.
     assert!(
         matches!(
-            store
-                .begin(&key(), "h", OffsetDateTime::now_utc(), MIN, TTL)
-                .await,
+            begin_at(&store, "h", OffsetDateTime::now_utc()).await,
             Err(StoreError::Corrupt { .. })
         ),
         "begin"
@@ -245,10 +251,7 @@ async fn a_missing_table_is_unavailable() {
         }
         other => panic!("{what}: {other:?}"),
     };
-    unavailable(
-        store.begin(&key(), "h", now, MIN, TTL).await.map(drop),
-        "begin",
-    );
+    unavailable(begin_at(&store, "h", now).await.map(drop), "begin");
     unavailable(store.get(&key()).await.map(drop), "get");
     let customers = DynamoDbCustomerStore::new(Table::new(client, "never-created"));
     let customer = CustomerKey::new("acme", "42");
@@ -268,9 +271,7 @@ async fn an_unreachable_endpoint_fails_fast_as_unavailable() {
     let store = DynamoDbIdempotencyStore::new(Table::new(client.clone(), "any"));
     let customers = DynamoDbCustomerStore::new(Table::new(client, "any"));
     let started = Instant::now();
-    let result = store
-        .begin(&key(), "h", OffsetDateTime::now_utc(), MIN, TTL)
-        .await;
+    let result = begin_at(&store, "h", OffsetDateTime::now_utc()).await;
     assert!(
         matches!(
             result,

@@ -6,7 +6,7 @@ use super::Db;
 use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension, Row};
 use shared::idempotency::{
-    later, new_token, Begin, IdempotencyKey, IdempotencyRecord, IdempotencyStore, Lease,
+    later, new_token, Begin, IdempotencyKey, IdempotencyRecord, IdempotencyStore, Lease, Received,
     RecordStatus, StoreError,
 };
 use std::collections::BTreeSet;
@@ -33,7 +33,8 @@ struct Stored {
 }
 
 const COLUMNS: &str = "site, webhook_id, status, payload_hash, steps_done, attempts, \
-     lease_expires_at_ns, summary, last_error, expires_at_ns, holder";
+     lease_expires_at_ns, summary, last_error, expires_at_ns, holder, \
+     event, received_at_ns, envelope";
 
 fn read(row: &Row<'_>) -> rusqlite::Result<(Stored, String, String)> {
     let steps: String = row.get(4)?;
@@ -50,6 +51,18 @@ fn read(row: &Row<'_>) -> rusqlite::Result<(Stored, String, String)> {
                 summary: row.get(7)?,
                 last_error: row.get(8)?,
                 expires_at: from_ns(row.get(9)?),
+                received: match (
+                    row.get::<_, Option<String>>(11)?,
+                    row.get::<_, Option<i64>>(12)?,
+                    row.get::<_, Option<String>>(13)?,
+                ) {
+                    (Some(event), Some(at), Some(envelope)) => Some(Received {
+                        event,
+                        received_at: from_ns(at),
+                        envelope,
+                    }),
+                    _ => None,
+                },
             },
             holder: row.get(10)?,
         },
@@ -92,7 +105,7 @@ fn save(tx: &rusqlite::Transaction<'_>, stored: &Stored) -> rusqlite::Result<()>
     let r = &stored.record;
     let steps = serde_json::to_string(&r.steps_done).unwrap_or_else(|_| "[]".into());
     tx.execute(
-        &format!("INSERT OR REPLACE INTO idempotency (key, {COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"),
+        &format!("INSERT OR REPLACE INTO idempotency (key, {COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"),
         params![
             r.key.storage_key(),
             r.key.site,
@@ -106,6 +119,9 @@ fn save(tx: &rusqlite::Transaction<'_>, stored: &Stored) -> rusqlite::Result<()>
             r.last_error,
             to_ns(r.expires_at),
             stored.holder,
+            r.received.as_ref().map(|d| d.event.as_str()),
+            r.received.as_ref().map(|d| to_ns(d.received_at)),
+            r.received.as_ref().map(|d| d.envelope.as_str()),
         ],
     )?;
     Ok(())
@@ -154,12 +170,14 @@ impl IdempotencyStore for SqliteIdempotencyStore {
         &self,
         key: &IdempotencyKey,
         payload_hash: &str,
+        received: &Received,
         now: OffsetDateTime,
         lease_for: Duration,
         record_ttl: Duration,
     ) -> Result<Begin, StoreError> {
         let key = key.clone();
         let payload_hash = payload_hash.to_owned();
+        let received = received.clone();
         self.db
             .write(move |tx| {
                 let token = new_token();
@@ -182,6 +200,7 @@ impl IdempotencyStore for SqliteIdempotencyStore {
                                 summary: None,
                                 last_error: None,
                                 expires_at: later(now, record_ttl),
+                                received: Some(received),
                             },
                             holder: Some(token.clone()),
                         },
@@ -216,6 +235,7 @@ impl IdempotencyStore for SqliteIdempotencyStore {
                 record.attempts += 1;
                 record.lease_expires_at = Some(lease_expires_at);
                 record.expires_at = later(now, record_ttl);
+                record.received = Some(received);
                 let lease = Lease {
                     key,
                     token: token.clone(),
@@ -284,6 +304,27 @@ impl IdempotencyStore for SqliteIdempotencyStore {
             .await
             .map_err(|detail| StoreError::Unavailable { detail })?
     }
+
+    async fn reopen(&self, key: &IdempotencyKey, note: &str) -> Result<bool, StoreError> {
+        let key = key.clone();
+        let note = note.to_owned();
+        self.db
+            .write(move |tx| {
+                let mut stored = match load(tx, &key)? {
+                    Ok(Some(stored)) if stored.record.status == RecordStatus::Completed => stored,
+                    Ok(_) => return Ok(Ok(false)),
+                    Err(e) => return Ok(Err(e)),
+                };
+                let record = &mut stored.record;
+                record.status = RecordStatus::Failed;
+                record.last_error = Some(note);
+                record.lease_expires_at = Some(OffsetDateTime::UNIX_EPOCH);
+                save(tx, &stored)?;
+                Ok(Ok(true))
+            })
+            .await
+            .map_err(|detail| StoreError::Unavailable { detail })?
+    }
 }
 
 #[cfg(test)]
@@ -301,6 +342,7 @@ mod tests {
         let key = IdempotencyKey::new("acme", "1");
         contract::lease_lifecycle(&store, &key).await;
         contract::release_and_retake(&store, &IdempotencyKey::new("acme", "2")).await;
+        contract::reopen_for_a_forced_replay(&store, &IdempotencyKey::new("acme", "3")).await;
 
         let reopened = SqliteIdempotencyStore::new(
             Db::open(&dir.path().join("nested/local.sqlite3")).expect("reopen"),
@@ -309,7 +351,14 @@ mod tests {
         let ttl = Duration::from_secs(35 * 24 * 3600);
         assert_eq!(
             reopened
-                .begin(&key, "h", now, Duration::from_secs(60), ttl)
+                .begin(
+                    &key,
+                    "h",
+                    &contract::small(now),
+                    now,
+                    Duration::from_secs(60),
+                    ttl
+                )
                 .await
                 .expect("begin"),
             Begin::AlreadyCompleted {

@@ -62,7 +62,10 @@ CREATE TABLE IF NOT EXISTS idempotency (
     summary TEXT,
     last_error TEXT,
     expires_at_ns INTEGER NOT NULL,
-    holder TEXT
+    holder TEXT,
+    event TEXT,
+    received_at_ns INTEGER,
+    envelope TEXT
 );
 CREATE TABLE IF NOT EXISTS customers (
     key TEXT PRIMARY KEY,
@@ -109,6 +112,7 @@ impl Db {
             conn.pragma_update(None, "journal_mode", "WAL")?;
             conn.pragma_update(None, "synchronous", "FULL")?;
             conn.execute_batch(SCHEMA)?;
+            add_missing_columns(&conn)?;
             Ok(conn)
         };
         let conn = open().map_err(|source| DbError::Open {
@@ -143,6 +147,28 @@ impl Db {
     }
 }
 
+/// Columns added since the first release, for files made before them (`CREATE TABLE IF NOT
+/// EXISTS` leaves an existing table as it was). Each is nullable, so old rows read as before.
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    ("idempotency", "event", "TEXT"),
+    ("idempotency", "received_at_ns", "INTEGER"),
+    ("idempotency", "envelope", "TEXT"),
+];
+
+fn add_missing_columns(conn: &Connection) -> rusqlite::Result<()> {
+    for (table, column, kind) in ADDED_COLUMNS {
+        let present: bool = conn.query_row(
+            &format!("SELECT COUNT(*) > 0 FROM pragma_table_info('{table}') WHERE name = ?1"),
+            [column],
+            |row| row.get(0),
+        )?;
+        if !present {
+            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind}"))?;
+        }
+    }
+    Ok(())
+}
+
 /// Milliseconds since the epoch, now.
 pub fn now_ms() -> i64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
@@ -153,4 +179,42 @@ pub(crate) fn temp_db() -> (tempfile::TempDir, Db) {
     let dir = tempfile::tempdir().expect("temp dir");
     let db = Db::open(&dir.path().join("nested/local.sqlite3")).expect("open");
     (dir, db)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared::idempotency::{IdempotencyKey, IdempotencyStore, RecordStatus};
+
+    /// A file from before records kept their delivery opens, gains the columns, and still
+    /// reads its records (without a delivery).
+    #[tokio::test]
+    async fn an_older_file_gains_the_new_columns_and_keeps_its_records() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("old.sqlite3");
+        Connection::open(&path)
+            .and_then(|conn| {
+                conn.execute_batch(
+                    "CREATE TABLE idempotency (key TEXT PRIMARY KEY, site TEXT NOT NULL,
+                     webhook_id TEXT NOT NULL, status TEXT NOT NULL, payload_hash TEXT NOT NULL,
+                     steps_done TEXT NOT NULL, attempts INTEGER NOT NULL,
+                     lease_expires_at_ns INTEGER, summary TEXT, last_error TEXT,
+                     expires_at_ns INTEGER NOT NULL, holder TEXT);
+                     INSERT INTO idempotency VALUES ('acme#1', 'acme', '1', 'COMPLETED', 'h',
+                     '[\"0:goal:chargify/signup\"]', 1, NULL, 'ok', NULL, 0, NULL);",
+                )
+            })
+            .expect("an old file");
+        let store = idempotency::SqliteIdempotencyStore::new(Db::open(&path).expect("opens"));
+        let record = store
+            .get(&IdempotencyKey::new("acme", "1"))
+            .await
+            .expect("reads")
+            .expect("the old record");
+        assert_eq!(record.status, RecordStatus::Completed);
+        assert_eq!(record.steps_done.len(), 1);
+        assert_eq!(record.received, None);
+        // Opening it again finds the columns there and adds nothing.
+        Db::open(&path).expect("opens again");
+    }
 }

@@ -48,8 +48,8 @@ use crate::chargify::api::{ChargifyApi, ChargifyApiError, Subscription, Subscrip
 use crate::chargify::snapshot::snapshot_envelope;
 use crate::chargify::Webhook;
 use crate::idempotency::{
-    payload_hash, Begin, IdempotencyKey, IdempotencyStore, Lease, RecordStatus, StoreError,
-    DEFAULT_RECORD_TTL,
+    payload_hash, Begin, IdempotencyKey, IdempotencyStore, Lease, Received, RecordStatus,
+    StoreError, DEFAULT_RECORD_TTL,
 };
 use crate::identity::{CustomerKey, CustomerRecord, CustomerStore};
 use crate::keap::{ContactId, Crm, Directory, InMemoryCrm, KeapClient, KeapError, TagId};
@@ -459,7 +459,7 @@ impl Backfill<'_> {
         let mut totals = Totals::default();
         let now = OffsetDateTime::now_utc();
         // Step 1: envelopes and plans, grouped by customer in list order.
-        let mut groups: BTreeMap<String, Vec<(Plan, String)>> = BTreeMap::new();
+        let mut groups: BTreeMap<String, Vec<(Plan, String, Received)>> = BTreeMap::new();
         let mut order: Vec<String> = Vec::new();
         for subscription in page {
             if cursor.already_done(subscription.id, subscription.updated_at) {
@@ -474,9 +474,9 @@ impl Backfill<'_> {
                     self.rules
                         .plan(&webhook, self.site)
                         .map_err(|e| e.to_string())
-                        .map(|plan| (plan, envelope.raw_body))
+                        .map(|plan| (plan, envelope))
                 });
-            let (plan, body) = match plan {
+            let (plan, envelope) = match plan {
                 Ok(planned) => planned,
                 Err(reason) => {
                     tracing::warn!(
@@ -500,10 +500,11 @@ impl Backfill<'_> {
             if !groups.contains_key(&group) {
                 order.push(group.clone());
             }
-            groups
-                .entry(group)
-                .or_default()
-                .push((plan, payload_hash(&body)));
+            groups.entry(group).or_default().push((
+                plan,
+                payload_hash(&envelope.raw_body),
+                Received::of(&envelope),
+            ));
         }
 
         // Step 2: contacts, customers concurrently, one customer's snapshots in order.
@@ -512,8 +513,8 @@ impl Backfill<'_> {
             futures::stream::iter(order.into_iter().filter_map(|g| groups.remove(&g)))
                 .map(|plans| async move {
                     let mut steps = Vec::with_capacity(plans.len());
-                    for (plan, hash) in plans {
-                        steps.push(self.contact_step(plan, &hash).await?);
+                    for (plan, hash, received) in plans {
+                        steps.push(self.contact_step(plan, &hash, &received).await?);
                     }
                     Ok(steps)
                 })
@@ -575,7 +576,12 @@ impl Backfill<'_> {
     }
 
     /// Step 2 for one snapshot.
-    async fn contact_step(&self, plan: Plan, hash: &str) -> Result<Step, BackfillError> {
+    async fn contact_step(
+        &self,
+        plan: Plan,
+        hash: &str,
+        received: &Received,
+    ) -> Result<Step, BackfillError> {
         let key = IdempotencyKey::new(self.site, &plan.webhook_id);
         let lease = if self.settings.dry_run {
             match self.idempotency.get(&key).await? {
@@ -588,6 +594,7 @@ impl Backfill<'_> {
                 .begin(
                     &key,
                     hash,
+                    received,
                     OffsetDateTime::now_utc(),
                     self.settings.lease,
                     self.settings.record_ttl,

@@ -131,6 +131,14 @@ fn push_pair(body: &mut String, key: &str, value: &str) {
     percent_encode_into(body, value, b"");
 }
 
+/// `text` percent-encoded as a form value (everything but `A–Z a–z 0–9 - . _ ~` escaped, so a
+/// space is `%20` as in Chargify's bodies).
+pub fn form_value(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    percent_encode_into(&mut out, text, b"");
+    out
+}
+
 fn percent_encode_into(out: &mut String, text: &str, keep: &[u8]) {
     for byte in text.bytes() {
         if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) || keep.contains(&byte) {

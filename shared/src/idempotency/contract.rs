@@ -2,12 +2,43 @@
 //! each (in-memory here, SQLite in the CLI, DynamoDB in moto). Test support: the functions
 //! panic on the first broken promise, naming it.
 
-use super::{Begin, IdempotencyKey, IdempotencyStore, Lease, RecordStatus, StoreError};
+use super::{Begin, IdempotencyKey, IdempotencyStore, Lease, Received, RecordStatus, StoreError};
+use crate::envelope::SQS_MAX_MESSAGE_BYTES;
 use std::time::Duration;
 use time::OffsetDateTime;
 
 const MIN: Duration = Duration::from_secs(60);
 const TTL: Duration = Duration::from_secs(35 * 24 * 3600);
+
+/// A delivery of `event` received at `at`, whose envelope is `bytes` long (the content does
+/// not matter to a store).
+pub fn received(event: &str, at: OffsetDateTime, bytes: usize) -> Received {
+    let head = format!("{{\"event\":\"{event}\",\"raw_body\":\"");
+    let fill = bytes.saturating_sub(head.len() + 2);
+    Received {
+        event: event.to_owned(),
+        received_at: at,
+        envelope: format!("{head}{}\"}}", "x".repeat(fill)),
+    }
+}
+
+/// A small delivery received `now`.
+pub fn small(now: OffsetDateTime) -> Received {
+    received("signup_success", now, 200)
+}
+
+async fn started_with(
+    store: &dyn IdempotencyStore,
+    key: &IdempotencyKey,
+    hash: &str,
+    delivery: &Received,
+    now: OffsetDateTime,
+) -> Lease {
+    match store.begin(key, hash, delivery, now, MIN, TTL).await {
+        Ok(Begin::Started(lease)) => lease,
+        other => panic!("expected a lease, got {other:?}"),
+    }
+}
 
 async fn started(
     store: &dyn IdempotencyStore,
@@ -15,32 +46,54 @@ async fn started(
     hash: &str,
     now: OffsetDateTime,
 ) -> Lease {
-    match store.begin(key, hash, now, MIN, TTL).await {
-        Ok(Begin::Started(lease)) => lease,
-        other => panic!("expected a lease, got {other:?}"),
-    }
+    started_with(store, key, hash, &small(now), now).await
+}
+
+async fn stored_delivery(store: &dyn IdempotencyStore, key: &IdempotencyKey) -> Option<Received> {
+    store.get(key).await.expect("get").expect("record").received
 }
 
 /// A live lease blocks; an expired one is retaken with its steps; the crashed holder can no
-/// longer write; completion is final and flags a different body.
+/// longer write; completion is final and flags a different body. The envelope of the
+/// delivery that took the lease is kept whole (one as large as SQS allows, here), a refused
+/// delivery's is not.
 pub async fn lease_lifecycle(store: &dyn IdempotencyStore, key: &IdempotencyKey) {
     let now = OffsetDateTime::now_utc();
-    let first = started(store, key, "h", now).await;
+    let largest = received("signup_success", now, SQS_MAX_MESSAGE_BYTES);
+    let first = started_with(store, key, "h", &largest, now).await;
     assert_eq!(first.attempt, 1);
     assert!(!first.payload_differs);
-    store.record_step(&first, "goal").await.expect("step");
     assert_eq!(
-        store.begin(key, "h", now, MIN, TTL).await,
+        stored_delivery(store, key).await.as_ref(),
+        Some(&largest),
+        "begin keeps the envelope, up to SQS's largest message"
+    );
+    store.record_step(&first, "goal").await.expect("step");
+    let refused = received("signup_success", now + time::Duration::seconds(5), 300);
+    assert_eq!(
+        store.begin(key, "h", &refused, now, MIN, TTL).await,
         Ok(Begin::InProgress {
             lease_expires_at: first.expires_at
         }),
         "a live lease blocks, and the refusal carries its expiry"
     );
+    assert_eq!(
+        stored_delivery(store, key).await.as_ref(),
+        Some(&largest),
+        "a refused begin stores nothing"
+    );
     // The first worker crashed; after its lease expires another takes over.
-    let second = started(store, key, "h", now + time::Duration::minutes(2)).await;
+    let later = now + time::Duration::minutes(2);
+    let retry = small(later);
+    let second = started_with(store, key, "h", &retry, later).await;
     assert!(
         second.is_done("goal"),
         "an expired lease is retaken with its steps"
+    );
+    assert_eq!(
+        stored_delivery(store, key).await,
+        Some(retry.clone()),
+        "the delivery that retook the lease is the one kept"
     );
     assert_eq!(second.attempt, 2);
     assert_ne!(second.token, first.token);
@@ -60,7 +113,7 @@ pub async fn lease_lifecycle(store: &dyn IdempotencyStore, key: &IdempotencyKey)
         .await
         .expect("complete");
     assert_eq!(
-        store.begin(key, "h", now, MIN, TTL).await,
+        store.begin(key, "h", &small(now), now, MIN, TTL).await,
         Ok(Begin::AlreadyCompleted {
             summary: Some("ok".into()),
             same_payload: true
@@ -68,7 +121,14 @@ pub async fn lease_lifecycle(store: &dyn IdempotencyStore, key: &IdempotencyKey)
     );
     assert_eq!(
         store
-            .begin(key, "other", now + time::Duration::days(1), MIN, TTL)
+            .begin(
+                key,
+                "other",
+                &small(now),
+                now + time::Duration::days(1),
+                MIN,
+                TTL
+            )
             .await,
         Ok(Begin::AlreadyCompleted {
             summary: Some("ok".into()),
@@ -91,6 +151,11 @@ pub async fn lease_lifecycle(store: &dyn IdempotencyStore, key: &IdempotencyKey)
     assert_eq!(record.lease_expires_at, None);
     assert_eq!(record.summary.as_deref(), Some("ok"));
     assert_eq!(record.payload_hash, "h");
+    assert_eq!(
+        record.received,
+        Some(retry),
+        "completion keeps the envelope"
+    );
 }
 
 /// A released lease is retaken at once, keeps its steps, flags a different body, and is
@@ -117,4 +182,48 @@ pub async fn release_and_retake(store: &dyn IdempotencyStore, key: &IdempotencyK
         Err(StoreError::LeaseLost),
         "a released lease cannot be released twice"
     );
+}
+
+/// `reopen` (a forced replay) turns only a completed record back into a failed one, keeping
+/// its steps and envelope, so the next delivery retakes it at once and skips what was done;
+/// a record that is not completed, or missing, is left alone.
+pub async fn reopen_for_a_forced_replay(store: &dyn IdempotencyStore, key: &IdempotencyKey) {
+    let now = OffsetDateTime::now_utc();
+    assert_eq!(
+        store.reopen(key, "forced").await,
+        Ok(false),
+        "nothing to reopen"
+    );
+    let first = started(store, key, "h", now).await;
+    assert_eq!(
+        store.reopen(key, "forced").await,
+        Ok(false),
+        "a record being worked on is not reopened"
+    );
+    store
+        .complete(&first, "ok", Some("goal"), now, TTL)
+        .await
+        .expect("complete");
+    assert_eq!(store.reopen(key, "forced by cks").await, Ok(true));
+    let record = store.get(key).await.expect("get").expect("record");
+    assert_eq!(record.status, RecordStatus::Failed);
+    assert_eq!(record.last_error.as_deref(), Some("forced by cks"));
+    assert_eq!(record.lease_expires_at, Some(OffsetDateTime::UNIX_EPOCH));
+    assert_eq!(record.received, Some(small(now)), "the envelope stays");
+    assert_eq!(
+        store.reopen(key, "again").await,
+        Ok(false),
+        "a reopened record is not completed: a second reopen changes nothing"
+    );
+    let again = started(store, key, "h", now).await;
+    assert!(again.is_done("goal"), "the steps done stay done");
+    assert_eq!(again.attempt, 2);
+    store
+        .complete(&again, "ok again", None, now, TTL)
+        .await
+        .expect("complete");
+    assert!(matches!(
+        store.begin(key, "h", &small(now), now, MIN, TTL).await,
+        Ok(Begin::AlreadyCompleted { .. })
+    ));
 }

@@ -17,11 +17,18 @@
 //! | `summary`, `completed_at` | S, N | set by `complete` |
 //! | `last_error` | S | set by `release` (at most [`MAX_ERROR_BYTES`]) |
 //! | `expires_at` | N | whole epoch seconds: the TTL. Set by `begin` (the only write that can create an item) and `complete`, so an abandoned record still expires |
+//! | `event`, `received_at`, `envelope` | S, N, S | the delivery that began the latest attempt ([`Received`]), set by `begin` in its one write |
 //!
-//! IAM: `dynamodb:UpdateItem`, `dynamodb:GetItem` on the table.
+//! The envelope makes items as large as the webhook (8 KB for a typical Chargify body, at
+//! most SQS's 256 KiB, under DynamoDB's 400 KB item limit). Writes are billed per KB of the
+//! item, so each of a record's two writes costs a few write units instead of one: the price
+//! of replaying from the record without a second table or write.
+//!
+//! IAM: `dynamodb:UpdateItem`, `dynamodb:GetItem` on the table (the processor);
+//! `dynamodb:Scan` too for `cks replay --since` and `cks status` without `--site`.
 
 use super::{
-    later, new_token, Begin, IdempotencyKey, IdempotencyRecord, IdempotencyStore, Lease,
+    later, new_token, Begin, IdempotencyKey, IdempotencyRecord, IdempotencyStore, Lease, Received,
     RecordStatus, StoreError,
 };
 use crate::dynamodb::{
@@ -45,6 +52,9 @@ const LEASE_EXPIRES_AT: &str = "lease_expires_at";
 const SUMMARY: &str = "summary";
 const LAST_ERROR: &str = "last_error";
 const EXPIRES_AT: &str = "expires_at";
+const EVENT: &str = "event";
+const RECEIVED_AT: &str = "received_at";
+const ENVELOPE: &str = "envelope";
 
 /// Takes (or retakes) the lease. An `UpdateItem`, not a `PutItem`: a retaken lease must keep
 /// the `steps_done`, `payload_hash` and `attempts` of earlier attempts, which a put would
@@ -53,7 +63,8 @@ const EXPIRES_AT: &str = "expires_at";
 const BEGIN_UPDATE: &str = "SET #status = :in_progress, lease_token = :token, \
     lease_expires_at = :lease_expires_at, started_at = :now, expires_at = :expires_at, \
     payload_hash = if_not_exists(payload_hash, :hash), \
-    attempts = if_not_exists(attempts, :zero) + :one";
+    attempts = if_not_exists(attempts, :zero) + :one, \
+    #event = :event, #received_at = :received_at, #envelope = :envelope";
 /// A new record, or one neither completed nor under a live lease (a released lease has
 /// expiry 0, so it is retaken at once).
 const BEGIN_CONDITION: &str =
@@ -107,6 +118,15 @@ impl DynamoDbIdempotencyStore {
 /// A stored item as a record (`key` is the one asked for: the item's `pk` is its storage key).
 fn record_from_item(key: &IdempotencyKey, item: &Item) -> Result<IdempotencyRecord, StoreError> {
     let reader = ItemReader::new(item);
+    // All three or none: records from before envelopes were kept have none.
+    let received = match reader.opt_string(ENVELOPE)? {
+        None => None,
+        Some(envelope) => Some(Received {
+            event: reader.string(EVENT)?.to_owned(),
+            received_at: reader.epoch(RECEIVED_AT)?,
+            envelope: envelope.to_owned(),
+        }),
+    };
     let status_text = reader.string(STATUS)?;
     let status = RecordStatus::parse(status_text)
         .ok_or_else(|| reader.corrupt(STATUS, &format!("is {status_text:?}")))?;
@@ -120,6 +140,7 @@ fn record_from_item(key: &IdempotencyKey, item: &Item) -> Result<IdempotencyReco
         summary: reader.opt_string(SUMMARY)?.map(str::to_owned),
         last_error: reader.opt_string(LAST_ERROR)?.map(str::to_owned),
         expires_at: reader.epoch(EXPIRES_AT)?,
+        received,
     })
 }
 
@@ -188,6 +209,7 @@ impl IdempotencyStore for DynamoDbIdempotencyStore {
         &self,
         key: &IdempotencyKey,
         payload_hash: &str,
+        received: &Received,
         now: OffsetDateTime,
         lease_for: Duration,
         record_ttl: Duration,
@@ -207,6 +229,12 @@ impl IdempotencyStore for DynamoDbIdempotencyStore {
             .expression_attribute_values(":hash", string(payload_hash))
             .expression_attribute_values(":zero", number(0))
             .expression_attribute_values(":one", number(1))
+            .expression_attribute_names("#event", EVENT)
+            .expression_attribute_names("#received_at", RECEIVED_AT)
+            .expression_attribute_names("#envelope", ENVELOPE)
+            .expression_attribute_values(":event", string(&received.event))
+            .expression_attribute_values(":received_at", epoch(received.received_at))
+            .expression_attribute_values(":envelope", string(&received.envelope))
             .return_values(ReturnValue::AllNew)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
@@ -294,5 +322,72 @@ impl IdempotencyStore for DynamoDbIdempotencyStore {
             .await?
             .map(|item| record_from_item(key, &item))
             .transpose()
+    }
+
+    async fn reopen(&self, key: &IdempotencyKey, note: &str) -> Result<bool, StoreError> {
+        let note = &note[..note.floor_char_boundary(MAX_ERROR_BYTES)];
+        let result = self
+            .update(key)
+            .update_expression(
+                "SET #status = :failed, last_error = :note, lease_expires_at = :zero",
+            )
+            .condition_expression("#status = :completed")
+            .expression_attribute_values(":failed", string(RecordStatus::Failed.as_str()))
+            .expression_attribute_values(":completed", string(RecordStatus::Completed.as_str()))
+            .expression_attribute_values(":note", string(note))
+            .expression_attribute_values(":zero", number(0))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(err) if refused_item(&err).is_some() => Ok(false),
+            Err(err) => Err(classify(err)),
+        }
+    }
+}
+
+/// One page of [`DynamoDbIdempotencyStore::scan_page`].
+#[derive(Debug, Default)]
+pub struct RecordPage {
+    pub records: Vec<IdempotencyRecord>,
+    /// Items on the page that are not readable records, with why (reported, not fatal: one
+    /// bad item must not hide the others from an operator).
+    pub unreadable: Vec<StoreError>,
+    /// Where the next page starts; `None` after the last.
+    pub next: Option<Item>,
+}
+
+impl DynamoDbIdempotencyStore {
+    /// One page of a full scan of the table (operator commands only: `cks replay --since`,
+    /// `cks status` without a site; the processor never scans). Eventually consistent, which
+    /// is fine for choosing what to replay: each replay is decided again by the record.
+    pub async fn scan_page(&self, start: Option<Item>) -> Result<RecordPage, StoreError> {
+        let output = self
+            .table
+            .scan()
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .map_err(classify)?;
+        let mut page = RecordPage {
+            next: output.last_evaluated_key.filter(|k| !k.is_empty()),
+            ..RecordPage::default()
+        };
+        for item in output.items.unwrap_or_default() {
+            let reader = ItemReader::new(&item);
+            let parsed = reader
+                .string(crate::dynamodb::PARTITION_KEY)
+                .and_then(|pk| {
+                    let key = IdempotencyKey::from_storage_key(pk).ok_or_else(|| {
+                        reader.corrupt(crate::dynamodb::PARTITION_KEY, "has no '#'")
+                    })?;
+                    record_from_item(&key, &item)
+                });
+            match parsed {
+                Ok(record) => page.records.push(record),
+                Err(e) => page.unreadable.push(e),
+            }
+        }
+        Ok(page)
     }
 }

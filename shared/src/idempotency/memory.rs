@@ -2,7 +2,7 @@
 //! semantics as the DynamoDB adapter, which the integration tests check against moto.
 
 use super::{
-    later, new_token, Begin, IdempotencyKey, IdempotencyRecord, IdempotencyStore, Lease,
+    later, new_token, Begin, IdempotencyKey, IdempotencyRecord, IdempotencyStore, Lease, Received,
     RecordStatus, StoreError,
 };
 use async_trait::async_trait;
@@ -46,6 +46,7 @@ impl IdempotencyStore for InMemoryIdempotencyStore {
         &self,
         key: &IdempotencyKey,
         payload_hash: &str,
+        received: &Received,
         now: OffsetDateTime,
         lease_for: Duration,
         record_ttl: Duration,
@@ -71,6 +72,7 @@ impl IdempotencyStore for InMemoryIdempotencyStore {
                     record.attempts += 1;
                     record.lease_expires_at = Some(lease_expires_at);
                     record.expires_at = later(now, record_ttl);
+                    record.received = Some(received.clone());
                     *holder = Some(token.clone());
                     self.write();
                     return Ok(Begin::Started(Lease {
@@ -97,6 +99,7 @@ impl IdempotencyStore for InMemoryIdempotencyStore {
                     summary: None,
                     last_error: None,
                     expires_at: later(now, record_ttl),
+                    received: Some(received.clone()),
                 },
                 Some(token.clone()),
             ),
@@ -171,6 +174,20 @@ impl IdempotencyStore for InMemoryIdempotencyStore {
     async fn get(&self, key: &IdempotencyKey) -> Result<Option<IdempotencyRecord>, StoreError> {
         Ok(self.lock().get(key).map(|(r, _)| r.clone()))
     }
+
+    async fn reopen(&self, key: &IdempotencyKey, note: &str) -> Result<bool, StoreError> {
+        let mut records = self.lock();
+        match records.get_mut(key) {
+            Some((record, _)) if record.status == RecordStatus::Completed => {
+                record.status = RecordStatus::Failed;
+                record.last_error = Some(note.to_owned());
+                record.lease_expires_at = Some(OffsetDateTime::UNIX_EPOCH);
+                self.write();
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -183,5 +200,6 @@ mod tests {
         let store = InMemoryIdempotencyStore::new();
         contract::lease_lifecycle(&store, &IdempotencyKey::new("acme", "1")).await;
         contract::release_and_retake(&store, &IdempotencyKey::new("acme", "2")).await;
+        contract::reopen_for_a_forced_replay(&store, &IdempotencyKey::new("acme", "3")).await;
     }
 }

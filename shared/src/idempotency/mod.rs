@@ -11,18 +11,26 @@
 //! - Steps that Keap would repeat (goals, notes) are recorded as they succeed; a retry after a
 //!   failure midway skips them ([`Lease::is_done`]).
 //! - [`IdempotencyStore::complete`] marks the record `COMPLETED` with a summary and a TTL.
+//! - `begin` also stores the delivery's envelope ([`Received`]) in the same write, so an
+//!   operator can see what a record is about and send it again (`cks status`, `cks replay`)
+//!   for as long as the record lives (its TTL), with no write of its own.
+//! - [`IdempotencyStore::reopen`] is the operator's forced replay: a `COMPLETED` record becomes
+//!   `FAILED` again, keeping its steps, so the next delivery applies the webhook once more
+//!   without repeating a goal or a note. Normal redeliveries never reopen anything.
 
 pub mod contract;
 mod dynamodb;
 mod memory;
 
-pub use dynamodb::DynamoDbIdempotencyStore;
+pub use dynamodb::{DynamoDbIdempotencyStore, RecordPage};
 pub use memory::InMemoryIdempotencyStore;
 
 use async_trait::async_trait;
 use std::collections::BTreeSet;
 use std::time::Duration;
 use time::OffsetDateTime;
+
+use crate::envelope::WebhookEnvelope;
 
 /// Records are kept 35 days after completion by default: longer than Chargify's replay
 /// window in practice, and past a month-end reconciliation.
@@ -49,6 +57,38 @@ impl IdempotencyKey {
     /// The stored key: `site#webhook_id` (neither part can contain `#`).
     pub fn storage_key(&self) -> String {
         format!("{}#{}", self.site, self.webhook_id)
+    }
+
+    /// The key back from [`Self::storage_key`]; `None` for text without a `#`.
+    pub fn from_storage_key(text: &str) -> Option<Self> {
+        let (site, webhook_id) = text.split_once('#')?;
+        Some(Self::new(site, webhook_id))
+    }
+}
+
+/// What a record keeps of the latest delivery that began an attempt on it: `cks status`
+/// shows the event and the time, `cks replay` sends the envelope again. Written by `begin`
+/// in the write that takes the lease, so keeping it costs no extra write, and it lives as
+/// long as the record (`RECORD_TTL_DAYS`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    pub event: String,
+    /// When ingest received the webhook (the envelope's `received_at`).
+    pub received_at: OffsetDateTime,
+    /// The queue message: the envelope's JSON. At most SQS's 256 KiB message limit (ingest
+    /// refuses larger webhooks with 413), so it fits in a DynamoDB item (400 KB) with room for
+    /// the record's other attributes. It holds the raw body, with the customer's personal
+    /// data: show it only when asked.
+    pub envelope: String,
+}
+
+impl Received {
+    pub fn of(envelope: &WebhookEnvelope) -> Self {
+        Self {
+            event: envelope.event.clone(),
+            received_at: envelope.received_at,
+            envelope: envelope.to_json(),
+        }
     }
 }
 
@@ -92,6 +132,8 @@ pub struct IdempotencyRecord {
     pub last_error: Option<String>,
     /// When the store may delete the record (DynamoDB TTL).
     pub expires_at: OffsetDateTime,
+    /// The latest delivery begun; `None` on records written before envelopes were kept.
+    pub received: Option<Received>,
 }
 
 /// The right to work on a webhook until `expires_at`.
@@ -156,11 +198,13 @@ impl StoreError {
 #[async_trait]
 pub trait IdempotencyStore: Send + Sync {
     /// Takes the lease for `key` until `now + lease_for`: creates the record, or retakes one
-    /// whose lease expired or was released (keeping its steps). Otherwise says why not.
+    /// whose lease expired or was released (keeping its steps), and stores `received` in the
+    /// same write. Otherwise says why not (and stores nothing).
     async fn begin(
         &self,
         key: &IdempotencyKey,
         payload_hash: &str,
+        received: &Received,
         now: OffsetDateTime,
         lease_for: Duration,
         record_ttl: Duration,
@@ -185,6 +229,14 @@ pub trait IdempotencyStore: Send + Sync {
     async fn release(&self, lease: &Lease, error: &str) -> Result<(), StoreError>;
 
     async fn get(&self, key: &IdempotencyKey) -> Result<Option<IdempotencyRecord>, StoreError>;
+
+    /// Operator action (`cks replay --force`): turns the record back from `COMPLETED` to
+    /// `FAILED` with `note` as its error and an expired lease, in one conditional write, so
+    /// the next delivery of the webhook retakes it and applies the plan again. Its steps are
+    /// kept: goals and notes already done are not repeated. Returns `false`, changing
+    /// nothing, when the record is missing or not completed (then a delivery retakes it
+    /// anyway, or a worker holds it).
+    async fn reopen(&self, key: &IdempotencyKey, note: &str) -> Result<bool, StoreError>;
 }
 
 /// A fresh random lease token (128 bits, hex).

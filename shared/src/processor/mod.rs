@@ -17,7 +17,8 @@ pub use failure::{Disposition, ProcessError};
 use crate::chargify::Webhook;
 use crate::envelope::WebhookEnvelope;
 use crate::idempotency::{
-    payload_hash, Begin, IdempotencyKey, IdempotencyStore, DEFAULT_MAX_LEASE, DEFAULT_RECORD_TTL,
+    payload_hash, Begin, IdempotencyKey, IdempotencyStore, Received, DEFAULT_MAX_LEASE,
+    DEFAULT_RECORD_TTL,
 };
 use crate::identity::CustomerStore;
 use crate::keap::{Crm, Directory};
@@ -118,6 +119,7 @@ impl Processor {
             .begin(
                 &key,
                 &payload_hash(&envelope.raw_body),
+                &Received::of(envelope),
                 now,
                 lease_for,
                 self.settings.record_ttl,

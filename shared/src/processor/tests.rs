@@ -565,3 +565,69 @@ async fn a_snapshot_older_than_the_last_webhook_changes_nothing_and_a_newer_one_
     assert_eq!(outcome.outcome(), "stale");
     assert_eq!(billing_tags(&world, contact), ["Billing: Active"]);
 }
+
+async fn record_of(world: &World, key: &IdempotencyKey) -> crate::idempotency::IdempotencyRecord {
+    world
+        .idempotency
+        .get(key)
+        .await
+        .expect("get")
+        .expect("record")
+}
+
+/// The record keeps the envelope that began it, so an operator can replay it; a forced
+/// replay (`reopen`) applies the plan again without firing the goal a second time, and a
+/// plain redelivery of a completed record still changes nothing.
+#[tokio::test]
+async fn the_record_keeps_the_envelope_and_a_forced_replay_repeats_no_goal() {
+    let world = world();
+    let envelope = fixtures::envelope(fixtures::SIGNUP_SUCCESS).expect("envelope");
+    world
+        .processor
+        .process(&envelope, MINUTE)
+        .await
+        .expect("applies");
+    let key = IdempotencyKey::new(&envelope.site, &envelope.webhook_id);
+    let record = record_of(&world, &key).await;
+    let kept = record.received.expect("the envelope is kept");
+    assert_eq!(kept.event, "signup_success");
+    assert_eq!(kept.received_at, envelope.received_at);
+    let replayed = WebhookEnvelope::from_json(&kept.envelope).expect("a readable envelope");
+    assert_eq!(replayed, envelope);
+
+    let calls = world.crm.call_count();
+    assert_eq!(
+        world
+            .processor
+            .process(&replayed, MINUTE)
+            .await
+            .expect("dup"),
+        Processed::Duplicate { same_payload: true },
+        "a replay of a completed record is a duplicate unless reopened"
+    );
+    assert_eq!(world.crm.call_count(), calls);
+
+    assert!(world
+        .idempotency
+        .reopen(&key, "forced")
+        .await
+        .expect("reopen"));
+    let outcome = world
+        .processor
+        .process(&replayed, MINUTE)
+        .await
+        .expect("applies again");
+    let Processed::Applied(applied) = outcome else {
+        panic!("expected applied, got {outcome:?}");
+    };
+    assert_eq!(applied.goals, 0, "the goal is a step already done");
+    assert_eq!(applied.steps_skipped, 1);
+    assert!(
+        world.crm.call_count() > calls,
+        "contact and tags are written again"
+    );
+    assert_eq!(world.crm.state().goals.len(), 1);
+    let record = record_of(&world, &key).await;
+    assert_eq!(record.status, crate::idempotency::RecordStatus::Completed);
+    assert_eq!(record.attempts, 2);
+}

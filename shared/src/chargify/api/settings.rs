@@ -45,12 +45,14 @@ impl ChargifySettings {
         {
             None | Some("us") => Region::Us,
             Some("eu") => Region::Eu,
-            Some(other) => return Err(ConfigError::Invalid {
-                name: CHARGIFY_REGION,
-                reason: format!(
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    name: CHARGIFY_REGION,
+                    reason: format!(
                     "`{other}` is neither `us` (*.chargify.com) nor `eu` (*.ebilling.maxio.com)"
                 ),
-            }),
+                })
+            }
         };
         let api_key = match (set(CHARGIFY_API_KEY), set(CHARGIFY_API_KEY_SECRET_ARN)) {
             (Some(key), None) => SecretSource::Inline(key),
