@@ -63,12 +63,17 @@ pub struct BackfillArgs {
     /// Use the SQLite file of `cks serve` for the records, map and cursor.
     #[arg(long, value_name = "FILE")]
     local: Option<PathBuf>,
-    /// DynamoDB idempotency table (default: `IDEMPOTENCY_TABLE`); also holds the cursor.
+    /// DynamoDB idempotency table (default: `IDEMPOTENCY_TABLE`, else the stack's
+    /// `IdempotencyTableName` output); also holds the cursor.
     #[arg(long, value_name = "NAME")]
     idempotency_table: Option<String>,
-    /// DynamoDB identity-map table (default: `CUSTOMERS_TABLE`).
+    /// DynamoDB identity-map table (default: `CUSTOMERS_TABLE`, else the stack's
+    /// `CustomersTableName` output).
     #[arg(long, value_name = "NAME")]
     customers_table: Option<String>,
+    /// CloudFormation stack whose outputs name the tables, when they are not given.
+    #[arg(long, env = "CKS_STACK", value_name = "NAME")]
+    stack: Option<String>,
     /// Customers whose contact is written at once (the Keap pace is the real limit).
     #[arg(long, default_value_t = 4, value_name = "N")]
     concurrency: usize,
@@ -88,8 +93,10 @@ pub enum BackfillCliError {
     BadTime(String),
     #[error("no Keap credentials (KEAP_API_KEY, KEAP_API_KEY_SECRET_ARN or the OAuth variables): set them, or pass --dry-run to count the calls without sending any")]
     NoKeap,
-    #[error("where are the records? pass --local FILE (the SQLite file of cks serve), or the stack's tables with --idempotency-table and --customers-table (or IDEMPOTENCY_TABLE and CUSTOMERS_TABLE)")]
+    #[error("where are the records? pass --local FILE (the SQLite file of cks serve), --stack NAME (or CKS_STACK), or the tables with --idempotency-table and --customers-table (or IDEMPOTENCY_TABLE and CUSTOMERS_TABLE)")]
     NoStores,
+    #[error(transparent)]
+    Stack(#[from] crate::ops::OpsError),
     #[error("--local and DynamoDB tables were both given; choose one")]
     BothStores,
 }
@@ -148,7 +155,7 @@ pub async fn run(args: BackfillArgs) -> Result<ExitCode, BackfillCliError> {
         _ => &directory,
     };
 
-    let stores = Stores::open(&args, &aws)?;
+    let stores = Stores::open(&args, &aws).await?;
     let mode = if args.dry_run {
         "DRY RUN: nothing is sent to Keap or written to the stores; the calls are counted"
             .to_owned()
@@ -208,7 +215,10 @@ struct Stores {
 }
 
 impl Stores {
-    fn open(args: &BackfillArgs, aws: &aws_config::SdkConfig) -> Result<Self, BackfillCliError> {
+    async fn open(
+        args: &BackfillArgs,
+        aws: &aws_config::SdkConfig,
+    ) -> Result<Self, BackfillCliError> {
         let env = |name: &str| {
             std::env::var(name)
                 .ok()
@@ -243,17 +253,40 @@ impl Stores {
                 })
             }
             (None, (Some(idempotency), Some(customers))) => {
-                let table = |name: &str| Table::new(shared::dynamodb::client(aws), name);
-                Ok(Self {
-                    idempotency: Box::new(DynamoDbIdempotencyStore::new(table(&idempotency))),
-                    customers: Box::new(DynamoDbCustomerStore::new(table(&customers))),
-                    cursors: Box::new(DynamoDbCursorStore::new(table(&idempotency))),
-                    describe: format!(
-                        "DynamoDB {idempotency} (records and the cursor), {customers} (identity map)"
-                    ),
-                })
+                Ok(Self::dynamodb(aws, &idempotency, &customers))
             }
-            (None, _) => Err(BackfillCliError::NoStores),
+            (None, (idempotency, customers)) => {
+                let Some(stack) = args.stack.clone() else {
+                    return Err(BackfillCliError::NoStores);
+                };
+                let deployed = crate::ops::stack::Deployed::connect(crate::ops::StackArgs {
+                    stack,
+                    queue_url: None,
+                    dead_letter_queue_url: None,
+                    idempotency_table: None,
+                })
+                .await?;
+                use crate::ops::stack::{CUSTOMERS_OUTPUT, TABLE_OUTPUT};
+                let idempotency = deployed
+                    .resource(&idempotency, TABLE_OUTPUT, "--idempotency-table")
+                    .await?;
+                let customers = deployed
+                    .resource(&customers, CUSTOMERS_OUTPUT, "--customers-table")
+                    .await?;
+                Ok(Self::dynamodb(deployed.aws(), &idempotency, &customers))
+            }
+        }
+    }
+
+    fn dynamodb(aws: &aws_config::SdkConfig, idempotency: &str, customers: &str) -> Self {
+        let table = |name: &str| Table::new(shared::dynamodb::client(aws), name);
+        Self {
+            idempotency: Box::new(DynamoDbIdempotencyStore::new(table(idempotency))),
+            customers: Box::new(DynamoDbCustomerStore::new(table(customers))),
+            cursors: Box::new(DynamoDbCursorStore::new(table(idempotency))),
+            describe: format!(
+                "DynamoDB {idempotency} (records and the cursor), {customers} (identity map)"
+            ),
         }
     }
 }

@@ -899,7 +899,8 @@ fn list_subscriptions(s: &State, params: &FormBody) -> Answer {
             sub["id"].as_i64().unwrap_or_default(),
         )
     };
-    items.sort_by_key(|sub| key(sub));
+    // Each key parses two times: once per item, not once per comparison (10,000 items).
+    items.sort_by_cached_key(|sub| key(sub));
     if descending {
         items.reverse();
     }

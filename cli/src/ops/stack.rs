@@ -14,6 +14,7 @@ use tokio::sync::OnceCell;
 pub const QUEUE_OUTPUT: &str = "WebhookQueueUrl";
 pub const DEAD_LETTER_OUTPUT: &str = "DeadLetterQueueUrl";
 pub const TABLE_OUTPUT: &str = "IdempotencyTableName";
+pub const CUSTOMERS_OUTPUT: &str = "CustomersTableName";
 
 /// The deployed stack, as far as the commands need it.
 pub struct Deployed {
@@ -95,7 +96,8 @@ impl Deployed {
             .await
     }
 
-    async fn resource(
+    /// `given`, else the stack's `output` (`flag` names the flag that would replace it).
+    pub async fn resource(
         &self,
         given: &Option<String>,
         output: &'static str,
@@ -141,6 +143,11 @@ impl Deployed {
         Ok(DynamoDbIdempotencyStore::new(Table::from_config(
             &self.aws, table,
         )))
+    }
+
+    /// The AWS configuration the stack was found with.
+    pub fn aws(&self) -> &aws_config::SdkConfig {
+        &self.aws
     }
 
     pub fn sqs(&self) -> aws_sdk_sqs::Client {
