@@ -51,9 +51,9 @@ use crate::idempotency::{
     payload_hash, Begin, IdempotencyKey, IdempotencyStore, Lease, Received, RecordStatus,
     StoreError, DEFAULT_RECORD_TTL,
 };
-use crate::identity::{CustomerKey, CustomerRecord, CustomerStore};
+use crate::identity::{CustomerKey, CustomerStore};
 use crate::keap::{ContactId, Crm, Directory, InMemoryCrm, KeapClient, KeapError, TagId};
-use crate::processor::apply::Run;
+use crate::processor::apply::{Customer, Run};
 use crate::processor::{Applied, Disposition, ProcessError};
 use crate::rules::{Plan, RuleSet};
 use futures::StreamExt;
@@ -611,23 +611,13 @@ impl Backfill<'_> {
                 }
             }
         };
-        let customer = plan
-            .customer_id
-            .as_ref()
-            .map(|id| CustomerKey::new(self.site, id));
-        let record: Option<CustomerRecord> = match &customer {
-            Some(key) => self.customers.get(key).await?,
-            None => None,
-        };
-        let clock = plan
-            .subscription
-            .as_ref()
-            .and_then(|s| s.updated_at.map(|at| (s.id.clone(), at)));
-        let stale = match (&record, &clock) {
-            (Some(record), Some((subscription, at))) => record.is_stale(subscription, *at),
-            _ => false,
-        };
         let run = self.runner();
+        let Customer {
+            key: customer,
+            record,
+            clock,
+            stale,
+        } = run.customer(&plan).await?;
         let actions = plan.effective_actions(stale);
         if actions.is_empty() {
             let summary = if stale {

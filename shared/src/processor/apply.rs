@@ -4,7 +4,7 @@
 //! those as done the moment it succeeds.
 
 use super::failure::ProcessError;
-use crate::idempotency::{IdempotencyStore, Lease};
+use crate::idempotency::{IdempotencyStore, Lease, StoreError};
 use crate::identity::{ClockUpdate, CustomerKey, CustomerRecord, CustomerStore};
 use crate::keap::{
     Address, ContactFields, ContactId, Crm, Directory, IfMissing, KeapError, LookupError, TagId,
@@ -76,22 +76,15 @@ pub(crate) struct Run<'a> {
 impl Run<'_> {
     /// Applies `plan` under `lease`. Returns what was done; the caller completes the record.
     pub async fn apply(&self, plan: &Plan, lease: &Lease) -> Result<Applied, ProcessError> {
-        let customer_key = plan
-            .customer_id
+        let Customer {
+            key: customer_key,
+            record,
+            clock,
+            stale,
+        } = self.customer(plan).await?;
+        let clock = clock
             .as_ref()
-            .map(|id| CustomerKey::new(&plan.site, id));
-        let record = match &customer_key {
-            Some(key) => self.customers.get(key).await?,
-            None => None,
-        };
-        let clock = plan
-            .subscription
-            .as_ref()
-            .and_then(|s| s.updated_at.map(|at| (s.id.as_str(), at)));
-        let stale = match (&record, clock) {
-            (Some(record), Some((subscription, at))) => record.is_stale(subscription, at),
-            _ => false,
-        };
+            .map(|(subscription, at)| (subscription.as_str(), *at));
         let actions = plan.effective_actions(stale);
         let mut applied = Applied {
             stale,
@@ -133,6 +126,32 @@ impl Run<'_> {
         self.fire_steps(plan, &actions, contact.id, lease, &mut applied)
             .await?;
         Ok(applied)
+    }
+
+    /// The plan's customer as the identity map knows it, and whether the plan is stale.
+    pub(crate) async fn customer(&self, plan: &Plan) -> Result<Customer, StoreError> {
+        let key = plan
+            .customer_id
+            .as_ref()
+            .map(|id| CustomerKey::new(&plan.site, id));
+        let record = match &key {
+            Some(key) => self.customers.get(key).await?,
+            None => None,
+        };
+        let clock = plan
+            .subscription
+            .as_ref()
+            .and_then(|s| s.updated_at.map(|at| (s.id.clone(), at)));
+        let stale = match (&record, &clock) {
+            (Some(record), Some((subscription, at))) => record.is_stale(subscription, *at),
+            _ => false,
+        };
+        Ok(Customer {
+            key,
+            record,
+            clock,
+            stale,
+        })
     }
 
     /// Writes the contact (one call: upsert by email, or update the mapped contact by id)
@@ -366,6 +385,15 @@ impl Run<'_> {
         }
         Ok(())
     }
+}
+
+/// A plan's customer: the identity map's key and record, the subscription clock the plan
+/// carries (`updated_at`), and whether an older state than the one applied (stale).
+pub(crate) struct Customer {
+    pub key: Option<CustomerKey>,
+    pub record: Option<CustomerRecord>,
+    pub clock: Option<(String, time::OffsetDateTime)>,
+    pub stale: bool,
 }
 
 /// The contact id and, when Keap's answer listed them, its tags.
