@@ -485,3 +485,88 @@ async fn the_estimate_counts_what_chargify_will_list() {
         .expect("run");
     assert_eq!(outcome.run.applied, 823);
 }
+
+/// Keap's meter as a key with `quota` calls a day left at the start, paced at 10/s.
+struct QuotaMeter<'a> {
+    crm: &'a InMemoryCrm,
+    quota: u64,
+}
+
+impl KeapMeter for QuotaMeter<'_> {
+    fn calls(&self) -> u64 {
+        self.crm.calls()
+    }
+    fn daily_quota_left(&self) -> Option<u64> {
+        Some(self.quota.saturating_sub(self.crm.calls()))
+    }
+    fn pace(&self) -> Option<f64> {
+        Some(10.0)
+    }
+}
+
+/// What the progress bar was told.
+#[derive(Default)]
+struct Seen {
+    total: Mutex<Option<u64>>,
+    etas: Mutex<Vec<Eta>>,
+    warnings: Mutex<Vec<String>>,
+}
+
+impl Progress for Seen {
+    fn started(&self, total: Option<u64>, _totals: &Totals) {
+        *self.total.lock().expect("lock") = total;
+    }
+    fn page_done(&self, _run: &Totals, eta: &Eta) {
+        self.etas.lock().expect("lock").push(*eta);
+    }
+    fn warn(&self, message: &str) {
+        self.warnings.lock().expect("lock").push(message.to_owned());
+    }
+}
+
+#[tokio::test]
+async fn the_eta_follows_the_measured_cost_and_a_short_quota_stops_before_a_page() {
+    let world = World::new(FakeChargify::with(1000, three_states));
+    // Enough for two pages (about 210 calls each), not for five.
+    let meter = QuotaMeter {
+        crm: &world.crm,
+        quota: 500,
+    };
+    let seen = Seen::default();
+    let engine = Backfill {
+        meter: &meter,
+        progress: &seen,
+        ..world.engine(BackfillSettings::default())
+    };
+    let outcome = engine
+        .run(BackfillQuery::default(), false)
+        .await
+        .expect("run");
+    assert_eq!(*seen.total.lock().expect("lock"), Some(1000));
+    let Finish::Stopped(StopReason::QuotaLow { left, page_needs }) = outcome.finish else {
+        panic!("expected a quota stop: {:?}", outcome.finish);
+    };
+    assert!(left < page_needs, "{left} left, a page needs {page_needs}");
+    // Two pages, then the stop. A page after the first starts at the second of the last one
+    // done, so it lists that subscription again (skipped) and 199 new ones.
+    assert_eq!(outcome.run.applied, 399, "two pages, then the stop");
+    let etas = seen.etas.lock().expect("lock").clone();
+    let first = etas[0];
+    assert_eq!(first.remaining, Some(800));
+    // Remaining × measured calls per contact ÷ 10 calls a second.
+    let expected = 800.0 * first.calls_per_contact / 10.0;
+    assert!(
+        (first.seconds.expect("an ETA") - expected).abs() < 1.0,
+        "{first:?}"
+    );
+    assert!(
+        first.quota_short,
+        "800 subscriptions need more than the quota left"
+    );
+    let warnings = seen.warnings.lock().expect("lock").clone();
+    assert_eq!(warnings.len(), 1, "warned once: {warnings:?}");
+    assert!(warnings[0].contains("daily quota"), "{}", warnings[0]);
+    // Tomorrow, with a fresh quota, the rest.
+    let resumed = world.run(true).await.expect("resume");
+    assert_eq!(resumed.run.applied, 601);
+}
