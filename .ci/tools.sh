@@ -41,6 +41,7 @@ start_moto() {
   for _ in $(seq 1 60); do
     if curl -fsS -o /dev/null "$MOTO_ENDPOINT/moto-api/" 2>/dev/null; then
       log "moto listening on $MOTO_ENDPOINT (pid $MOTO_PID)"
+      warm_moto_cloudformation
       return 0
     fi
     if ! kill -0 "$MOTO_PID" 2>/dev/null; then
@@ -52,6 +53,19 @@ start_moto() {
   done
   log "moto did not answer on $MOTO_ENDPOINT within 30 s"
   return 1
+}
+
+# moto loads its CloudFormation engine on the first stack call (tens of seconds on a busy
+# 2-core machine); one cheap ListStacks here, bounded, keeps that out of the tests' timeouts.
+# moto routes by the credential scope of the Authorization header and does not check the
+# signature.
+warm_moto_cloudformation() {
+  local started; started=$(date +%s)
+  curl -fsS -m 120 -o /dev/null "$MOTO_ENDPOINT/" \
+    -H "Authorization: AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/cloudformation/aws4_request, SignedHeaders=host, Signature=0" \
+    --data "Action=ListStacks&Version=2010-05-15" \
+    && log "moto CloudFormation ready in $(( $(date +%s) - started )) s" \
+    || log "moto CloudFormation warm-up failed; the ops tests wait up to 120 s for it"
 }
 
 stop_moto() {

@@ -58,7 +58,18 @@ async fn create_stack(name: &str, outputs: &[&str]) -> HashMap<String, String> {
         },
         "Outputs": outputs.iter().map(|o| (o.to_string(), all_outputs[o].clone())).collect::<serde_json::Map<_, _>>(),
     });
-    let client = aws_sdk_cloudformation::Client::new(&aws_config_for(&moto_endpoint()).await);
+    // moto imports its CloudFormation engine on the first stack call, which can take tens of
+    // seconds on a busy machine; `tests/run.sh` warms it up, and this client waits longer than
+    // the 5 s the other test clients allow, so a slow first call is not a failure.
+    let config =
+        aws_sdk_cloudformation::config::Builder::from(&aws_config_for(&moto_endpoint()).await)
+            .timeout_config(
+                aws_config::timeout::TimeoutConfig::builder()
+                    .operation_timeout(std::time::Duration::from_secs(120))
+                    .build(),
+            )
+            .build();
+    let client = aws_sdk_cloudformation::Client::from_conf(config);
     client
         .create_stack()
         .stack_name(name)

@@ -6,8 +6,8 @@ use super::Db;
 use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension, Row};
 use shared::idempotency::{
-    later, new_token, Begin, IdempotencyKey, IdempotencyRecord, IdempotencyStore, Lease, Received,
-    RecordStatus, StoreError,
+    decide_begin, later, new_token, Begin, BeginRequest, IdempotencyKey, IdempotencyRecord,
+    IdempotencyStore, Lease, Received, RecordStatus, StoreError,
 };
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -181,72 +181,30 @@ impl IdempotencyStore for SqliteIdempotencyStore {
         self.db
             .write(move |tx| {
                 let token = new_token();
-                let lease_expires_at = later(now, lease_for);
                 let existing = match load(tx, &key)? {
                     Ok(existing) => existing,
                     Err(e) => return Ok(Err(e)),
                 };
-                let Some(mut stored) = existing else {
+                let request = BeginRequest {
+                    key: &key,
+                    payload_hash: &payload_hash,
+                    received: &received,
+                    now,
+                    lease_for,
+                    record_ttl,
+                };
+                let (answer, write) =
+                    decide_begin(existing.as_ref().map(|s| &s.record), &request, &token);
+                if let Some(record) = write {
                     save(
                         tx,
                         &Stored {
-                            record: IdempotencyRecord {
-                                key: key.clone(),
-                                status: RecordStatus::InProgress,
-                                payload_hash: payload_hash.clone(),
-                                steps_done: BTreeSet::new(),
-                                attempts: 1,
-                                lease_expires_at: Some(lease_expires_at),
-                                summary: None,
-                                last_error: None,
-                                expires_at: later(now, record_ttl),
-                                received: Some(received),
-                            },
-                            holder: Some(token.clone()),
+                            record,
+                            holder: Some(token),
                         },
                     )?;
-                    return Ok(Ok(Begin::Started(Lease {
-                        key,
-                        token,
-                        expires_at: lease_expires_at,
-                        steps_done: BTreeSet::new(),
-                        attempt: 1,
-                        payload_differs: false,
-                    })));
-                };
-                let record = &mut stored.record;
-                match record.status {
-                    RecordStatus::Completed => {
-                        return Ok(Ok(Begin::AlreadyCompleted {
-                            summary: record.summary.clone(),
-                            same_payload: record.payload_hash == payload_hash,
-                        }))
-                    }
-                    RecordStatus::InProgress
-                        if record.lease_expires_at.is_some_and(|at| at >= now) =>
-                    {
-                        return Ok(Ok(Begin::InProgress {
-                            lease_expires_at: record.lease_expires_at.unwrap_or(now),
-                        }))
-                    }
-                    _ => {}
                 }
-                record.status = RecordStatus::InProgress;
-                record.attempts += 1;
-                record.lease_expires_at = Some(lease_expires_at);
-                record.expires_at = later(now, record_ttl);
-                record.received = Some(received);
-                let lease = Lease {
-                    key,
-                    token: token.clone(),
-                    expires_at: lease_expires_at,
-                    steps_done: record.steps_done.clone(),
-                    attempt: record.attempts,
-                    payload_differs: record.payload_hash != payload_hash,
-                };
-                stored.holder = Some(token);
-                save(tx, &stored)?;
-                Ok(Ok(Begin::Started(lease)))
+                Ok(Ok(answer))
             })
             .await
             .map_err(|detail| StoreError::Unavailable { detail })?

@@ -2,11 +2,11 @@
 //! semantics as the DynamoDB adapter, which the integration tests check against moto.
 
 use super::{
-    later, new_token, Begin, IdempotencyKey, IdempotencyRecord, IdempotencyStore, Lease, Received,
-    RecordStatus, StoreError,
+    decide_begin, later, new_token, Begin, BeginRequest, IdempotencyKey, IdempotencyRecord,
+    IdempotencyStore, Lease, Received, RecordStatus, StoreError,
 };
 use async_trait::async_trait;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 use time::OffsetDateTime;
@@ -53,66 +53,21 @@ impl IdempotencyStore for InMemoryIdempotencyStore {
     ) -> Result<Begin, StoreError> {
         let mut records = self.lock();
         let token = new_token();
-        let lease_expires_at = later(now, lease_for);
-        if let Some((record, holder)) = records.get_mut(key) {
-            match record.status {
-                RecordStatus::Completed => {
-                    return Ok(Begin::AlreadyCompleted {
-                        summary: record.summary.clone(),
-                        same_payload: record.payload_hash == payload_hash,
-                    })
-                }
-                RecordStatus::InProgress if record.lease_expires_at.is_some_and(|at| at >= now) => {
-                    return Ok(Begin::InProgress {
-                        lease_expires_at: record.lease_expires_at.unwrap_or(now),
-                    })
-                }
-                _ => {
-                    record.status = RecordStatus::InProgress;
-                    record.attempts += 1;
-                    record.lease_expires_at = Some(lease_expires_at);
-                    record.expires_at = later(now, record_ttl);
-                    record.received = Some(received.clone());
-                    *holder = Some(token.clone());
-                    self.write();
-                    return Ok(Begin::Started(Lease {
-                        key: key.clone(),
-                        token,
-                        expires_at: lease_expires_at,
-                        steps_done: record.steps_done.clone(),
-                        attempt: record.attempts,
-                        payload_differs: record.payload_hash != payload_hash,
-                    }));
-                }
-            }
+        let request = BeginRequest {
+            key,
+            payload_hash,
+            received,
+            now,
+            lease_for,
+            record_ttl,
+        };
+        let (answer, write) =
+            decide_begin(records.get(key).map(|(record, _)| record), &request, &token);
+        if let Some(record) = write {
+            records.insert(key.clone(), (record, Some(token)));
+            self.write();
         }
-        records.insert(
-            key.clone(),
-            (
-                IdempotencyRecord {
-                    key: key.clone(),
-                    status: RecordStatus::InProgress,
-                    payload_hash: payload_hash.to_owned(),
-                    steps_done: BTreeSet::new(),
-                    attempts: 1,
-                    lease_expires_at: Some(lease_expires_at),
-                    summary: None,
-                    last_error: None,
-                    expires_at: later(now, record_ttl),
-                    received: Some(received.clone()),
-                },
-                Some(token.clone()),
-            ),
-        );
-        self.write();
-        Ok(Begin::Started(Lease {
-            key: key.clone(),
-            token,
-            expires_at: lease_expires_at,
-            steps_done: BTreeSet::new(),
-            attempt: 1,
-            payload_differs: false,
-        }))
+        Ok(answer)
     }
 
     async fn record_step(&self, lease: &Lease, step: &str) -> Result<(), StoreError> {

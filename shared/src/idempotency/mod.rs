@@ -239,6 +239,78 @@ pub trait IdempotencyStore: Send + Sync {
     async fn reopen(&self, key: &IdempotencyKey, note: &str) -> Result<bool, StoreError>;
 }
 
+/// The arguments of [`IdempotencyStore::begin`], for [`decide_begin`].
+#[derive(Debug, Clone, Copy)]
+pub struct BeginRequest<'a> {
+    pub key: &'a IdempotencyKey,
+    pub payload_hash: &'a str,
+    pub received: &'a Received,
+    pub now: OffsetDateTime,
+    pub lease_for: Duration,
+    pub record_ttl: Duration,
+}
+
+/// The `begin` rules for a store that reads and writes whole records under its own lock (the
+/// in-memory and SQLite stores; DynamoDB states the same rules as a condition expression):
+/// given the stored record, the answer and the record to write for `token`, or `None` when
+/// nothing may be written (completed, or a live lease elsewhere).
+pub fn decide_begin(
+    existing: Option<&IdempotencyRecord>,
+    request: &BeginRequest<'_>,
+    token: &str,
+) -> (Begin, Option<IdempotencyRecord>) {
+    let lease_expires_at = later(request.now, request.lease_for);
+    let mut record = match existing {
+        None => IdempotencyRecord {
+            key: request.key.clone(),
+            status: RecordStatus::InProgress,
+            payload_hash: request.payload_hash.to_owned(),
+            steps_done: BTreeSet::new(),
+            attempts: 0,
+            lease_expires_at: None,
+            summary: None,
+            last_error: None,
+            expires_at: request.now,
+            received: None,
+        },
+        Some(record) => match record.status {
+            RecordStatus::Completed => {
+                let answer = Begin::AlreadyCompleted {
+                    summary: record.summary.clone(),
+                    same_payload: record.payload_hash == request.payload_hash,
+                };
+                return (answer, None);
+            }
+            RecordStatus::InProgress => match record.lease_expires_at {
+                Some(at) if at >= request.now => {
+                    return (
+                        Begin::InProgress {
+                            lease_expires_at: at,
+                        },
+                        None,
+                    )
+                }
+                _ => record.clone(),
+            },
+            _ => record.clone(),
+        },
+    };
+    record.status = RecordStatus::InProgress;
+    record.attempts += 1;
+    record.lease_expires_at = Some(lease_expires_at);
+    record.expires_at = later(request.now, request.record_ttl);
+    record.received = Some(request.received.clone());
+    let lease = Lease {
+        key: request.key.clone(),
+        token: token.to_owned(),
+        expires_at: lease_expires_at,
+        steps_done: record.steps_done.clone(),
+        attempt: record.attempts,
+        payload_differs: record.payload_hash != request.payload_hash,
+    };
+    (Begin::Started(lease), Some(record))
+}
+
 /// A fresh random lease token (128 bits, hex).
 pub fn new_token() -> String {
     let mut bytes = [0u8; 16];
