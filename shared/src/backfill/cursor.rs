@@ -88,8 +88,6 @@ pub struct Totals {
     pub stale: u64,
     /// No rule asks for a change (e.g. a state outside the tag group and no fields).
     pub ignored: u64,
-    /// Another worker held the snapshot's lease; it finishes it.
-    pub busy: u64,
     /// Could not be applied (bad data, a Keap refusal for this contact); logged, skipped.
     pub failed: u64,
     /// Keap requests made (what the quota counts).
@@ -107,7 +105,6 @@ impl Totals {
         self.duplicates += other.duplicates;
         self.stale += other.stale;
         self.ignored += other.ignored;
-        self.busy += other.busy;
         self.failed += other.failed;
         self.keap_calls += other.keap_calls;
         self.throttled += other.throttled;
