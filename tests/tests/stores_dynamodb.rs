@@ -291,3 +291,56 @@ async fn an_unreachable_endpoint_fails_fast_as_unavailable() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn a_backfill_cursor_lives_in_the_idempotency_table_beside_the_records_without_a_ttl() {
+    use shared::backfill::{cursor_key, BackfillQuery, CursorStore, DynamoDbCursorStore};
+    let client = dynamodb_client(&moto_endpoint()).await;
+    let table = create_idempotency_table(&client).await;
+    let cursors = DynamoDbCursorStore::new(Table::new(client.clone(), table.clone()));
+    let records = DynamoDbIdempotencyStore::new(Table::new(client.clone(), table.clone()));
+    let key = cursor_key("acme", &BackfillQuery::default());
+    assert_eq!(cursors.load(&key).await, Ok(None));
+    cursors.save(&key, "{\"page\":1}").await.expect("save");
+    cursors.save(&key, "{\"page\":2}").await.expect("replace");
+    assert_eq!(
+        cursors.load(&key).await,
+        Ok(Some("{\"page\":2}".to_owned()))
+    );
+    // A record of the same site is another item, and the cursor is none of its business.
+    let now = OffsetDateTime::now_utc();
+    assert!(matches!(
+        records
+            .begin(
+                &key_of("acme", "1"),
+                "h",
+                &contract::small(now),
+                now,
+                MIN,
+                TTL
+            )
+            .await,
+        Ok(Begin::Started(_))
+    ));
+    let item = client
+        .get_item()
+        .table_name(&table)
+        .key(PARTITION_KEY, string(key.clone()))
+        .send()
+        .await
+        .expect("get")
+        .item
+        .expect("the cursor item");
+    assert!(
+        !item.contains_key("expires_at"),
+        "the TTL must never delete a cursor"
+    );
+    assert_eq!(
+        cursors.load(&key).await,
+        Ok(Some("{\"page\":2}".to_owned()))
+    );
+}
+
+fn key_of(site: &str, id: &str) -> IdempotencyKey {
+    IdempotencyKey::new(site, id)
+}

@@ -732,14 +732,7 @@ impl Backfill<'_> {
         {
             return Err(BackfillError::Stopped(error));
         }
-        self.idempotency
-            .complete(
-                &lease,
-                &applied.summary(),
-                applied.final_step.as_deref(),
-                OffsetDateTime::now_utc(),
-                self.settings.record_ttl,
-            )
+        run.complete(&lease, &applied, self.settings.record_ttl)
             .await?;
         Ok(())
     }

@@ -128,6 +128,25 @@ impl Run<'_> {
         Ok(applied)
     }
 
+    /// Marks the webhook done with what `applied` says: its summary, and the last step it
+    /// fired (recorded by this write instead of its own).
+    pub(crate) async fn complete(
+        &self,
+        lease: &Lease,
+        applied: &Applied,
+        record_ttl: std::time::Duration,
+    ) -> Result<(), StoreError> {
+        self.idempotency
+            .complete(
+                lease,
+                &applied.summary(),
+                applied.final_step.as_deref(),
+                time::OffsetDateTime::now_utc(),
+                record_ttl,
+            )
+            .await
+    }
+
     /// The plan's customer as the identity map knows it, and whether the plan is stale.
     pub(crate) async fn customer(&self, plan: &Plan) -> Result<Customer, StoreError> {
         let key = plan

@@ -153,14 +153,7 @@ impl Processor {
         };
         match run.apply(&plan, &lease).await {
             Ok(applied) => {
-                self.idempotency
-                    .complete(
-                        &lease,
-                        &applied.summary(),
-                        applied.final_step.as_deref(),
-                        OffsetDateTime::now_utc(),
-                        self.settings.record_ttl,
-                    )
+                run.complete(&lease, &applied, self.settings.record_ttl)
                     .await?;
                 Ok(Processed::Applied(applied))
             }
