@@ -1,6 +1,7 @@
 //! chargify-keap-sync's library: the domain (Chargify webhooks, the queue envelope), the
 //! ports (queue), their adapters (SQS, in-memory) and the Lambda entry points.
 
+pub mod backfill;
 pub mod chargify;
 pub mod config;
 pub mod dynamodb;

@@ -464,6 +464,24 @@ async fn serve(
             }
             (200, Value::Object(results))
         }
+        "removeTagFromContactIdsUsingDELETE" => {
+            let tag = id_at(3);
+            // `ids=1&ids=2`, as the spec's exploded form array says.
+            let ids: Vec<i64> = query
+                .as_deref()
+                .unwrap_or_default()
+                .split('&')
+                .filter_map(|p| p.split_once('='))
+                .filter(|(k, _)| *k == "ids")
+                .filter_map(|(_, v)| percent_decode(v).trim().parse().ok())
+                .collect();
+            for contact in ids {
+                if let Some(tags) = s.contact_tags.get_mut(&contact) {
+                    tags.remove(&tag);
+                }
+            }
+            (204, Value::Null)
+        }
         "createAchieveApiGoalEventUsingPOST" => {
             let (integration, call_name) = (segments[4].to_owned(), segments[5].to_owned());
             let contact = body["contact_id"].as_i64().unwrap_or_default();

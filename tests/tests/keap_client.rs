@@ -101,6 +101,19 @@ async fn every_call_is_one_the_spec_accepts_and_keeps_state() {
     crm.remove_tags(contact.id, &[active.id])
         .await
         .expect("remove");
+    // One tag on, then off, many contacts at once (the backfill's bulk calls).
+    let other = crm
+        .upsert_contact_by_email("other@example.com", &ContactFields::default())
+        .await
+        .expect("upsert other");
+    let trial = crm.create_tag("Billing: Trialing").await.expect("tag");
+    crm.apply_tag_to_contacts(trial.id, &[contact.id, other.id])
+        .await
+        .expect("bulk apply");
+    assert!(keap.state().contact_tags[&other.id].contains(&trial.id));
+    crm.remove_tag_from_contacts(trial.id, &[contact.id, other.id])
+        .await
+        .expect("bulk remove");
 
     assert!(keap.violations().is_empty(), "{:?}", keap.violations());
     let state = keap.state();
@@ -109,6 +122,7 @@ async fn every_call_is_one_the_spec_accepts_and_keeps_state() {
     assert_eq!(stored["given_name"], "Jane");
     assert_eq!(stored["custom_fields"][0]["content"], "pro-monthly");
     assert!(state.contact_tags[&contact.id].is_empty());
+    assert!(state.contact_tags[&other.id].is_empty());
     assert_eq!(state.goals.len(), 1);
     assert_eq!(state.notes.len(), 1);
     assert!(state

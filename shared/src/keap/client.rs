@@ -15,7 +15,7 @@
 use super::country::keap_country_code;
 use super::crm::{
     Address, Company, CompanyId, Contact, ContactFields, ContactId, Crm, CustomField, GoalHit, Tag,
-    TagId,
+    TagId, MAX_BULK_TAG_CONTACTS,
 };
 use super::directory::{Directory, DEFAULT_TTL};
 use super::errors::{KeapError, ThrottleKind};
@@ -94,6 +94,10 @@ pub struct KeapClient {
     limiter: DefaultDirectRateLimiter,
     last_report: Mutex<ThrottleReport>,
     paced_waits: AtomicU64,
+    /// Requests sent (retries included: each one counts against Keap's quota).
+    requests_sent: AtomicU64,
+    /// 429 answers received, of any kind.
+    throttled_answers: AtomicU64,
     directory: Directory,
 }
 
@@ -111,6 +115,8 @@ impl KeapClient {
             limiter,
             last_report: Mutex::new(ThrottleReport::default()),
             paced_waits: AtomicU64::new(0),
+            requests_sent: AtomicU64::new(0),
+            throttled_answers: AtomicU64::new(0),
             directory: Directory::new(config.lookup_ttl),
             config,
         })
@@ -126,6 +132,26 @@ impl KeapClient {
     /// How many times the client slowed down because Keap's reported budget was low.
     pub fn paced_waits(&self) -> u64 {
         self.paced_waits.load(Ordering::Relaxed)
+    }
+
+    /// Requests this client sent to Keap, retries included (what Keap's quota counts).
+    pub fn requests_sent(&self) -> u64 {
+        self.requests_sent.load(Ordering::Relaxed)
+    }
+
+    /// 429 answers this client received (spike arrest, per-minute or daily).
+    pub fn throttled_answers(&self) -> u64 {
+        self.throttled_answers.load(Ordering::Relaxed)
+    }
+
+    /// What Keap's last answer said about the budgets (daily quota left, per-minute left).
+    pub fn throttle_report(&self) -> ThrottleReport {
+        *self.last_report.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The configured pace, calls per second.
+    pub fn requests_per_second(&self) -> u32 {
+        self.config.requests_per_second.get()
     }
 
     /// One Keap call with limiting, pacing and bounded retries. Returns the JSON answer
@@ -236,6 +262,7 @@ impl KeapClient {
             request = request.json(body);
         }
         let operation = operation_of(&method, path);
+        self.requests_sent.fetch_add(1, Ordering::Relaxed);
         let response = request.send().await.map_err(|e| {
             metrics::keap_call(operation, CallStatus::Network);
             KeapError::Network {
@@ -264,6 +291,7 @@ impl KeapClient {
             let error =
                 KeapError::from_response(status, &headers, &bytes, time::OffsetDateTime::now_utc());
             if status == 429 {
+                self.throttled_answers.fetch_add(1, Ordering::Relaxed);
                 metrics::keap_rate_limited(rate_limit_kind(&error));
             }
             return Err(error);
@@ -380,6 +408,7 @@ pub fn operation_of(method: &Method, path: &str) -> &'static str {
         ("GET", ["tags"]) => "tag_find",
         ("POST", ["tags"]) => "tag_create",
         ("POST", ["tags", _, "contacts"]) => "tag_apply_to_contacts",
+        ("DELETE", ["tags", _, "contacts"]) => "tag_remove_from_contacts",
         ("POST", ["campaigns", "goals", ..]) => "goal_achieve",
         ("POST", ["notes"]) => "note_create",
         ("GET", ["companies"]) => "company_find",
@@ -686,14 +715,32 @@ impl Crm for KeapClient {
         tag: TagId,
         contacts: &[ContactId],
     ) -> Result<(), KeapError> {
-        if contacts.is_empty() {
-            return Ok(());
+        for chunk in contacts.chunks(MAX_BULK_TAG_CONTACTS) {
+            self.post_items(&format!("/v1/tags/{tag}/contacts"), &json!({"ids": chunk}))
+                .await?;
         }
-        self.post_items(
-            &format!("/v1/tags/{tag}/contacts"),
-            &json!({"ids": contacts}),
-        )
-        .await
+        Ok(())
+    }
+
+    async fn remove_tag_from_contacts(
+        &self,
+        tag: TagId,
+        contacts: &[ContactId],
+    ) -> Result<(), KeapError> {
+        for chunk in contacts.chunks(MAX_BULK_TAG_CONTACTS) {
+            // The spec declares `ids` as an exploded form array (`ids=1&ids=2`), unlike the
+            // per-contact removal, which documents a comma-separated list.
+            let query: Vec<(&str, String)> =
+                chunk.iter().map(|id| ("ids", id.to_string())).collect();
+            self.call(
+                Method::DELETE,
+                &format!("/v1/tags/{tag}/contacts"),
+                &query,
+                None,
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     async fn achieve_goal(
@@ -805,6 +852,11 @@ mod tests {
             (Method::GET, "/v1/tags", "tag_find"),
             (Method::POST, "/v1/tags", "tag_create"),
             (Method::POST, "/v1/tags/5/contacts", "tag_apply_to_contacts"),
+            (
+                Method::DELETE,
+                "/v1/tags/5/contacts",
+                "tag_remove_from_contacts",
+            ),
             (
                 Method::POST,
                 "/v1/campaigns/goals/chargify/signup",

@@ -12,6 +12,11 @@ pub type TagId = i64;
 /// A Keap company id.
 pub type CompanyId = i64;
 
+/// Most contact ids one bulk tag call carries. Keap's spec states no limit; the ids of a
+/// removal travel in the URL (`ids=1&ids=2…`, about 11 bytes each), so 200 (one Chargify
+/// page) keeps it near 2 KB, well under any proxy's URL limit.
+pub const MAX_BULK_TAG_CONTACTS: usize = 200;
+
 /// What we write on a contact. `None` leaves a field as it is in Keap ("only the values
 /// provided" are updated).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -110,8 +115,18 @@ pub trait Crm: Send + Sync {
     /// Applies tags; succeeds only if every tag reports `SUCCESS` or `DUPLICATE`.
     async fn apply_tags(&self, contact: ContactId, tags: &[TagId]) -> Result<(), KeapError>;
     async fn remove_tags(&self, contact: ContactId, tags: &[TagId]) -> Result<(), KeapError>;
-    /// Applies one tag to many contacts (backfills); fails if any contact is refused.
+    /// Applies one tag to many contacts in one call (`POST /v1/tags/{tagId}/contacts`, at
+    /// most [`MAX_BULK_TAG_CONTACTS`] ids; the backfill's bulk step); fails if any contact is
+    /// refused. Applying a tag a contact has is `DUPLICATE`, a success: safe to repeat.
     async fn apply_tag_to_contacts(
+        &self,
+        tag: TagId,
+        contacts: &[ContactId],
+    ) -> Result<(), KeapError>;
+    /// Removes one tag from many contacts in one call (`DELETE /v1/tags/{tagId}/contacts?ids=`,
+    /// at most [`MAX_BULK_TAG_CONTACTS`] ids). Removing a tag a contact lacks changes nothing:
+    /// safe to repeat.
+    async fn remove_tag_from_contacts(
         &self,
         tag: TagId,
         contacts: &[ContactId],

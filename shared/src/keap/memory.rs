@@ -320,6 +320,26 @@ impl Crm for InMemoryCrm {
         Ok(())
     }
 
+    async fn remove_tag_from_contacts(
+        &self,
+        tag: TagId,
+        contacts: &[ContactId],
+    ) -> Result<(), KeapError> {
+        let mut state = self.enter(
+            "remove_tag_from_contacts",
+            format!(
+                "DELETE /v1/tags/{tag}/contacts?ids=… ({} contacts)",
+                contacts.len()
+            ),
+        )?;
+        for id in contacts {
+            if let Some((_, tags)) = state.contacts.get_mut(id) {
+                tags.remove(&tag);
+            }
+        }
+        Ok(())
+    }
+
     async fn achieve_goal(
         &self,
         contact: ContactId,

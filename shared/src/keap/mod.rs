@@ -16,7 +16,7 @@ pub use client::{Credential, KeapClient, KeapClientConfig};
 pub use country::keap_country_code;
 pub use crm::{
     Address, Company, CompanyId, Contact, ContactFields, ContactId, Crm, CustomField, GoalHit, Tag,
-    TagId,
+    TagId, MAX_BULK_TAG_CONTACTS,
 };
 pub use directory::{Directory, IfMissing, LookupError};
 pub use errors::{ErrorBody, KeapError, ThrottleKind};

@@ -135,7 +135,10 @@ impl Run<'_> {
         Ok(applied)
     }
 
-    async fn write_contact(
+    /// Writes the contact (one call: upsert by email, or update the mapped contact by id)
+    /// unless no action asks for it; returns its id and, when Keap listed them, its tags.
+    /// The backfill uses it for the per-contact part of a snapshot.
+    pub(crate) async fn write_contact(
         &self,
         plan: &Plan,
         actions: &[&PlannedAction],
@@ -236,6 +239,29 @@ impl Run<'_> {
         current: Option<&[TagId]>,
         applied: &mut Applied,
     ) -> Result<(), ProcessError> {
+        let (apply, remove) = self.tag_changes(actions, current).await?;
+        if !apply.is_empty() {
+            let ids: Vec<TagId> = apply.into_iter().collect();
+            self.crm.apply_tags(contact, &ids).await?;
+            applied.tags_applied = ids.len();
+        }
+        if !remove.is_empty() {
+            let ids: Vec<TagId> = remove.into_iter().collect();
+            self.crm.remove_tags(contact, &ids).await?;
+            applied.tags_removed = ids.len();
+        }
+        Ok(())
+    }
+
+    /// The tags to apply and to remove for `actions`, resolved to ids (creating a missing
+    /// tag when the rules allow), later actions winning, and without what `current` (the
+    /// contact's tags, when Keap listed them) already says. No tag is written here: the
+    /// processor writes them per contact, the backfill in bulk per tag.
+    pub(crate) async fn tag_changes(
+        &self,
+        actions: &[&PlannedAction],
+        current: Option<&[TagId]>,
+    ) -> Result<(BTreeSet<TagId>, BTreeSet<TagId>), ProcessError> {
         // Later actions win: "apply A" then "remove A" leaves A removed.
         let mut apply: BTreeSet<TagId> = BTreeSet::new();
         let mut remove: BTreeSet<TagId> = BTreeSet::new();
@@ -273,17 +299,7 @@ impl Run<'_> {
             apply.retain(|id| !current.contains(id));
             remove.retain(|id| current.contains(id));
         }
-        if !apply.is_empty() {
-            let ids: Vec<TagId> = apply.into_iter().collect();
-            self.crm.apply_tags(contact, &ids).await?;
-            applied.tags_applied = ids.len();
-        }
-        if !remove.is_empty() {
-            let ids: Vec<TagId> = remove.into_iter().collect();
-            self.crm.remove_tags(contact, &ids).await?;
-            applied.tags_removed = ids.len();
-        }
-        Ok(())
+        Ok((apply, remove))
     }
 
     async fn tag_id(&self, tag: &TagRef, if_missing: IfMissing) -> Result<TagId, LookupError> {
@@ -296,7 +312,7 @@ impl Run<'_> {
     /// Goals and notes, each recorded as done when it succeeds. The last one is recorded by
     /// the completing write instead (one write fewer per typical event); a crash between the
     /// Keap call and that write repeats it, exactly as it would with its own write.
-    async fn fire_steps(
+    pub(crate) async fn fire_steps(
         &self,
         plan: &Plan,
         actions: &[&PlannedAction],
@@ -353,9 +369,9 @@ impl Run<'_> {
 }
 
 /// The contact id and, when Keap's answer listed them, its tags.
-struct KnownContact {
-    id: ContactId,
-    tag_ids: Option<Vec<TagId>>,
+pub(crate) struct KnownContact {
+    pub id: ContactId,
+    pub tag_ids: Option<Vec<TagId>>,
 }
 
 /// Stable name of a non-repeatable step: its place in the plan and what it does.

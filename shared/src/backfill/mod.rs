@@ -1,0 +1,806 @@
+//! Backfill: every existing Chargify subscription synced to Keap as a snapshot, the way a new
+//! installation starts (issue 7). Over ports only: [`ChargifyApi`], [`Crm`], the idempotency
+//! and identity stores, and a [`CursorStore`].
+//!
+//! **Per page** (up to 200 subscriptions, oldest change first):
+//! 1. Each subscription becomes its `subscription_snapshot` envelope (id
+//!    `snapshot-{id}-{updated_at}`) and the rules plan it, exactly as the processor would.
+//! 2. Per contact, concurrently across customers (one customer's snapshots in order): take
+//!    the snapshot's idempotency lease (a completed record is a **duplicate**: no Keap call);
+//!    read the identity map (an older `updated_at` than the clock is **stale**: recorded, no
+//!    Keap call); write the contact and its custom fields in one call (upsert by email, or
+//!    update the mapped contact); work out its tag changes without sending them.
+//! 3. The page's tag changes go out **in bulk**: one `POST /v1/tags/{id}/contacts` per tag to
+//!    apply, one `DELETE /v1/tags/{id}/contacts?ids=` per tag to remove. A page of 200 with
+//!    three states and one plan costs about 4 tag calls instead of 200 to 400.
+//! 4. Per contact: the identity map (contact id, subscription clock), then the idempotency
+//!    record completed. Then the cursor is saved.
+//!
+//! **Exactly once.** A crash after the bulk tag calls but before the records leaves the
+//! leases unfinished; the next run redoes those contacts. That is safe because everything a
+//! snapshot does is idempotent in Keap: the upsert writes the same values, applying a tag a
+//! contact has answers `DUPLICATE`, removing one it lacks changes nothing, and snapshots have
+//! no goals or notes (a rules file that gives them some gets them recorded step by step, as
+//! the processor does).
+//!
+//! **Removals.** A contact's tag removals come from the rules (the other tags of its state
+//! group). When Keap's answer to the contact write lists the contact's tags, only tags it has
+//! are removed (exact, and usually nothing for a new contact). When it does not list them,
+//! a contact the identity map already knew gets the removals (an earlier sync of ours may
+//! have put another state tag on it), and one it did not know gets none: nothing of ours
+//! ever tagged it, so the only tags to remove would be ones a person or another tool put
+//! there, and a backfill must not spend a call per tag and page on that guess.
+//!
+//! **Resume.** See [`cursor`]: keyset paging by `updated_at`, saved after each page; a
+//! stopped run resumes after the last page fully done, and anything redone is a duplicate.
+
+pub mod cursor;
+mod dynamodb;
+#[cfg(test)]
+mod tests;
+
+pub use cursor::{
+    cursor_key, BackfillQuery, Cursor, CursorError, CursorStore, InMemoryCursorStore, Totals,
+};
+pub use dynamodb::DynamoDbCursorStore;
+
+use crate::chargify::api::{ChargifyApi, ChargifyApiError, Subscription, SubscriptionQuery};
+use crate::chargify::snapshot::snapshot_envelope;
+use crate::chargify::Webhook;
+use crate::idempotency::{
+    payload_hash, Begin, IdempotencyKey, IdempotencyStore, Lease, RecordStatus, StoreError,
+    DEFAULT_RECORD_TTL,
+};
+use crate::identity::{CustomerKey, CustomerRecord, CustomerStore};
+use crate::keap::{ContactId, Crm, Directory, InMemoryCrm, KeapClient, KeapError, TagId};
+use crate::processor::apply::Run;
+use crate::processor::{Applied, Disposition, ProcessError};
+use crate::rules::{Plan, RuleSet};
+use futures::StreamExt;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+use time::OffsetDateTime;
+
+/// Chargify's largest page, and so the most contacts one bulk tag call carries here.
+pub const PAGE_SIZE: usize = crate::chargify::api::MAX_PER_PAGE as usize;
+
+/// When the filters give no start, the list starts here (before Chargify existed), so it is
+/// always sorted by `updated_at` (Chargify sorts so only with a date filter).
+pub const EPOCH: OffsetDateTime = time::macros::datetime!(2000-01-01 00:00:00 UTC);
+
+/// Keap calls per contact assumed before any is measured: the contact write, plus a share
+/// of the page's bulk tag calls and lookups.
+pub const ASSUMED_CALLS_PER_CONTACT: f64 = 1.1;
+
+/// What the engine reads of the Keap adapter's own count (retries included: what the quota
+/// counts) and of the budgets Keap reports.
+pub trait KeapMeter: Send + Sync {
+    /// Requests sent so far.
+    fn calls(&self) -> u64;
+    /// 429 answers so far.
+    fn throttled(&self) -> u64 {
+        0
+    }
+    /// The daily quota left, as Keap's last answer reported it.
+    fn daily_quota_left(&self) -> Option<u64> {
+        None
+    }
+    /// The client's pace, calls per second.
+    fn pace(&self) -> Option<f64> {
+        None
+    }
+}
+
+impl KeapMeter for KeapClient {
+    fn calls(&self) -> u64 {
+        self.requests_sent()
+    }
+    fn throttled(&self) -> u64 {
+        self.throttled_answers()
+    }
+    fn daily_quota_left(&self) -> Option<u64> {
+        self.throttle_report().daily.available
+    }
+    fn pace(&self) -> Option<f64> {
+        Some(f64::from(self.requests_per_second()))
+    }
+}
+
+impl KeapMeter for InMemoryCrm {
+    fn calls(&self) -> u64 {
+        self.call_count() as u64
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BackfillSettings {
+    /// Plan and count only: no store is written and no cursor saved. Pass a CRM that sends
+    /// nothing (an [`InMemoryCrm`]): the engine still makes its calls to count them.
+    pub dry_run: bool,
+    /// Stop (resumably) before a page that would take this run past this many Keap calls.
+    pub max_keap_calls: Option<u64>,
+    /// Customers whose contact is written at once (the client's pace is the real limit;
+    /// a few in flight hide each call's latency).
+    pub concurrency: usize,
+    pub record_ttl: Duration,
+    /// How long a snapshot's lease lasts: longer than a page takes.
+    pub lease: Duration,
+}
+
+impl Default for BackfillSettings {
+    fn default() -> Self {
+        Self {
+            dry_run: false,
+            max_keap_calls: None,
+            concurrency: 4,
+            record_ttl: DEFAULT_RECORD_TTL,
+            lease: Duration::from_secs(10 * 60),
+        }
+    }
+}
+
+/// Where the run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Finish {
+    /// Every page of every pass is done.
+    Complete,
+    /// Stopped at a page boundary; `--resume` continues.
+    Stopped(StopReason),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum StopReason {
+    /// The next page would pass `--max-keap-calls`.
+    MaxKeapCalls { limit: u64, used: u64 },
+    /// Keap's daily quota left is below what the next page needs.
+    QuotaLow { left: u64, page_needs: u64 },
+}
+
+/// The estimate shown with the progress.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Eta {
+    /// Subscriptions still to look at (counted from Chargify at the start; an estimate).
+    pub remaining: Option<u64>,
+    pub calls_per_contact: f64,
+    pub remaining_calls: Option<u64>,
+    /// At the client's pace.
+    pub seconds: Option<f64>,
+    pub quota_left: Option<u64>,
+    /// The daily quota left will not cover the remaining calls.
+    pub quota_short: bool,
+}
+
+/// Callbacks for the command line's progress bar; all optional.
+pub trait Progress: Send + Sync {
+    /// `total`: the subscriptions this run expects to look at (an estimate).
+    fn started(&self, _total: Option<u64>, _totals: &Totals) {}
+    fn page_done(&self, _run: &Totals, _eta: &Eta) {}
+    fn warn(&self, _message: &str) {}
+}
+
+/// No progress output.
+pub struct Silent;
+impl Progress for Silent {}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub finish: Finish,
+    /// This run.
+    pub run: Totals,
+    /// The whole backfill so far (this run and those it resumed).
+    pub total: Totals,
+    pub cursor_key: String,
+    pub elapsed: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackfillError {
+    #[error("Chargify: {0}; the cursor is saved: fix it and run again with --resume")]
+    Chargify(#[from] ChargifyApiError),
+    #[error("Keap: {0}; the cursor is saved at the last page done: run again with --resume (anything redone is a duplicate)")]
+    Keap(#[from] KeapError),
+    #[error("{0}; the cursor is saved at the last page done: fix it and run again with --resume")]
+    Stopped(ProcessError),
+    #[error("store: {0}; the cursor is saved at the last page done: run again with --resume")]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Cursor(#[from] CursorError),
+    #[error("no backfill cursor is stored for these filters ({key}); run without --resume to start, with the same --state/--product/--updated-since to resume")]
+    NoCursor { key: String },
+    #[error("snapshot {webhook_id} is being applied by another run until {until}; run again with --resume after that")]
+    Busy {
+        webhook_id: String,
+        until: OffsetDateTime,
+    },
+}
+
+/// The engine; borrow the ports and call [`Backfill::run`].
+pub struct Backfill<'a> {
+    pub site: &'a str,
+    pub rules: &'a RuleSet,
+    pub chargify: &'a dyn ChargifyApi,
+    pub crm: &'a dyn Crm,
+    pub meter: &'a dyn KeapMeter,
+    pub directory: &'a Directory,
+    pub idempotency: &'a dyn IdempotencyStore,
+    pub customers: &'a dyn CustomerStore,
+    pub cursors: &'a dyn CursorStore,
+    pub settings: BackfillSettings,
+    pub progress: &'a dyn Progress,
+}
+
+/// A contact written whose tags and records are still to do.
+struct Pending {
+    lease: Option<Lease>,
+    plan: Plan,
+    customer: Option<CustomerKey>,
+    contact: ContactId,
+    /// The identity map already held this contact for the customer.
+    known: bool,
+    apply: BTreeSet<TagId>,
+    remove: BTreeSet<TagId>,
+    /// The subscription clock to advance, when a billing-state action ran.
+    clock: Option<(String, OffsetDateTime)>,
+    applied: Applied,
+}
+
+/// What one snapshot came to in step 2.
+enum Step {
+    Pending(Box<Pending>),
+    Duplicate,
+    Stale,
+    Ignored,
+    Failed,
+}
+
+impl Backfill<'_> {
+    /// Runs (or, with `resume`, continues) the backfill of `query`.
+    pub async fn run(&self, query: BackfillQuery, resume: bool) -> Result<Outcome, BackfillError> {
+        let started = Instant::now();
+        let key = cursor_key(self.site, &query);
+        let stored = match self.cursors.load(&key).await? {
+            Some(text) => Some(Cursor::from_json(&text)?),
+            None => None,
+        };
+        let mut cursor = match (resume, stored) {
+            (true, Some(cursor)) => cursor,
+            (true, None) => return Err(BackfillError::NoCursor { key }),
+            (false, stored) => {
+                if stored.is_some_and(|c| !c.finished) {
+                    self.progress.warn(
+                        "an unfinished backfill with these filters was stored; starting over (snapshots already applied are skipped at no Keap cost; --resume continues instead)",
+                    );
+                }
+                Cursor::new(self.site, query)
+            }
+        };
+        // Saved before the first page too, so `--resume` works after any stop.
+        if !self.settings.dry_run {
+            self.cursors.save(&key, &cursor.to_json()).await?;
+        }
+        let mut run = Totals::default();
+        let expected = self.count_remaining(&cursor).await;
+        self.progress.started(expected, &cursor.totals);
+        let mut quota_warned = false;
+        // The most calls a page has cost in this run: the next page's likely price.
+        let mut page_cost: u64 = (PAGE_SIZE as f64 * ASSUMED_CALLS_PER_CONTACT) as u64;
+
+        while !cursor.finished {
+            let used = run.keap_calls;
+            if let Some(limit) = self.settings.max_keap_calls {
+                if used + page_cost > limit {
+                    return Ok(stopped(
+                        cursor,
+                        run,
+                        key,
+                        started,
+                        StopReason::MaxKeapCalls { limit, used },
+                    ));
+                }
+            }
+            if let Some(left) = self
+                .meter
+                .daily_quota_left()
+                .filter(|_| !self.settings.dry_run)
+            {
+                if left < page_cost {
+                    let reason = StopReason::QuotaLow {
+                        left,
+                        page_needs: page_cost,
+                    };
+                    return Ok(stopped(cursor, run, key, started, reason));
+                }
+            }
+
+            let passes = cursor.query.passes();
+            let query = SubscriptionQuery {
+                state: passes.get(cursor.pass).cloned().flatten(),
+                product_id: cursor.query.product_id,
+                updated_since: Some(cursor.after.or(cursor.query.updated_since).unwrap_or(EPOCH)),
+            };
+            let page = self
+                .chargify
+                .subscriptions_page(&query, cursor.page)
+                .await?;
+            let (calls_before, throttled_before) = (self.meter.calls(), self.meter.throttled());
+            let mut page_totals = self.page(&cursor, &page).await?;
+            page_totals.keap_calls = self.meter.calls().saturating_sub(calls_before);
+            page_totals.throttled = self.meter.throttled().saturating_sub(throttled_before);
+            page_cost = page_cost.max(page_totals.keap_calls).max(1);
+            let listed: Vec<(i64, Option<OffsetDateTime>)> =
+                page.iter().map(|s| (s.id, s.updated_at)).collect();
+            if page.len() < PAGE_SIZE {
+                cursor.next_pass();
+            } else {
+                cursor.advance(&listed);
+            }
+            run.add(&page_totals);
+            cursor.totals.add(&page_totals);
+            if !self.settings.dry_run {
+                self.cursors.save(&key, &cursor.to_json()).await?;
+            }
+            let eta = self.eta(expected, &run);
+            if eta.quota_short && !quota_warned {
+                quota_warned = true;
+                self.progress.warn(&format!(
+                    "Keap's daily quota left ({}) will not cover the about {} calls still needed; the run will stop before it runs out, resume after the daily reset (00:00 UTC)",
+                    eta.quota_left.unwrap_or_default(),
+                    eta.remaining_calls.unwrap_or_default()
+                ));
+            }
+            self.progress.page_done(&run, &eta);
+        }
+        Ok(Outcome {
+            finish: Finish::Complete,
+            run,
+            total: cursor.totals,
+            cursor_key: key,
+            elapsed: started.elapsed(),
+        })
+    }
+
+    fn eta(&self, expected: Option<u64>, run: &Totals) -> Eta {
+        let calls_per_contact = run.calls_per_contact().unwrap_or(ASSUMED_CALLS_PER_CONTACT);
+        // Only subscriptions still needing a contact write cost calls; a resumed run's
+        // duplicates are free, so count what was seen, not what was applied.
+        let remaining = expected.map(|e| e.saturating_sub(run.seen));
+        let remaining_calls = remaining.map(|r| (r as f64 * calls_per_contact).ceil() as u64);
+        let seconds = match (remaining_calls, self.meter.pace()) {
+            (Some(calls), Some(pace)) if pace > 0.0 => Some(calls as f64 / pace),
+            _ => None,
+        };
+        let quota_left = self.meter.daily_quota_left();
+        Eta {
+            remaining,
+            calls_per_contact,
+            remaining_calls,
+            seconds,
+            quota_left,
+            quota_short: matches!((quota_left, remaining_calls), (Some(q), Some(c)) if c > q),
+        }
+    }
+
+    /// How many subscriptions the run will still list: per pass, the last non-empty page
+    /// found by doubling then bisecting (about 2·log2(pages) cheap Chargify calls). `None`
+    /// if Chargify does not answer: the bar then shows counts without an ETA.
+    async fn count_remaining(&self, cursor: &Cursor) -> Option<u64> {
+        let passes = cursor.query.passes();
+        let mut total = 0u64;
+        for (pass, state) in passes.iter().enumerate().skip(cursor.pass) {
+            let (since, first_page) = if pass == cursor.pass {
+                (cursor.after, cursor.page)
+            } else {
+                (None, 1)
+            };
+            let query = SubscriptionQuery {
+                state: state.clone(),
+                product_id: cursor.query.product_id,
+                updated_since: Some(since.or(cursor.query.updated_since).unwrap_or(EPOCH)),
+            };
+            let listed = self.count_listed(&query, first_page).await?;
+            total += listed;
+            if pass == cursor.pass {
+                total = total.saturating_sub(cursor.done_at_after.len() as u64);
+            }
+        }
+        Some(total)
+    }
+
+    async fn count_listed(&self, query: &SubscriptionQuery, first: u32) -> Option<u64> {
+        let len = |page: u32| async move {
+            self.chargify
+                .subscriptions_page(query, page)
+                .await
+                .map(|p| p.len())
+                .ok()
+        };
+        // Find a page past the end, doubling the step.
+        let mut full = first.saturating_sub(1); // the last page known full
+        let mut step = 1u32;
+        let (mut end, mut end_len) = loop {
+            let page = full.saturating_add(step);
+            let n = len(page).await?;
+            if n < PAGE_SIZE {
+                break (page, n);
+            }
+            full = page;
+            step = step.saturating_mul(2);
+            if step > 1 << 20 {
+                return None;
+            }
+        };
+        // Bisect between the last full page and the first short one, until adjacent.
+        while end - full > 1 {
+            let mid = full + (end - full) / 2;
+            let n = len(mid).await?;
+            if n < PAGE_SIZE {
+                (end, end_len) = (mid, n);
+            } else {
+                full = mid;
+            }
+        }
+        // Pages `first..end` are full, page `end` holds the rest.
+        Some(u64::from(end - first) * PAGE_SIZE as u64 + end_len as u64)
+    }
+
+    /// One page: steps 1–4 of the module docs. Returns its totals (without Keap calls).
+    async fn page(&self, cursor: &Cursor, page: &[Subscription]) -> Result<Totals, BackfillError> {
+        let mut totals = Totals::default();
+        let now = OffsetDateTime::now_utc();
+        // Step 1: envelopes and plans, grouped by customer in list order.
+        let mut groups: BTreeMap<String, Vec<(Plan, String)>> = BTreeMap::new();
+        let mut order: Vec<String> = Vec::new();
+        for subscription in page {
+            if cursor.already_done(subscription.id, subscription.updated_at) {
+                continue;
+            }
+            totals.seen += 1;
+            let plan = snapshot_envelope(self.site, subscription, now)
+                .map_err(|e| e.to_string())
+                .and_then(|envelope| {
+                    let webhook =
+                        Webhook::parse(envelope.raw_body.as_bytes()).map_err(|e| e.to_string())?;
+                    self.rules
+                        .plan(&webhook, self.site)
+                        .map_err(|e| e.to_string())
+                        .map(|plan| (plan, envelope.raw_body))
+                });
+            let (plan, body) = match plan {
+                Ok(planned) => planned,
+                Err(reason) => {
+                    tracing::warn!(
+                        subscription_id = subscription.id,
+                        reason = crate::telemetry::redact_emails(&reason).as_str(),
+                        "subscription skipped: no snapshot can be made of it"
+                    );
+                    totals.failed += 1;
+                    continue;
+                }
+            };
+            if plan.is_empty() {
+                totals.ignored += 1;
+                continue;
+            }
+            let group = plan
+                .customer_id
+                .clone()
+                .map(|c| format!("cus:{c}"))
+                .unwrap_or_else(|| format!("sub:{}", subscription.id));
+            if !groups.contains_key(&group) {
+                order.push(group.clone());
+            }
+            groups
+                .entry(group)
+                .or_default()
+                .push((plan, payload_hash(&body)));
+        }
+
+        // Step 2: contacts, customers concurrently, one customer's snapshots in order.
+        let concurrency = self.settings.concurrency.max(1);
+        let results: Vec<Result<Vec<Step>, BackfillError>> =
+            futures::stream::iter(order.into_iter().filter_map(|g| groups.remove(&g)))
+                .map(|plans| async move {
+                    let mut steps = Vec::with_capacity(plans.len());
+                    for (plan, hash) in plans {
+                        steps.push(self.contact_step(plan, &hash).await?);
+                    }
+                    Ok(steps)
+                })
+                .buffer_unordered(concurrency)
+                .collect()
+                .await;
+        let mut pending: Vec<Pending> = Vec::new();
+        let mut first_error = None;
+        for result in results {
+            match result {
+                Ok(steps) => {
+                    for step in steps {
+                        match step {
+                            Step::Pending(p) => pending.push(*p),
+                            Step::Duplicate => totals.duplicates += 1,
+                            Step::Stale => totals.stale += 1,
+                            Step::Ignored => totals.ignored += 1,
+                            Step::Failed => totals.failed += 1,
+                        }
+                    }
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(error) = first_error {
+            self.release_all(&pending, &error.to_string()).await;
+            return Err(error);
+        }
+
+        // Step 3: the page's tags, one call per tag and direction.
+        let (apply, remove) = bulk_tag_calls(&pending);
+        let bulk = async {
+            for (tag, contacts) in &apply {
+                self.crm.apply_tag_to_contacts(*tag, contacts).await?;
+            }
+            for (tag, contacts) in &remove {
+                self.crm.remove_tag_from_contacts(*tag, contacts).await?;
+            }
+            Ok::<(), KeapError>(())
+        };
+        if let Err(error) = bulk.await {
+            self.release_all(&pending, &error.to_string()).await;
+            return Err(error.into());
+        }
+
+        // Step 4: records, per contact. On a failure the leases not finished are given back,
+        // so a resume need not wait for them to expire.
+        let mut pending = pending.into_iter();
+        while let Some(p) = pending.next() {
+            if let Err(error) = self.finish(p, &mut totals).await {
+                let rest: Vec<Pending> = pending.collect();
+                self.release_all(&rest, &error.to_string()).await;
+                return Err(error);
+            }
+        }
+        Ok(totals)
+    }
+
+    /// Step 2 for one snapshot.
+    async fn contact_step(&self, plan: Plan, hash: &str) -> Result<Step, BackfillError> {
+        let key = IdempotencyKey::new(self.site, &plan.webhook_id);
+        let lease = if self.settings.dry_run {
+            match self.idempotency.get(&key).await? {
+                Some(r) if r.status == RecordStatus::Completed => return Ok(Step::Duplicate),
+                _ => None,
+            }
+        } else {
+            match self
+                .idempotency
+                .begin(
+                    &key,
+                    hash,
+                    OffsetDateTime::now_utc(),
+                    self.settings.lease,
+                    self.settings.record_ttl,
+                )
+                .await?
+            {
+                Begin::Started(lease) => Some(lease),
+                Begin::AlreadyCompleted { .. } => return Ok(Step::Duplicate),
+                Begin::InProgress { lease_expires_at } => {
+                    return Err(BackfillError::Busy {
+                        webhook_id: plan.webhook_id.clone(),
+                        until: lease_expires_at,
+                    })
+                }
+            }
+        };
+        let customer = plan
+            .customer_id
+            .as_ref()
+            .map(|id| CustomerKey::new(self.site, id));
+        let record: Option<CustomerRecord> = match &customer {
+            Some(key) => self.customers.get(key).await?,
+            None => None,
+        };
+        let clock = plan
+            .subscription
+            .as_ref()
+            .and_then(|s| s.updated_at.map(|at| (s.id.clone(), at)));
+        let stale = match (&record, &clock) {
+            (Some(record), Some((subscription, at))) => record.is_stale(subscription, *at),
+            _ => false,
+        };
+        let run = self.runner();
+        let actions = plan.effective_actions(stale);
+        if actions.is_empty() {
+            let summary = if stale {
+                "stale: billing state left alone"
+            } else {
+                "nothing to change"
+            };
+            if let Some(lease) = &lease {
+                self.idempotency
+                    .complete(
+                        lease,
+                        summary,
+                        None,
+                        OffsetDateTime::now_utc(),
+                        self.settings.record_ttl,
+                    )
+                    .await?;
+            }
+            return Ok(if stale { Step::Stale } else { Step::Ignored });
+        }
+        let mut applied = Applied {
+            stale,
+            ..Applied::default()
+        };
+        let written = async {
+            let contact = run
+                .write_contact(&plan, &actions, record.as_ref(), &mut applied)
+                .await?;
+            let (apply, remove) = run
+                .tag_changes(&actions, contact.tag_ids.as_deref())
+                .await?;
+            Ok::<_, ProcessError>((contact, apply, remove))
+        }
+        .await;
+        let (contact, apply, mut remove) = match written {
+            Ok(done) => done,
+            Err(error) => return self.contact_failed(&plan, lease.as_ref(), error).await,
+        };
+        let known = record.as_ref().and_then(|r| r.contact_id) == Some(contact.id);
+        if contact.tag_ids.is_none() && !known {
+            // See "Removals" in the module docs.
+            remove.clear();
+        }
+        applied.contact_id = Some(contact.id);
+        applied.tags_applied = apply.len();
+        applied.tags_removed = remove.len();
+        let advances_clock = actions.iter().any(|a| a.billing_state);
+        Ok(Step::Pending(Box::new(Pending {
+            lease,
+            customer,
+            contact: contact.id,
+            known,
+            apply,
+            remove,
+            clock: clock.filter(|_| advances_clock),
+            applied,
+            plan,
+        })))
+    }
+
+    /// A contact that cannot be written: a permanent refusal for this contact is logged
+    /// and counted and the run goes on; anything a later retry can fix (throttling, the
+    /// quota, credentials, the network, a store) or that fails every contact alike (a rules
+    /// or Keap set-up problem) stops the run at the last page done.
+    async fn contact_failed(
+        &self,
+        plan: &Plan,
+        lease: Option<&Lease>,
+        error: ProcessError,
+    ) -> Result<Step, BackfillError> {
+        if let Some(lease) = lease {
+            if let Err(e) = self.idempotency.release(lease, &error.to_string()).await {
+                tracing::warn!(error = %e, "could not release the snapshot's lease");
+            }
+        }
+        let per_contact = matches!(
+            error.disposition(OffsetDateTime::now_utc()),
+            Disposition::DeadLetter { .. }
+        ) && !matches!(error, ProcessError::Lookup(_));
+        if !per_contact {
+            return Err(BackfillError::Stopped(error));
+        }
+        tracing::warn!(
+            webhook_id = plan.webhook_id.as_str(),
+            code = error.code(),
+            error = crate::telemetry::redact_emails(&error.to_string()).as_str(),
+            "snapshot not applied; the backfill goes on"
+        );
+        Ok(Step::Failed)
+    }
+
+    /// Step 4 for one contact: goals and notes if the rules give snapshots any, the
+    /// identity map, the completed record.
+    async fn finish(&self, p: Pending, totals: &mut Totals) -> Result<(), BackfillError> {
+        let mut applied = p.applied;
+        totals.applied += 1;
+        totals.contacts += 1;
+        let Some(lease) = p.lease else {
+            return Ok(()); // dry run
+        };
+        let run = self.runner();
+        let actions = p.plan.effective_actions(applied.stale);
+        if let Some(key) = &p.customer {
+            let clock = p.clock.as_ref().map(|(s, at)| (s.as_str(), *at));
+            if !p.known || clock.is_some() {
+                self.customers.save(key, p.contact, clock).await?;
+            }
+        }
+        if let Err(error) = run
+            .fire_steps(&p.plan, &actions, p.contact, &lease, &mut applied)
+            .await
+        {
+            return Err(BackfillError::Stopped(error));
+        }
+        self.idempotency
+            .complete(
+                &lease,
+                &applied.summary(),
+                applied.final_step.as_deref(),
+                OffsetDateTime::now_utc(),
+                self.settings.record_ttl,
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn release_all(&self, pending: &[Pending], reason: &str) {
+        for lease in pending.iter().filter_map(|p| p.lease.as_ref()) {
+            if let Err(e) = self.idempotency.release(lease, reason).await {
+                tracing::warn!(error = %e, "could not release a snapshot's lease; it expires by itself");
+            }
+        }
+    }
+
+    fn runner(&self) -> Run<'_> {
+        Run {
+            rules: self.rules,
+            crm: self.crm,
+            directory: self.directory,
+            idempotency: self.idempotency,
+            customers: self.customers,
+        }
+    }
+}
+
+fn stopped(
+    cursor: Cursor,
+    run: Totals,
+    key: String,
+    started: Instant,
+    reason: StopReason,
+) -> Outcome {
+    Outcome {
+        finish: Finish::Stopped(reason),
+        run,
+        total: cursor.totals,
+        cursor_key: key,
+        elapsed: started.elapsed(),
+    }
+}
+
+/// The page's tag calls: per tag, the contacts to apply it to and to remove it from. A
+/// contact met twice in a page (two subscriptions) ends as its later snapshot says, as the
+/// processor would leave it applying them in order.
+fn bulk_tag_calls(
+    pending: &[Pending],
+) -> (
+    BTreeMap<TagId, Vec<ContactId>>,
+    BTreeMap<TagId, Vec<ContactId>>,
+) {
+    let mut per_contact: BTreeMap<ContactId, (BTreeSet<TagId>, BTreeSet<TagId>)> = BTreeMap::new();
+    for p in pending {
+        let (apply, remove) = per_contact.entry(p.contact).or_default();
+        for tag in &p.apply {
+            remove.remove(tag);
+            apply.insert(*tag);
+        }
+        for tag in &p.remove {
+            apply.remove(tag);
+            remove.insert(*tag);
+        }
+    }
+    let mut apply_calls: BTreeMap<TagId, Vec<ContactId>> = BTreeMap::new();
+    let mut remove_calls: BTreeMap<TagId, Vec<ContactId>> = BTreeMap::new();
+    for (contact, (apply, remove)) in per_contact {
+        for tag in apply {
+            apply_calls.entry(tag).or_default().push(contact);
+        }
+        for tag in remove {
+            remove_calls.entry(tag).or_default().push(contact);
+        }
+    }
+    (apply_calls, remove_calls)
+}
