@@ -23,6 +23,10 @@ pub const RECONCILE_MAX_PAGES: &str = "RECONCILE_MAX_PAGES";
 pub const RECONCILE_OVERLAP_DAYS: &str = "RECONCILE_OVERLAP_DAYS";
 pub const RECONCILE_REPLAY_UNVERIFIED: &str = "RECONCILE_REPLAY_UNVERIFIED";
 
+/// A scheduled run starts no page with less than this left: one Chargify request may take
+/// 120 s (its own cut-off), and the cursors saved so far let the next run go on.
+pub const LAMBDA_TIME_MARGIN: Duration = Duration::from_secs(130);
+
 /// Bound on each AWS call (SQS, DynamoDB), retries included.
 const AWS_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -142,7 +146,8 @@ pub async fn run() -> Result<(), Error> {
 }
 
 async fn cold_start() -> Result<Reconciler, ConfigError> {
-    let config = ReconcilerConfig::from_env()?;
+    let mut config = ReconcilerConfig::from_env()?;
+    config.settings.time_margin = LAMBDA_TIME_MARGIN;
     let aws = super::aws_config(
         AWS_CALL_TIMEOUT,
         super::region_of_queue_url(&config.ingest.queue_url),
