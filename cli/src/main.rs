@@ -46,6 +46,8 @@ enum Group {
     /// The deployed dead-letter queue: list or redrive.
     #[command(subcommand)]
     Dlq(ops::dlq::DlqCommand),
+    /// Recover webhooks Chargify failed or paused, and events whose state never arrived.
+    Reconcile(ops::reconcile::ReconcileArgs),
 }
 
 #[tokio::main]
@@ -60,6 +62,7 @@ async fn main() -> ExitCode {
         Group::Status(args) => ops::status::run(args).await.map_err(|e| e.to_string()),
         Group::Replay(args) => ops::replay::run(args).await.map_err(|e| e.to_string()),
         Group::Dlq(command) => ops::dlq::run(command).await.map_err(|e| e.to_string()),
+        Group::Reconcile(args) => ops::reconcile::run(args).await.map_err(|e| e.to_string()),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

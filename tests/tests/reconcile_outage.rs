@@ -386,6 +386,49 @@ async fn a_ten_minute_sqs_outage_is_recovered_by_the_reconciler_to_the_same_keap
     let before_reconcile = keap_view(&world.pipeline);
     assert_ne!(before_reconcile, baseline, "the outage lost events");
 
+    // `cks reconcile --dry-run`, the same code from the operator's machine: it sees what the
+    // run will do and changes nothing.
+    let (api_key, base_url) = (
+        world.chargify.state().config.api_key.clone(),
+        world.chargify.base_url(),
+    );
+    let dry = integration_tests::run_cks(
+        &[
+            "reconcile",
+            "--queue-url",
+            &world.pipeline.queue_url,
+            "--idempotency-table",
+            &world.pipeline.idempotency_table,
+            "--customers-table",
+            &world.pipeline.customers_table,
+            "--since-date",
+            "2026-11-27",
+            "--dry-run",
+            "--json",
+        ],
+        &[
+            ("CKS_STACK", None),
+            ("CHARGIFY_SITE", Some(SITE)),
+            ("CHARGIFY_API_KEY", Some(&api_key)),
+            ("CHARGIFY_API_KEY_SECRET_ARN", None),
+            ("CHARGIFY_BASE_URL", Some(&base_url)),
+            ("CHARGIFY_SHARED_KEYS", Some(KEY)),
+            ("CHARGIFY_SHARED_KEYS_SECRET_ARN", None),
+        ],
+    )
+    .await;
+    assert!(dry.ok, "cks reconcile --dry-run: {}", dry.stderr);
+    let dry = &dry.json_lines()[0];
+    assert_eq!(dry["dry_run"], true);
+    assert_eq!(
+        dry["webhooks_enqueued"].as_u64(),
+        Some((failed.len() + paused.len()) as u64)
+    );
+    assert!(
+        world.pipeline.invoke().await.is_none(),
+        "a dry run sends nothing"
+    );
+
     let report = world.reconcile().await;
     eprintln!("reconcile report: {report:?}");
     assert_eq!(

@@ -14,6 +14,8 @@ use tokio::sync::OnceCell;
 pub const QUEUE_OUTPUT: &str = "WebhookQueueUrl";
 pub const DEAD_LETTER_OUTPUT: &str = "DeadLetterQueueUrl";
 pub const TABLE_OUTPUT: &str = "IdempotencyTableName";
+pub const CUSTOMERS_OUTPUT: &str = "CustomersTableName";
+pub const SHARED_KEYS_OUTPUT: &str = "SharedKeysSecretArn";
 
 /// The deployed stack, as far as the commands need it.
 pub struct Deployed {
@@ -95,7 +97,8 @@ impl Deployed {
             .await
     }
 
-    async fn resource(
+    /// The value given as a flag, else the stack's output.
+    pub async fn resource(
         &self,
         given: &Option<String>,
         output: &'static str,
@@ -141,6 +144,19 @@ impl Deployed {
         Ok(DynamoDbIdempotencyStore::new(Table::from_config(
             &self.aws, table,
         )))
+    }
+
+    pub fn aws(&self) -> &aws_config::SdkConfig {
+        &self.aws
+    }
+
+    pub async fn idempotency_table(&self) -> Result<String, OpsError> {
+        self.resource(
+            &self.args.idempotency_table,
+            TABLE_OUTPUT,
+            "--idempotency-table",
+        )
+        .await
     }
 
     pub fn sqs(&self) -> aws_sdk_sqs::Client {
