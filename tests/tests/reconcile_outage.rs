@@ -152,17 +152,16 @@ impl World {
     }
 
     async fn reconciler(&self) -> Reconciler {
-        let state = self.chargify.state();
+        let api_key = self.chargify.state().config.api_key.clone();
         let vars: HashMap<&str, String> = HashMap::from([
             ("QUEUE_URL", self.pipeline.queue_url.clone()),
             ("CHARGIFY_SHARED_KEYS", KEY.to_owned()),
             ("CHARGIFY_SITE", SITE.to_owned()),
-            ("CHARGIFY_API_KEY", state.config.api_key.clone()),
+            ("CHARGIFY_API_KEY", api_key),
             ("CHARGIFY_BASE_URL", self.chargify.base_url()),
             ("IDEMPOTENCY_TABLE", self.pipeline.idempotency_table.clone()),
             ("CUSTOMERS_TABLE", self.pipeline.customers_table.clone()),
         ]);
-        drop(state);
         let mut config =
             ReconcilerConfig::from_lookup(|name| vars.get(name).cloned()).expect("configuration");
         // The stand-in's clock starts on this day; a first run would otherwise start
