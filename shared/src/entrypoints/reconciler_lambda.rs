@@ -176,14 +176,10 @@ pub async fn handle(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
+    use crate::config::lookup_of;
 
     fn config(pairs: &[(&str, &str)]) -> Result<ReconcilerConfig, ConfigError> {
-        let map: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        ReconcilerConfig::from_lookup(|name| map.get(name).cloned())
+        ReconcilerConfig::from_lookup(lookup_of(pairs))
     }
 
     const BASE: &[(&str, &str)] = &[

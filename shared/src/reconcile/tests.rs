@@ -204,6 +204,12 @@ impl World {
             .expect("run")
     }
 
+    async fn webhook_cursor(&self) -> cursor::WebhookCursor {
+        cursor::load(self.cursors.as_ref(), &cursor::webhooks_key(SITE))
+            .await
+            .expect("cursor")
+    }
+
     fn sent_ids(&self) -> Vec<String> {
         self.queue
             .messages()
@@ -325,10 +331,7 @@ async fn the_webhook_cursor_moves_by_day_with_overlap_and_pages_are_bounded() {
         .await;
     assert_eq!(first.stopped_early.as_deref(), Some("max_pages"));
     assert_eq!(w.sent_ids(), ["acme:1", "acme:2"]);
-    let stored: cursor::WebhookCursor =
-        cursor::load(w.cursors.as_ref(), &cursor::webhooks_key(SITE))
-            .await
-            .expect("cursor");
+    let stored = w.webhook_cursor().await;
     assert_eq!(
         stored.failed,
         Some(DayPosition {
@@ -344,18 +347,12 @@ async fn the_webhook_cursor_moves_by_day_with_overlap_and_pages_are_bounded() {
         })
         .await;
     assert_eq!(second.webhooks_enqueued, 2);
-    let stored: cursor::WebhookCursor =
-        cursor::load(w.cursors.as_ref(), &cursor::webhooks_key(SITE))
-            .await
-            .expect("cursor");
+    let stored = w.webhook_cursor().await;
     assert_eq!(stored.failed, Some(DayPosition::new(date!(2026 - 11 - 22))));
     // Third run, unbounded: day 2 again (the overlap; SQS and idempotency make it free),
     // then the end of the list moves the cursor to yesterday (UTC).
     w.run(settings()).await;
-    let stored: cursor::WebhookCursor =
-        cursor::load(w.cursors.as_ref(), &cursor::webhooks_key(SITE))
-            .await
-            .expect("cursor");
+    let stored = w.webhook_cursor().await;
     let yesterday = OffsetDateTime::now_utc().date() - time::Duration::days(1);
     assert_eq!(stored.failed, Some(DayPosition::new(yesterday)));
     let queries = w.api.queries.lock().expect("lock").clone();
