@@ -545,3 +545,95 @@ async fn an_event_without_a_webhook_is_recovered_by_a_snapshot_and_applied_ones_
     assert_eq!((third.events_seen, third.snapshots_enqueued), (0, 0));
     pipeline.assert_no_violations();
 }
+
+/// The built `reconciler` binary under `cargo lambda watch`, configured by environment only
+/// as in AWS, invoked with the scheduled event of `events/`: it enqueues a failed webhook
+/// from its stored body, the processor applies it, and its EMF metrics say so.
+// Multi-threaded: the Chargify stand-in serves on this runtime while `cargo lambda invoke`
+// blocks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_built_reconciler_binary_recovers_a_failed_webhook_on_its_scheduled_event() {
+    use integration_tests::emf;
+    use shared::backfill::{CursorStore, DynamoDbCursorStore};
+    use shared::reconcile::cursor::{self, DayPosition, WebhookCursor};
+
+    let pipeline = Pipeline::start(RuleSet::default_rules().expect("rules")).await;
+    let chargify = ChargifyStandIn::start_with(StandInConfig {
+        site: SITE.into(),
+        shared_key: KEY.into(),
+        ..StandInConfig::default()
+    })
+    .await;
+    let sub = chargify.add_subscription(NewSubscription::new(301, "active"));
+    let (_, webhook) = chargify.emit(sub, "signup_success");
+    if let Some(hook) = chargify.state().webhooks.get_mut(&webhook) {
+        hook.status = WebhookStatus::Failed;
+    }
+    // The cursor an earlier run left on the stand-in's day (a first run would start
+    // yesterday, UTC, which is another day when this test runs on another date).
+    let endpoint = moto_endpoint();
+    let aws = aws_config_for(&endpoint).await;
+    let cursors = DynamoDbCursorStore::new(shared::dynamodb::Table::from_config(
+        &aws,
+        &pipeline.idempotency_table,
+    ));
+    let day = DayPosition::new(time::macros::date!(2026 - 11 - 27));
+    let stored = WebhookCursor {
+        failed: Some(day),
+        paused: Some(day),
+        ..WebhookCursor::default()
+    };
+    cursor::save(&cursors, &cursor::webhooks_key(SITE), &stored)
+        .await
+        .expect("cursor saved");
+    assert!(cursors
+        .load(&cursor::webhooks_key(SITE))
+        .await
+        .expect("load")
+        .is_some());
+
+    let api_key = chargify.state().config.api_key.clone();
+    let base_url = chargify.base_url();
+    let watch = LambdaWatch::start(
+        "reconciler",
+        &[
+            ("QUEUE_URL", pipeline.queue_url.as_str()),
+            ("AWS_ENDPOINT_URL", endpoint.as_str()),
+            ("AWS_REGION", "us-east-1"),
+            ("CHARGIFY_SHARED_KEYS", KEY),
+            ("CHARGIFY_SITE", SITE),
+            ("CHARGIFY_API_KEY", &api_key),
+            ("CHARGIFY_BASE_URL", &base_url),
+            ("IDEMPOTENCY_TABLE", &pipeline.idempotency_table),
+            ("CUSTOMERS_TABLE", &pipeline.customers_table),
+        ],
+        &[
+            "CHARGIFY_SHARED_KEYS_SECRET_ARN",
+            "CHARGIFY_API_KEY_SECRET_ARN",
+            "AWS_DEFAULT_REGION",
+        ],
+    );
+    let report = watch
+        .invoke_when_ready("reconciler", "events/reconciler-schedule.json")
+        .await
+        .unwrap_or_else(|e| panic!("invoke: {e}\n{}", watch.log_text()));
+    assert_eq!(report["webhooks_enqueued"], 1, "{report}");
+    assert_eq!(report["events_seen"], 1, "{report}");
+    assert_eq!(report["snapshots_covered_by_webhooks"], 1, "{report}");
+    assert!(pipeline.drain_through_processor().await.is_empty());
+    assert_all_completed(&pipeline, &[webhook]).await;
+    assert!(keap_view(&pipeline).contains_key("customer301@example.com"));
+    let metrics = emf::extract(&emf::documents(&watch.log_text()));
+    assert_eq!(
+        emf::total(
+            &metrics,
+            "ReconcilerWebhooksRecovered",
+            &[("Function", "reconciler"), ("Outcome", "enqueued")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        emf::dimension_sets(&metrics, "ReconcilerSnapshotsEnqueued"),
+        [["Function", "Outcome"]]
+    );
+}

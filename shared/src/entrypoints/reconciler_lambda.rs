@@ -23,9 +23,18 @@ pub const RECONCILE_MAX_PAGES: &str = "RECONCILE_MAX_PAGES";
 pub const RECONCILE_OVERLAP_DAYS: &str = "RECONCILE_OVERLAP_DAYS";
 pub const RECONCILE_REPLAY_UNVERIFIED: &str = "RECONCILE_REPLAY_UNVERIFIED";
 
-/// A scheduled run starts no page with less than this left: one Chargify request may take
-/// 120 s (its own cut-off), and the cursors saved so far let the next run go on.
-pub const LAMBDA_TIME_MARGIN: Duration = Duration::from_secs(130);
+/// Kept back from the invocation's deadline for a Chargify request in flight (it may take
+/// 120 s, its own cut-off): with the run's own 20 s margin, a 300 s invocation starts no page
+/// in its last 130 s. Never more than half the invocation, so a short local timeout (`cargo
+/// lambda watch`) still gets work done.
+pub const REQUEST_RESERVE: Duration = Duration::from_secs(110);
+
+/// The deadline the run works to: the invocation's, less [`REQUEST_RESERVE`] (at most half
+/// the time left).
+pub fn working_deadline(invocation_deadline: Instant) -> Instant {
+    let left = invocation_deadline.saturating_duration_since(Instant::now());
+    invocation_deadline - REQUEST_RESERVE.min(left / 2)
+}
 
 /// Bound on each AWS call (SQS, DynamoDB), retries included.
 const AWS_CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -136,7 +145,8 @@ pub async fn run() -> Result<(), Error> {
     lambda_runtime::run(service_fn(move |event: LambdaEvent<serde_json::Value>| {
         let reconciler = Arc::clone(&reconciler);
         async move {
-            let deadline = super::processor_lambda::deadline_of(event.context.deadline);
+            let deadline =
+                working_deadline(super::processor_lambda::deadline_of(event.context.deadline));
             let report = handle(&reconciler, deadline).await;
             telemetry::flush_metrics();
             report.map_err(Error::from)
@@ -146,8 +156,7 @@ pub async fn run() -> Result<(), Error> {
 }
 
 async fn cold_start() -> Result<Reconciler, ConfigError> {
-    let mut config = ReconcilerConfig::from_env()?;
-    config.settings.time_margin = LAMBDA_TIME_MARGIN;
+    let config = ReconcilerConfig::from_env()?;
     let aws = super::aws_config(
         AWS_CALL_TIMEOUT,
         super::region_of_queue_url(&config.ingest.queue_url),
@@ -190,6 +199,14 @@ mod tests {
         (IDEMPOTENCY_TABLE, "idem"),
         (CUSTOMERS_TABLE, "customers"),
     ];
+
+    #[test]
+    fn the_working_deadline_keeps_a_request_in_reserve_but_at_most_half() {
+        let left = |d: Instant| d.saturating_duration_since(Instant::now()).as_secs();
+        let now = Instant::now();
+        assert!((188..=190).contains(&left(working_deadline(now + Duration::from_secs(300)))));
+        assert!((29..=30).contains(&left(working_deadline(now + Duration::from_secs(60)))));
+    }
 
     #[test]
     fn reads_ingests_settings_and_its_own_and_names_each_mistake() {
