@@ -120,12 +120,7 @@ impl World {
             ],
         );
         wait_until_ready(ingest.port).await;
-        let chargify = ChargifyStandIn::start_with(StandInConfig {
-            site: SITE.into(),
-            shared_key: KEY.into(),
-            ..StandInConfig::default()
-        })
-        .await;
+        let chargify = chargify_standin().await;
         chargify.deliver_to(Delivery {
             url: format!("http://127.0.0.1:{}/lambda-url/ingest/", ingest.port),
             time_scale: TIME_SCALE,
@@ -152,16 +147,7 @@ impl World {
     }
 
     async fn reconciler(&self) -> Reconciler {
-        let api_key = self.chargify.state().config.api_key.clone();
-        let vars: HashMap<&str, String> = HashMap::from([
-            ("QUEUE_URL", self.pipeline.queue_url.clone()),
-            ("CHARGIFY_SHARED_KEYS", KEY.to_owned()),
-            ("CHARGIFY_SITE", SITE.to_owned()),
-            ("CHARGIFY_API_KEY", api_key),
-            ("CHARGIFY_BASE_URL", self.chargify.base_url()),
-            ("IDEMPOTENCY_TABLE", self.pipeline.idempotency_table.clone()),
-            ("CUSTOMERS_TABLE", self.pipeline.customers_table.clone()),
-        ]);
+        let vars = reconciler_vars(&self.pipeline, &self.chargify);
         let mut config =
             ReconcilerConfig::from_lookup(|name| vars.get(name).cloned()).expect("configuration");
         // The stand-in's clock starts on this day; a first run would otherwise start
@@ -182,6 +168,32 @@ impl World {
     fn keap_calls(&self) -> usize {
         self.pipeline.keap.state().calls.len()
     }
+}
+
+/// The stand-in Chargify of these tests: our site, signing with the pipeline's shared key.
+async fn chargify_standin() -> ChargifyStandIn {
+    ChargifyStandIn::start_with(StandInConfig {
+        site: SITE.into(),
+        shared_key: KEY.into(),
+        ..StandInConfig::default()
+    })
+    .await
+}
+
+/// The reconciler's variables for a pipeline and a stand-in, as the stack would set them.
+fn reconciler_vars(
+    pipeline: &Pipeline,
+    chargify: &ChargifyStandIn,
+) -> HashMap<&'static str, String> {
+    HashMap::from([
+        ("QUEUE_URL", pipeline.queue_url.clone()),
+        ("CHARGIFY_SHARED_KEYS", KEY.to_owned()),
+        ("CHARGIFY_SITE", SITE.to_owned()),
+        ("CHARGIFY_API_KEY", chargify.state().config.api_key.clone()),
+        ("CHARGIFY_BASE_URL", chargify.base_url()),
+        ("IDEMPOTENCY_TABLE", pipeline.idempotency_table.clone()),
+        ("CUSTOMERS_TABLE", pipeline.customers_table.clone()),
+    ])
 }
 
 /// Waits (bounded) until the built ingest function answers (an unsigned post: 401).
@@ -474,12 +486,7 @@ async fn a_ten_minute_sqs_outage_is_recovered_by_the_reconciler_to_the_same_keap
 #[tokio::test]
 async fn an_event_without_a_webhook_is_recovered_by_a_snapshot_and_applied_ones_cost_nothing() {
     let pipeline = Pipeline::start(RuleSet::default_rules().expect("rules")).await;
-    let chargify = ChargifyStandIn::start_with(StandInConfig {
-        site: SITE.into(),
-        shared_key: KEY.into(),
-        ..StandInConfig::default()
-    })
-    .await;
+    let chargify = chargify_standin().await;
     let a = chargify.add_subscription(NewSubscription::new(201, "active"));
     let b = chargify.add_subscription(NewSubscription::new(202, "active"));
     for sub in [a, b] {
@@ -488,21 +495,9 @@ async fn an_event_without_a_webhook_is_recovered_by_a_snapshot_and_applied_ones_
         assert_eq!(pipeline.post(&body).await, 200);
     }
     assert!(pipeline.drain_through_processor().await.is_empty());
-    let world_vars = |name: &str| -> Option<String> {
-        let state = chargify.state();
-        Some(match name {
-            "QUEUE_URL" => pipeline.queue_url.clone(),
-            "CHARGIFY_SHARED_KEYS" => KEY.to_owned(),
-            "CHARGIFY_SITE" => SITE.to_owned(),
-            "CHARGIFY_API_KEY" => state.config.api_key.clone(),
-            "CHARGIFY_BASE_URL" => chargify.base_url(),
-            "IDEMPOTENCY_TABLE" => pipeline.idempotency_table.clone(),
-            "CUSTOMERS_TABLE" => pipeline.customers_table.clone(),
-            _ => return None,
-        })
-    };
+    let vars = reconciler_vars(&pipeline, &chargify);
     let aws = aws_config_for(&moto_endpoint()).await;
-    let reconciler = ReconcilerConfig::from_lookup(world_vars)
+    let reconciler = ReconcilerConfig::from_lookup(|name| vars.get(name).cloned())
         .expect("configuration")
         .build(&aws)
         .await
@@ -558,12 +553,7 @@ async fn the_built_reconciler_binary_recovers_a_failed_webhook_on_its_scheduled_
     use shared::reconcile::cursor::{self, DayPosition, WebhookCursor};
 
     let pipeline = Pipeline::start(RuleSet::default_rules().expect("rules")).await;
-    let chargify = ChargifyStandIn::start_with(StandInConfig {
-        site: SITE.into(),
-        shared_key: KEY.into(),
-        ..StandInConfig::default()
-    })
-    .await;
+    let chargify = chargify_standin().await;
     let sub = chargify.add_subscription(NewSubscription::new(301, "active"));
     let (_, webhook) = chargify.emit(sub, "signup_success");
     if let Some(hook) = chargify.state().webhooks.get_mut(&webhook) {
@@ -592,21 +582,15 @@ async fn the_built_reconciler_binary_recovers_a_failed_webhook_on_its_scheduled_
         .expect("load")
         .is_some());
 
-    let api_key = chargify.state().config.api_key.clone();
-    let base_url = chargify.base_url();
+    let vars = reconciler_vars(&pipeline, &chargify);
+    let mut env: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    env.extend([
+        ("AWS_ENDPOINT_URL", endpoint.as_str()),
+        ("AWS_REGION", "us-east-1"),
+    ]);
     let watch = LambdaWatch::start(
         "reconciler",
-        &[
-            ("QUEUE_URL", pipeline.queue_url.as_str()),
-            ("AWS_ENDPOINT_URL", endpoint.as_str()),
-            ("AWS_REGION", "us-east-1"),
-            ("CHARGIFY_SHARED_KEYS", KEY),
-            ("CHARGIFY_SITE", SITE),
-            ("CHARGIFY_API_KEY", &api_key),
-            ("CHARGIFY_BASE_URL", &base_url),
-            ("IDEMPOTENCY_TABLE", &pipeline.idempotency_table),
-            ("CUSTOMERS_TABLE", &pipeline.customers_table),
-        ],
+        &env,
         &[
             "CHARGIFY_SHARED_KEYS_SECRET_ARN",
             "CHARGIFY_API_KEY_SECRET_ARN",
