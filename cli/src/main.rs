@@ -49,6 +49,8 @@ enum Group {
     Dlq(ops::dlq::DlqCommand),
     /// Sync every existing Chargify subscription to Keap (resumable, bulk tags).
     Backfill(backfill::BackfillArgs),
+    /// Recover webhooks Chargify failed or paused, and events whose state never arrived.
+    Reconcile(ops::reconcile::ReconcileArgs),
 }
 
 #[tokio::main]
@@ -67,6 +69,7 @@ async fn main() -> ExitCode {
             Ok(code) => return code,
             Err(e) => Err(e.to_string()),
         },
+        Group::Reconcile(args) => ops::reconcile::run(args).await.map_err(|e| e.to_string()),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -301,17 +301,22 @@ impl ProcessorConfig {
     }
 }
 
+/// Test support: a `from_lookup` variable source over `(name, value)` pairs.
+#[cfg(test)]
+pub(crate) fn lookup_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+    let map: std::collections::HashMap<String, String> = pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    move |name| map.get(name).cloned()
+}
+
 #[cfg(test)]
 mod processor_config_tests {
     use super::*;
-    use std::collections::HashMap;
 
     fn config(pairs: &[(&str, &str)]) -> Result<ProcessorConfig, ConfigError> {
-        let map: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        ProcessorConfig::from_lookup(|name| map.get(name).cloned())
+        ProcessorConfig::from_lookup(lookup_of(pairs))
     }
 
     const BASE: &[(&str, &str)] = &[

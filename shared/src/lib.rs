@@ -14,6 +14,7 @@ pub mod ingest;
 pub mod keap;
 pub mod processor;
 pub mod queue;
+pub mod reconcile;
 pub mod replay;
 pub mod rules;
 pub mod telemetry;

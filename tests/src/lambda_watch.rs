@@ -97,6 +97,25 @@ impl LambdaWatch {
         serde_json::from_str(&stdout).map_err(|e| format!("invoke {event} printed {stdout}: {e}"))
     }
 
+    /// [`Self::invoke`], retried while the watcher is still building and starting the binary
+    /// (bounded: a first build can take minutes). Blocks its thread while each invoke runs, so
+    /// a stand-in the function calls must be served by another (a multi-threaded test).
+    pub async fn invoke_when_ready(
+        &self,
+        function: &str,
+        event: &str,
+    ) -> Result<serde_json::Value, String> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(400);
+        loop {
+            let result = self.invoke(function, event);
+            let starting = matches!(&result, Err(e) if e.contains("connect") || e.contains("Connection refused") || e.contains("error sending request"));
+            if !starting || std::time::Instant::now() > deadline {
+                return result;
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        }
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

@@ -19,23 +19,17 @@ use std::time::{Duration, Instant};
 
 const KEY: &str = "processor-binary-key";
 
-/// Invokes `event` (written to a temp file), retrying while the watcher is still building the
-/// binary (bounded: the first build of the processor can take minutes).
+/// Invokes `event` (written to a temp file) once the watcher has built and started the
+/// binary.
 async fn invoke_when_ready(
     watch: &LambdaWatch,
     event: &serde_json::Value,
 ) -> Result<serde_json::Value, String> {
     let file = std::env::temp_dir().join(format!("processor-event-{}.json", watch.port));
     std::fs::write(&file, event.to_string()).expect("write event");
-    let deadline = Instant::now() + Duration::from_secs(400);
-    loop {
-        let result = watch.invoke("processor", &file.to_string_lossy());
-        let starting = matches!(&result, Err(e) if e.contains("connect") || e.contains("Connection refused") || e.contains("error sending request"));
-        if !starting || Instant::now() > deadline {
-            return result;
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    }
+    watch
+        .invoke_when_ready("processor", &file.to_string_lossy())
+        .await
 }
 
 // Multi-threaded: the Keap stand-in serves on this runtime while `cargo lambda invoke` blocks.

@@ -127,6 +127,7 @@ impl Expected {
 fn expected() -> Vec<Expected> {
     const INGEST: &[(&str, &str)] = &[("FunctionName", "${IngestFunction}")];
     const PROCESSOR: &[(&str, &str)] = &[("FunctionName", "${ProcessorFunction}")];
+    const RECONCILER: &[(&str, &str)] = &[("FunctionName", "${ReconcilerFunction}")];
     const EMF_INGEST: &[(&str, &str)] = &[("Function", "ingest")];
     const EMF_PROCESSOR: &[(&str, &str)] = &[("Function", "processor")];
     let lambda = |metric| ("AWS/Lambda", metric);
@@ -208,6 +209,24 @@ fn expected() -> Vec<Expected> {
             PROCESSOR,
             ("Maximum", GT, "48000"),
         ),
+        alarm(
+            "ReconcilerErrorsAlarm",
+            lambda("Errors"),
+            RECONCILER,
+            ("Sum", GT, "0"),
+        ),
+        alarm(
+            "ReconcilerThrottlesAlarm",
+            lambda("Throttles"),
+            RECONCILER,
+            ("Sum", GT, "0"),
+        ),
+        alarm(
+            "ReconcilerDurationAlarm",
+            lambda("Duration"),
+            RECONCILER,
+            ("Maximum", GT, "240000"),
+        ),
     ]
 }
 
@@ -283,16 +302,70 @@ fn every_function_has_errors_and_throttles_alarms() {
 }
 
 #[test]
-fn the_duration_alarm_is_eighty_percent_of_the_processor_timeout() {
+fn duration_alarms_are_eighty_percent_of_their_function_timeout() {
     let template = template();
-    let timeout: f64 = text(&template["Resources"]["ProcessorFunction"]["Properties"]["Timeout"])
-        .parse()
-        .expect("numeric Timeout");
-    let threshold: f64 =
-        text(&template["Resources"]["ProcessorDurationAlarm"]["Properties"]["Threshold"])
+    for (function, alarm) in [
+        ("ProcessorFunction", "ProcessorDurationAlarm"),
+        ("ReconcilerFunction", "ReconcilerDurationAlarm"),
+    ] {
+        let timeout: f64 = text(&template["Resources"][function]["Properties"]["Timeout"])
+            .parse()
+            .expect("numeric Timeout");
+        let threshold: f64 = text(&template["Resources"][alarm]["Properties"]["Threshold"])
             .parse()
             .expect("numeric threshold");
-    assert_eq!(threshold, timeout * 1000.0 * 0.8);
+        assert_eq!(threshold, timeout * 1000.0 * 0.8, "{alarm}");
+    }
+}
+
+#[test]
+fn the_reconciler_runs_on_a_schedule_it_can_turn_off_with_least_privilege() {
+    let template = template();
+    let reconciler = &template["Resources"]["ReconcilerFunction"]["Properties"];
+    let schedule = &reconciler["Events"]["Schedule"];
+    assert_eq!(schedule["Type"].as_str(), Some("Schedule"));
+    assert_eq!(
+        text(&schedule["Properties"]["Schedule"]),
+        "${ReconcileSchedule}"
+    );
+    assert_eq!(
+        parameter_default(&template, "ReconcileSchedule"),
+        "rate(15 minutes)"
+    );
+    assert!(
+        format!("{:?}", schedule["Properties"]["State"]).contains("ReconcileOn"),
+        "the schedule follows ReconcileEnabled"
+    );
+    let actions: BTreeSet<String> = reconciler["Policies"][0]["Statement"]
+        .as_sequence()
+        .expect("statements")
+        .iter()
+        .flat_map(|st| match &st["Action"] {
+            Value::Sequence(list) => list.iter().map(text).collect::<Vec<_>>(),
+            one => vec![text(one)],
+        })
+        .collect();
+    let expected: BTreeSet<String> = [
+        "dynamodb:GetItem",
+        "dynamodb:UpdateItem",
+        "sqs:SendMessage",
+        "secretsmanager:GetSecretValue",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect();
+    assert_eq!(actions, expected);
+    let env = &reconciler["Environment"]["Variables"];
+    for name in [
+        "QUEUE_URL",
+        "CHARGIFY_SHARED_KEYS_SECRET_ARN",
+        "IDEMPOTENCY_TABLE",
+        "CUSTOMERS_TABLE",
+        "CHARGIFY_SITE",
+        "CHARGIFY_API_KEY_SECRET_ARN",
+    ] {
+        assert!(!matches!(env[name], Value::Null), "{name} is not set");
+    }
 }
 
 #[test]
@@ -462,6 +535,8 @@ fn outputs_carry_what_operators_and_cks_need() {
         "ProcessorFunctionName",
         "IngestLogGroupName",
         "ProcessorLogGroupName",
+        "ReconcilerFunctionName",
+        "ReconcilerLogGroupName",
     ] {
         assert!(
             !text(&template["Outputs"][output]["Value"]).is_empty(),

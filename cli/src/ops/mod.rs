@@ -6,6 +6,7 @@
 
 pub mod dlq;
 pub mod progress;
+pub mod reconcile;
 mod records;
 pub mod replay;
 pub mod stack;

@@ -15,6 +15,7 @@ pub const QUEUE_OUTPUT: &str = "WebhookQueueUrl";
 pub const DEAD_LETTER_OUTPUT: &str = "DeadLetterQueueUrl";
 pub const TABLE_OUTPUT: &str = "IdempotencyTableName";
 pub const CUSTOMERS_OUTPUT: &str = "CustomersTableName";
+pub const SHARED_KEYS_OUTPUT: &str = "SharedKeysSecretArn";
 
 /// The deployed stack, as far as the commands need it.
 pub struct Deployed {
@@ -148,6 +149,15 @@ impl Deployed {
     /// The AWS configuration the stack was found with.
     pub fn aws(&self) -> &aws_config::SdkConfig {
         &self.aws
+    }
+
+    pub async fn idempotency_table(&self) -> Result<String, OpsError> {
+        self.resource(
+            &self.args.idempotency_table,
+            TABLE_OUTPUT,
+            "--idempotency-table",
+        )
+        .await
     }
 
     pub fn sqs(&self) -> aws_sdk_sqs::Client {

@@ -3,6 +3,7 @@
 
 pub mod ingest_lambda;
 pub mod processor_lambda;
+pub mod reconciler_lambda;
 
 use std::time::Duration;
 

@@ -55,6 +55,15 @@ pub trait WebhookQueue: Send + Sync {
     async fn send(&self, message: &OutboundMessage) -> Result<SentMessage, QueueError>;
 }
 
+/// A shared queue is a queue: the reconciler hands one `Arc<dyn WebhookQueue>` to the ingest
+/// service it builds its messages with, whichever adapter the caller chose.
+#[async_trait]
+impl<T: WebhookQueue + ?Sized> WebhookQueue for std::sync::Arc<T> {
+    async fn send(&self, message: &OutboundMessage) -> Result<SentMessage, QueueError> {
+        (**self).send(message).await
+    }
+}
+
 /// A message the processor gives up on, for the dead-letter queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadLetter {

@@ -24,6 +24,8 @@
 //! | `EndToEndLag` | Function | histogram (Milliseconds): envelope `received_at` → applied |
 //! | `ReplayPayloadDiffers` | Function | counter: a webhook id came back with a different body |
 //! | `CustomFieldsSkipped` | Function | counter: a rule named a Keap custom field that does not exist |
+//! | `ReconcilerWebhooksRecovered` | Function, Outcome | counter: a failed or paused webhook the reconciler listed, by what it did |
+//! | `ReconcilerSnapshotsEnqueued` | Function, Outcome | counter: a subscription the events walk checked, by what it did |
 //!
 //! Gauges are re-emitted by every flush with the last value set (the crate keeps them), so a
 //! quota gauge means "what Keap last told this instance". A long-running caller (a reconciler
@@ -56,6 +58,8 @@ pub mod name {
     pub const END_TO_END_LAG: &str = "EndToEndLag";
     pub const REPLAY_PAYLOAD_DIFFERS: &str = "ReplayPayloadDiffers";
     pub const CUSTOM_FIELDS_SKIPPED: &str = "CustomFieldsSkipped";
+    pub const RECONCILER_WEBHOOKS_RECOVERED: &str = "ReconcilerWebhooksRecovered";
+    pub const RECONCILER_SNAPSHOTS_ENQUEUED: &str = "ReconcilerSnapshotsEnqueued";
 }
 
 use name::*;
@@ -75,6 +79,8 @@ const UNITS: &[(&str, Unit)] = &[
     (END_TO_END_LAG, Unit::Milliseconds),
     (REPLAY_PAYLOAD_DIFFERS, Unit::Count),
     (CUSTOM_FIELDS_SKIPPED, Unit::Count),
+    (RECONCILER_WEBHOOKS_RECOVERED, Unit::Count),
+    (RECONCILER_SNAPSHOTS_ENQUEUED, Unit::Count),
 ];
 
 /// Tells the installed recorder each metric's unit. Called by [`super::init`] once the
@@ -239,6 +245,64 @@ pub fn custom_field_skipped() {
     metrics::counter!(CUSTOM_FIELDS_SKIPPED).increment(1);
 }
 
+/// What the reconciler did with one failed or paused webhook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecoveredOutcome {
+    /// Verified and put on the queue from its stored body.
+    Enqueued,
+    /// Its idempotency record is completed: nothing to do.
+    AlreadyProcessed,
+    /// Its stored signature verifies with no configured key: not enqueued.
+    SignatureFailed,
+    /// Sent to Chargify's replay (after a signature failure, when configured).
+    Replayed,
+    /// A body ingest would refuse too, or a test webhook.
+    Unusable,
+}
+
+impl RecoveredOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Enqueued => "enqueued",
+            Self::AlreadyProcessed => "already_processed",
+            Self::SignatureFailed => "signature_failed",
+            Self::Replayed => "replayed",
+            Self::Unusable => "unusable",
+        }
+    }
+}
+
+pub fn reconciler_webhook(outcome: RecoveredOutcome) {
+    metrics::counter!(RECONCILER_WEBHOOKS_RECOVERED, "Outcome" => outcome.as_str()).increment(1);
+}
+
+/// What the reconciler's events walk did with one subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotOutcome {
+    Enqueued,
+    /// The identity map's clock is at or past the subscription's `updated_at`.
+    AlreadyApplied,
+    /// Its webhooks were recovered in the same run.
+    CoveredByWebhooks,
+    /// Gone from Chargify, or no snapshot can be made of it.
+    Failed,
+}
+
+impl SnapshotOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Enqueued => "enqueued",
+            Self::AlreadyApplied => "already_applied",
+            Self::CoveredByWebhooks => "covered_by_webhooks",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+pub fn reconciler_snapshot(outcome: SnapshotOutcome) {
+    metrics::counter!(RECONCILER_SNAPSHOTS_ENQUEUED, "Outcome" => outcome.as_str()).increment(1);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,6 +325,8 @@ mod tests {
             keap_quota(2_900, Some(30_000));
             keap_reauthorisation_needed();
             end_to_end_lag(std::time::Duration::from_millis(1500));
+            reconciler_webhook(RecoveredOutcome::Enqueued);
+            reconciler_snapshot(SnapshotOutcome::AlreadyApplied);
         });
         let one = |name, labels: &[(&str, &str)]| capture.get(name, labels);
         assert_eq!(
@@ -303,8 +369,19 @@ mod tests {
         );
         assert_eq!(one(KEAP_REAUTHORISATION_NEEDED, &[]), Some(1.0));
         assert_eq!(one(END_TO_END_LAG, &[]), Some(1500.0));
+        assert_eq!(
+            one(RECONCILER_WEBHOOKS_RECOVERED, &[("Outcome", "enqueued")]),
+            Some(1.0)
+        );
+        assert_eq!(
+            one(
+                RECONCILER_SNAPSHOTS_ENQUEUED,
+                &[("Outcome", "already_applied")]
+            ),
+            Some(1.0)
+        );
         // Nothing else: no stray label sets.
-        assert_eq!(capture.len(), 13);
+        assert_eq!(capture.len(), 15);
     }
 
     #[test]
@@ -342,6 +419,8 @@ mod tests {
             END_TO_END_LAG,
             REPLAY_PAYLOAD_DIFFERS,
             CUSTOM_FIELDS_SKIPPED,
+            RECONCILER_WEBHOOKS_RECOVERED,
+            RECONCILER_SNAPSHOTS_ENQUEUED,
         ];
         for name in names {
             assert!(UNITS.iter().any(|(n, _)| *n == name), "{name} has no unit");
