@@ -14,6 +14,25 @@ pub const STATEMENT_SETTLED: &str = include_str!("../fixtures/chargify/statement
 /// example), for the API client and snapshot syncs.
 pub const API_SUBSCRIPTION: &str = include_str!("../fixtures/chargify/api_subscription.json");
 
+/// The subscription object of [`API_SUBSCRIPTION`] (unwrapped) as subscription `id` of
+/// customer `customer_id`, in `state` as of `updated_at` (RFC 3339, as the API writes it).
+/// Everything else is the Maxio example's.
+pub fn api_subscription(
+    id: i64,
+    customer_id: i64,
+    state: &str,
+    updated_at: &str,
+) -> serde_json::Value {
+    let mut sub = serde_json::from_str::<serde_json::Value>(API_SUBSCRIPTION)
+        .map(|mut item| item["subscription"].take())
+        .unwrap_or_else(|e| panic!("the bundled subscription is JSON: {e}"));
+    sub["id"] = id.into();
+    sub["customer"]["id"] = customer_id.into();
+    sub["state"] = state.into();
+    sub["updated_at"] = updated_at.into();
+    sub
+}
+
 /// Every bundled body, by event key.
 pub const ALL: &[(&str, &str)] = &[
     ("test", TEST),

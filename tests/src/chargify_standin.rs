@@ -348,15 +348,10 @@ impl ChargifyStandIn {
         assert!(s.subscriptions.len() < MAX_ITEMS, "stand-in full");
         let id = s.next_id();
         let now = s.tick();
-        let mut sub: Value = serde_json::from_str(shared::fixtures::API_SUBSCRIPTION)
-            .map(|v: Value| v["subscription"].clone())
-            .expect("the bundled subscription is JSON");
-        sub["id"] = id.into();
-        sub["state"] = new.state.into();
+        let mut sub =
+            shared::fixtures::api_subscription(id, new.customer_id, &new.state, &rfc3339(now));
         sub["previous_state"] = Value::Null;
         sub["created_at"] = rfc3339(now).into();
-        sub["updated_at"] = rfc3339(now).into();
-        sub["customer"]["id"] = new.customer_id.into();
         sub["customer"]["email"] = new.email.into();
         sub["customer"]["reference"] = format!("ref-{}", new.customer_id).into();
         sub["product"]["id"] = new.product_id.into();

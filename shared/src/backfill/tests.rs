@@ -39,13 +39,8 @@ impl FakeChargify {
     }
 
     fn add(&self, id: i64, customer: i64, state: &str, updated_at: OffsetDateTime) {
-        let mut sub: Value = serde_json::from_str(crate::fixtures::API_SUBSCRIPTION)
-            .map(|v: Value| v["subscription"].clone())
-            .expect("fixture");
-        sub["id"] = id.into();
-        sub["state"] = state.into();
-        sub["updated_at"] = updated_at.format(&Rfc3339).expect("time").into();
-        sub["customer"]["id"] = customer.into();
+        let at = updated_at.format(&Rfc3339).expect("time");
+        let mut sub = crate::fixtures::api_subscription(id, customer, state, &at);
         sub["customer"]["email"] = format!("c{customer}@example.com").into();
         let mut subs = self.subscriptions.lock().expect("lock");
         subs.retain(|s| s["id"] != id);

@@ -464,15 +464,9 @@ async fn ignored_events_make_no_keap_call_and_no_record() {
 /// The Maxio spec's subscription example as the signup fixture's subscription 14 of
 /// customer 15, in `state` as of `updated_at` (RFC 3339, as the API sends it).
 fn snapshot(state: &str, updated_at: &str) -> crate::envelope::WebhookEnvelope {
-    let raw: serde_json::Value =
-        serde_json::from_str(fixtures::API_SUBSCRIPTION).expect("fixture is JSON");
-    let mut sub = raw["subscription"].clone();
-    sub["id"] = 14.into();
-    sub["customer"]["id"] = 15.into();
-    sub["state"] = state.into();
-    sub["updated_at"] = updated_at.into();
     let sub: crate::chargify::api::Subscription =
-        serde_json::from_value(sub).expect("a subscription");
+        serde_json::from_value(fixtures::api_subscription(14, 15, state, updated_at))
+            .expect("a subscription");
     crate::chargify::snapshot::snapshot_envelope("acme-test", &sub, OffsetDateTime::now_utc())
         .expect("snapshot")
 }

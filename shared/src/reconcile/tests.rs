@@ -40,13 +40,8 @@ impl FakeChargify {
     }
 
     fn add_subscription(&self, id: i64, customer: i64, state: &str, updated_at: OffsetDateTime) {
-        let mut sub: Value = serde_json::from_str(crate::fixtures::API_SUBSCRIPTION)
-            .map(|v: Value| v["subscription"].clone())
-            .expect("fixture");
-        sub["id"] = id.into();
-        sub["state"] = state.into();
-        sub["updated_at"] = updated_at.format(&Rfc3339).expect("time").into();
-        sub["customer"]["id"] = customer.into();
+        let at = updated_at.format(&Rfc3339).expect("time");
+        let sub = crate::fixtures::api_subscription(id, customer, state, &at);
         self.subscriptions.lock().expect("lock").push(sub);
     }
 
