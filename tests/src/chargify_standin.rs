@@ -18,6 +18,7 @@
 //!
 //! Everything is bounded: the stored items, the call log, the pages, the retries.
 
+use crate::loopback::LoopbackServer;
 use base64::Engine;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -237,13 +238,7 @@ impl NewSubscription {
 pub struct ChargifyStandIn {
     pub addr: SocketAddr,
     shared: Arc<Shared>,
-    server: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for ChargifyStandIn {
-    fn drop(&mut self) {
-        self.server.abort();
-    }
+    _server: LoopbackServer,
 }
 
 impl ChargifyStandIn {
@@ -253,10 +248,6 @@ impl ChargifyStandIn {
 
     /// Starts on an ephemeral port of 127.0.0.1.
     pub async fn start_with(config: StandInConfig) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind 127.0.0.1");
-        let addr = listener.local_addr().expect("local addr");
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 config,
@@ -283,28 +274,15 @@ impl ChargifyStandIn {
                 .expect("an HTTP client for deliveries"),
         });
         let server_shared = Arc::clone(&shared);
-        let server = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let shared = Arc::clone(&server_shared);
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |request| {
-                        let shared = Arc::clone(&shared);
-                        async move { Ok::<_, std::convert::Infallible>(serve(&shared, request).await) }
-                    });
-                    let io = hyper_util::rt::TokioIo::new(stream);
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(io, service)
-                        .await;
-                });
-            }
-        });
+        let server = LoopbackServer::start(move |request| {
+            let shared = Arc::clone(&server_shared);
+            async move { serve(&shared, request).await }
+        })
+        .await;
         Self {
-            addr,
+            addr: server.addr,
             shared,
-            server,
+            _server: server,
         }
     }
 

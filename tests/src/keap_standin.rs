@@ -8,6 +8,7 @@
 pub mod token;
 
 use crate::keap_contract::{KeapContract, Violation};
+use crate::loopback::LoopbackServer;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response, StatusCode};
@@ -112,22 +113,12 @@ impl State {
 pub struct KeapStandIn {
     pub addr: SocketAddr,
     state: Arc<Mutex<State>>,
-    server: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for KeapStandIn {
-    fn drop(&mut self) {
-        self.server.abort();
-    }
+    _server: LoopbackServer,
 }
 
 impl KeapStandIn {
     /// Starts on an ephemeral port of 127.0.0.1.
     pub async fn start() -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind 127.0.0.1");
-        let addr = listener.local_addr().expect("local addr");
         let state = Arc::new(Mutex::new(State {
             minute_budget: (240, 240),
             daily_budget: (30_000, 30_000),
@@ -136,34 +127,15 @@ impl KeapStandIn {
         }));
         let contract = Arc::new(KeapContract::load());
         let shared = Arc::clone(&state);
-        let server = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let state = Arc::clone(&shared);
-                let contract = Arc::clone(&contract);
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |request| {
-                        let state = Arc::clone(&state);
-                        let contract = Arc::clone(&contract);
-                        async move {
-                            Ok::<_, std::convert::Infallible>(
-                                serve(&state, &contract, request).await,
-                            )
-                        }
-                    });
-                    let io = hyper_util::rt::TokioIo::new(stream);
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(io, service)
-                        .await;
-                });
-            }
-        });
+        let server = LoopbackServer::start(move |request| {
+            let (state, contract) = (Arc::clone(&shared), Arc::clone(&contract));
+            async move { serve(&state, &contract, request).await }
+        })
+        .await;
         Self {
-            addr,
+            addr: server.addr,
             state,
-            server,
+            _server: server,
         }
     }
 

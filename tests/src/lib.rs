@@ -9,6 +9,7 @@ pub mod emf;
 pub mod keap_contract;
 pub mod keap_standin;
 pub mod lambda_watch;
+pub mod loopback;
 pub mod pipeline;
 
 use base64::Engine;

@@ -7,11 +7,11 @@ use http_body_util::{BodyExt, Full};
 use integration_tests::chargify_standin::{
     ChargifyStandIn, Delivery, Fault, NewSubscription, StandInConfig, WebhookStatus,
 };
+use integration_tests::loopback::LoopbackServer;
 use shared::chargify::api::{
     ChargifyApi, ChargifyApiError, ChargifyClient, ChargifyClientConfig, EventQuery,
     SubscriptionQuery, WebhookQuery, WebhookStatus as ApiWebhookStatus,
 };
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -385,84 +385,55 @@ async fn events_come_oldest_first_from_since_id_inclusive_and_filtered() {
 
 /// A webhook receiver on 127.0.0.1 that answers 200 while `accept` is set, else 500.
 struct Receiver {
-    addr: SocketAddr,
+    server: LoopbackServer,
     accept: Arc<AtomicBool>,
     bodies: Arc<Mutex<Vec<(String, String)>>>,
-    server: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        self.server.abort();
-    }
 }
 
 impl Receiver {
     async fn start(accept: bool) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
         let accept = Arc::new(AtomicBool::new(accept));
         let bodies = Arc::new(Mutex::new(Vec::new()));
         let (a, b) = (Arc::clone(&accept), Arc::clone(&bodies));
-        let server = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
+        let server =
+            LoopbackServer::start(move |request: hyper::Request<hyper::body::Incoming>| {
                 let (accept, bodies) = (Arc::clone(&a), Arc::clone(&b));
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(
-                        move |request: hyper::Request<hyper::body::Incoming>| {
-                            let (accept, bodies) = (Arc::clone(&accept), Arc::clone(&bodies));
-                            async move {
-                                let signature = request
-                                    .headers()
-                                    .get("x-chargify-webhook-signature-hmac-sha-256")
-                                    .and_then(|v| v.to_str().ok())
-                                    .unwrap_or("")
-                                    .to_owned();
-                                let body = request
-                                    .into_body()
-                                    .collect()
-                                    .await
-                                    .map(|b| b.to_bytes())
-                                    .unwrap_or_default();
-                                let ok = accept.load(Ordering::SeqCst);
-                                if ok {
-                                    bodies.lock().unwrap_or_else(|p| p.into_inner()).push((
-                                        String::from_utf8_lossy(&body).into_owned(),
-                                        signature,
-                                    ));
-                                }
-                                let status = if ok { 200 } else { 500 };
-                                Ok::<_, std::convert::Infallible>(
-                                    hyper::Response::builder()
-                                        .status(status)
-                                        .body(Full::new(Bytes::new()))
-                                        .unwrap_or_default(),
-                                )
-                            }
-                        },
-                    );
-                    let io = hyper_util::rt::TokioIo::new(stream);
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(io, service)
-                        .await;
-                });
-            }
-        });
+                async move {
+                    let signature = request
+                        .headers()
+                        .get("x-chargify-webhook-signature-hmac-sha-256")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_owned();
+                    let body = request
+                        .into_body()
+                        .collect()
+                        .await
+                        .map(|b| b.to_bytes())
+                        .unwrap_or_default();
+                    let ok = accept.load(Ordering::SeqCst);
+                    if ok {
+                        bodies
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push((String::from_utf8_lossy(&body).into_owned(), signature));
+                    }
+                    hyper::Response::builder()
+                        .status(if ok { 200 } else { 500 })
+                        .body(Full::new(Bytes::new()))
+                        .unwrap_or_default()
+                }
+            })
+            .await;
         Self {
-            addr,
+            server,
             accept,
             bodies,
-            server,
         }
     }
 
     fn url(&self) -> String {
-        format!("http://{}/webhooks/chargify", self.addr)
+        format!("http://{}/webhooks/chargify", self.server.addr)
     }
 
     fn received(&self) -> Vec<(String, String)> {
