@@ -24,6 +24,10 @@ impl Drop for LambdaWatch {
     }
 }
 
+/// How [`LambdaWatch::invoke`] reports an invoke cut off while the watcher may still be
+/// building the function.
+const STILL_STARTING: &str = "still starting";
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -88,6 +92,10 @@ impl LambdaWatch {
             .output()
             .expect("cargo lambda invoke runs");
         let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        if output.status.code() == Some(124) {
+            // The watcher holds an invoke while it compiles; a cold build can outlast one.
+            return Err(format!("{STILL_STARTING}: no answer within 120 s"));
+        }
         if !output.status.success() {
             return Err(format!(
                 "{stdout}{}",
@@ -108,7 +116,7 @@ impl LambdaWatch {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(400);
         loop {
             let result = self.invoke(function, event);
-            let starting = matches!(&result, Err(e) if e.contains("connect") || e.contains("Connection refused") || e.contains("error sending request"));
+            let starting = matches!(&result, Err(e) if e.contains("connect") || e.contains("Connection refused") || e.contains("error sending request") || e.starts_with(STILL_STARTING));
             if !starting || std::time::Instant::now() > deadline {
                 return result;
             }
