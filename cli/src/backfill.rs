@@ -14,11 +14,12 @@ use crate::store::identity::SqliteCustomerStore;
 use crate::store::{Db, DbError};
 use indicatif::ProgressBar;
 use shared::backfill::{
-    Backfill, BackfillError, BackfillQuery, BackfillSettings, CursorStore, DynamoDbCursorStore,
-    Eta, Finish, Outcome, Progress, StopReason, Totals,
+    Backfill, BackfillError, BackfillQuery, BackfillSettings, Eta, Finish, Outcome, Progress,
+    StopReason, Totals,
 };
 use shared::chargify::api::{build_client as chargify_client, ChargifySettings};
 use shared::config::{ConfigError, CUSTOMERS_TABLE, IDEMPOTENCY_TABLE};
+use shared::cursor_store::{CursorStore, DynamoDbCursorStore};
 use shared::dynamodb::Table;
 use shared::idempotency::{DynamoDbIdempotencyStore, IdempotencyStore};
 use shared::identity::{CustomerStore, DynamoDbCustomerStore};

@@ -4,6 +4,7 @@
 pub mod backfill;
 pub mod chargify;
 pub mod config;
+pub mod cursor_store;
 pub mod dynamodb;
 pub mod entrypoints;
 pub mod envelope;

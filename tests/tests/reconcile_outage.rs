@@ -549,7 +549,7 @@ async fn an_event_without_a_webhook_is_recovered_by_a_snapshot_and_applied_ones_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_built_reconciler_binary_recovers_a_failed_webhook_on_its_scheduled_event() {
     use integration_tests::emf;
-    use shared::backfill::{CursorStore, DynamoDbCursorStore};
+    use shared::cursor_store::{CursorStore, DynamoDbCursorStore};
     use shared::reconcile::cursor::{self, DayPosition, WebhookCursor};
 
     let pipeline = Pipeline::start(RuleSet::default_rules().expect("rules")).await;

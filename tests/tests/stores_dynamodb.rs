@@ -294,7 +294,8 @@ async fn an_unreachable_endpoint_fails_fast_as_unavailable() {
 
 #[tokio::test]
 async fn a_backfill_cursor_lives_in_the_idempotency_table_beside_the_records_without_a_ttl() {
-    use shared::backfill::{cursor_key, BackfillQuery, CursorStore, DynamoDbCursorStore};
+    use shared::backfill::{cursor_key, BackfillQuery};
+    use shared::cursor_store::{CursorStore, DynamoDbCursorStore};
     let client = dynamodb_client(&moto_endpoint()).await;
     let table = create_idempotency_table(&client).await;
     let cursors = DynamoDbCursorStore::new(Table::new(client.clone(), table.clone()));

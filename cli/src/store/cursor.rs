@@ -5,7 +5,7 @@
 use super::Db;
 use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension};
-use shared::backfill::CursorStore;
+use shared::cursor_store::CursorStore;
 use shared::idempotency::StoreError;
 
 const TABLE: &str = "CREATE TABLE IF NOT EXISTS backfill_cursors (

@@ -17,10 +17,8 @@
 //! attribute `cursor`, no TTL) or a row of the SQLite file (`cks backfill --local`).
 
 use crate::idempotency::StoreError;
-use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Mutex;
+use std::collections::BTreeSet;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
@@ -218,39 +216,6 @@ pub enum CursorError {
     Version(u32),
     #[error(transparent)]
     Store(#[from] StoreError),
-}
-
-/// Where cursors are kept.
-#[async_trait]
-pub trait CursorStore: Send + Sync {
-    async fn load(&self, key: &str) -> Result<Option<String>, StoreError>;
-    async fn save(&self, key: &str, cursor: &str) -> Result<(), StoreError>;
-}
-
-/// Cursors in memory (tests, dry runs).
-#[derive(Debug, Default)]
-pub struct InMemoryCursorStore {
-    cursors: Mutex<BTreeMap<String, String>>,
-}
-
-#[async_trait]
-impl CursorStore for InMemoryCursorStore {
-    async fn load(&self, key: &str) -> Result<Option<String>, StoreError> {
-        Ok(self
-            .cursors
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(key)
-            .cloned())
-    }
-
-    async fn save(&self, key: &str, cursor: &str) -> Result<(), StoreError> {
-        self.cursors
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key.to_owned(), cursor.to_owned());
-        Ok(())
-    }
 }
 
 #[cfg(test)]

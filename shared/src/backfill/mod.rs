@@ -1,6 +1,6 @@
 //! Backfill: every existing Chargify subscription synced to Keap as a snapshot, the way a new
 //! installation starts (issue 7). Over ports only: [`ChargifyApi`], [`Crm`], the idempotency
-//! and identity stores, and a [`CursorStore`].
+//! and identity stores, and a [`CursorStore`] (the cursor's meaning is [`cursor::Cursor`]).
 //!
 //! **Per page** (up to 200 subscriptions, oldest change first):
 //! 1. Each subscription becomes its `subscription_snapshot` envelope (id
@@ -35,18 +35,15 @@
 //! stopped run resumes after the last page fully done, and anything redone is a duplicate.
 
 pub mod cursor;
-mod dynamodb;
 #[cfg(test)]
 mod tests;
 
-pub use cursor::{
-    cursor_key, BackfillQuery, Cursor, CursorError, CursorStore, InMemoryCursorStore, Totals,
-};
-pub use dynamodb::DynamoDbCursorStore;
+pub use cursor::{cursor_key, BackfillQuery, Cursor, CursorError, Totals};
 
 use crate::chargify::api::{ChargifyApi, ChargifyApiError, Subscription, SubscriptionQuery};
 use crate::chargify::snapshot::snapshot_envelope;
 use crate::chargify::Webhook;
+use crate::cursor_store::CursorStore;
 use crate::idempotency::{
     payload_hash, Begin, IdempotencyKey, IdempotencyStore, Lease, Received, RecordStatus,
     StoreError, DEFAULT_RECORD_TTL,

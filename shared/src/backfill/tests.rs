@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::chargify::api::{Event, EventQuery, WebhookQuery, WebhookRecord};
+use crate::cursor_store::InMemoryCursorStore;
 use crate::idempotency::InMemoryIdempotencyStore;
 use crate::identity::InMemoryCustomerStore;
 use async_trait::async_trait;

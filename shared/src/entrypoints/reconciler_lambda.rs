@@ -3,11 +3,11 @@
 //! refuses the key, SQS or DynamoDB down) fails the invocation, so `ReconcilerErrorsAlarm`
 //! fires; the cursors saved before the failure keep its progress.
 
-use crate::backfill::DynamoDbCursorStore;
 use crate::chargify::api::{build_client, ChargifySettings};
 use crate::config::{
     load_shared_keys, ConfigError, IngestSettings, CUSTOMERS_TABLE, IDEMPOTENCY_TABLE,
 };
+use crate::cursor_store::DynamoDbCursorStore;
 use crate::dynamodb::Table;
 use crate::idempotency::DynamoDbIdempotencyStore;
 use crate::identity::DynamoDbCustomerStore;

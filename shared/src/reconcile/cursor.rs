@@ -14,8 +14,8 @@
 //! the next page starts at `last_id + 1`.
 
 use super::ReconcileError;
-use crate::backfill::CursorStore;
 use crate::chargify::api::WebhookStatus;
+use crate::cursor_store::CursorStore;
 use serde::{Deserialize, Serialize};
 use time::Date;
 

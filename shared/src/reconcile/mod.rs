@@ -41,12 +41,12 @@ pub mod cursor;
 #[cfg(test)]
 mod tests;
 
-use crate::backfill::CursorStore;
 use crate::chargify::api::{
     ChargifyApi, ChargifyApiError, EventQuery, WebhookQuery, WebhookRecord, WebhookStatus,
 };
 use crate::chargify::signature::SIGNATURE_HEADER;
 use crate::chargify::snapshot::{snapshot_envelope, SnapshotError};
+use crate::cursor_store::CursorStore;
 use crate::envelope::WebhookEnvelope;
 use crate::idempotency::{IdempotencyKey, IdempotencyStore, RecordStatus, StoreError};
 use crate::identity::{CustomerKey, CustomerStore};

@@ -3,10 +3,10 @@
 //! events walk's skip-when-applied and once-per-subscription.
 
 use super::*;
-use crate::backfill::InMemoryCursorStore;
 use crate::chargify::api::{Event, Subscription, SubscriptionQuery};
 use crate::chargify::signature::sign;
 use crate::chargify::SharedKeySet;
+use crate::cursor_store::InMemoryCursorStore;
 use crate::idempotency::{InMemoryIdempotencyStore, Received};
 use crate::identity::InMemoryCustomerStore;
 use crate::queue::InMemoryQueue;

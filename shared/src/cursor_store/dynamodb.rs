@@ -1,13 +1,14 @@
-//! Backfill cursors in DynamoDB: one item of the idempotency table per site and query, key
-//! `pk` = [`super::cursor_key`] (`backfill#<site>#<query hash>`), attribute `cursor` (S, the
-//! cursor's JSON) and `saved_at` (N, epoch seconds). No `expires_at`, so the table's TTL
-//! never deletes it: a backfill paused for the daily quota may resume days later. The
-//! idempotency table is used because the processor's stack already has it and the backfill
-//! already writes its snapshot records there; no new table, no new IAM resource.
+//! Cursors in DynamoDB: one item of the idempotency table per key (`pk`: the backfill's
+//! `backfill#<site>#<query hash>`, the reconciler's `reconcile#<site>#…`), attribute `cursor`
+//! (S, the cursor's JSON) and `saved_at` (N, epoch seconds). No `expires_at`, so the table's
+//! TTL never deletes it: a backfill paused for the daily quota may resume days later. Cursor
+//! keys contain `#` twice, so they never collide with an idempotency record (`site#id`). The
+//! idempotency table is used because the stack already has it and both jobs already write
+//! their records there; no new table, no new IAM resource.
 //!
 //! IAM: `dynamodb:UpdateItem`, `dynamodb:GetItem` on the table (the idempotency store's).
 
-use super::cursor::CursorStore;
+use super::CursorStore;
 use crate::dynamodb::{classify, epoch_whole_seconds, string, ItemReader, Table};
 use crate::idempotency::StoreError;
 use async_trait::async_trait;
