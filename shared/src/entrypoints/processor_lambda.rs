@@ -62,7 +62,7 @@ async fn cold_start() -> Result<(Arc<Processor>, Arc<dyn RecordControl>), Error>
     )
     .await;
     let crm = build_client(&keap, &aws).await?.ok_or(
-        "no Keap credentials: set KEAP_API_KEY_SECRET_ARN (or KEAP_API_KEY), or the OAuth variables (README, Keap authentication)",
+        "no Keap credentials: set KEAP_API_KEY_SECRET_ARN (or KEAP_API_KEY), or the OAuth variables (docs/keap-auth.md)",
     )?;
     tracing::info!(
         rules = rules.handled_events().len(),

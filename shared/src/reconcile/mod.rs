@@ -377,7 +377,7 @@ impl Reconciler {
             webhook_id = id,
             event = metrics::event_dimension(event),
             replay = self.settings.replay_unverified,
-            "stored webhook's signature verifies with no configured key; not enqueued (check the shared keys: README, IngestSignatureMismatchAlarm)"
+            "stored webhook's signature verifies with no configured key; not enqueued (check the shared keys: docs/operations.md, IngestSignatureMismatchAlarm)"
         );
     }
 

@@ -1,5 +1,5 @@
 //! Rules as data: which Keap changes each Chargify webhook makes. The file format is
-//! [`file::RulesFile`] (TOML, documented in the README); [`RuleSet`] is a validated, compiled
+//! [`file::RulesFile`] (TOML, documented in docs/rules.md); [`RuleSet`] is a validated, compiled
 //! file; [`plan`] turns a webhook into the Keap actions it asks for, as a pure function.
 //!
 //! The shipped default (`shared/rules/default.toml`) is compiled in; deployments override it
@@ -36,7 +36,7 @@ pub enum RulesError {
     )]
     Version { found: u32 },
     #[error(
-        "rule {rule:?}: unknown Chargify event {event:?} (see the event catalogue in the README)"
+        "rule {rule:?}: unknown Chargify event {event:?} (the known event keys are EVENT_KEYS in shared/src/chargify/webhook.rs)"
     )]
     UnknownEvent { rule: String, event: String },
     #[error("rule {rule:?} names no events")]
