@@ -337,7 +337,7 @@ async fn three_instances_with_kills_end_as_the_in_order_run() {
     let customers: usize = std::env::var("CONVERGENCE_LAMBDA_HISTORIES")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(40);
+        .unwrap_or(30);
     let mut rng = Rng::new(seed);
     let all = histories(&mut rng, 20_000, customers);
     let sends: Vec<Sent> = all.iter().flatten().cloned().collect();
@@ -436,4 +436,231 @@ async fn uncertain_skipped(cluster: &Cluster) -> usize {
             None => return total,
         }
     }
+}
+
+/// A running `cks serve` against the Keap stand-in; killed (SIGKILL) when dropped.
+struct Serve {
+    child: std::process::Child,
+    port: u16,
+    stderr: std::path::PathBuf,
+    stdout: std::path::PathBuf,
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Serve {
+    fn start(dir: &std::path::Path, keap: &KeapStandIn, port: u16, run: usize) -> Self {
+        use std::process::{Command, Stdio};
+        let stderr = dir.join(format!("serve-{run}.err"));
+        let stdout = dir.join(format!("serve-{run}.out"));
+        let child = Command::new(integration_tests::cks_binary())
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--db"])
+            .arg(dir.join("local.sqlite3"))
+            .env("CHARGIFY_SHARED_KEYS", KEY)
+            .env("CKS_VISIBILITY_TIMEOUT_SECS", "25")
+            .env("KEAP_API_KEY", "sak-serve")
+            .env("KEAP_BASE_URL", keap.base_url())
+            .env("KEAP_REQUESTS_PER_SECOND", "200")
+            .env_remove("KEAP_API_KEY_SECRET_ARN")
+            .env_remove("KEAP_CLIENT_ID")
+            .env_remove("KEAP_OAUTH_CLIENT_SECRET_ARN")
+            .env_remove("RULES_TOML")
+            .env_remove("CKS_TEST_PAUSE")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&stdout).expect("log"))
+            .stderr(std::fs::File::create(&stderr).expect("log"))
+            .spawn()
+            .expect("cks serve starts");
+        let serve = Self {
+            child,
+            port,
+            stderr,
+            stdout,
+        };
+        let started = Instant::now();
+        while !serve.log().contains("Listening: POST") {
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "serve did not start: {}",
+                serve.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        serve
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Goals and notes a retry skipped as uncertain (its JSON log lines on stdout).
+    fn uncertain_skipped(&self) -> usize {
+        std::fs::read_to_string(&self.stdout)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("died before recording it") && l.contains("\"skipped\""))
+            .count()
+    }
+
+    async fn post(&self, body: &str) -> u16 {
+        let signature = shared::chargify::signature::sign(KEY, body.as_bytes());
+        let headers = [
+            (
+                shared::chargify::signature::SIGNATURE_HEADER,
+                signature.as_str(),
+            ),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+        ];
+        integration_tests::http_request(
+            self.port,
+            "POST",
+            "/webhooks/chargify",
+            &headers,
+            body.as_bytes(),
+        )
+        .await
+        .map(|(status, _)| status)
+        .unwrap_or(0)
+    }
+}
+
+/// `processed webhook <id> <event>: <outcome>` lines of every run, in order: each customer's
+/// first completions. A duplicate counts: a run killed after completing a record but before
+/// printing it leaves the record's first line to the duplicate of its retry.
+fn applied_order(
+    logs: &[String],
+    customer_of: &BTreeMap<String, u64>,
+) -> BTreeMap<String, Vec<String>> {
+    let mut applied: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for line in logs.iter().flat_map(|l| l.lines()) {
+        let Some(rest) = line.strip_prefix("processed webhook ") else {
+            continue;
+        };
+        let mut words = rest.split_whitespace();
+        let (Some(id), _, Some(outcome)) = (words.next(), words.next(), words.next()) else {
+            continue;
+        };
+        if !matches!(outcome, "applied" | "stale" | "duplicate") {
+            continue;
+        }
+        if let Some(customer) = customer_of.get(id) {
+            let order = applied.entry(customer.to_string()).or_default();
+            if !order.iter().any(|o| o == id) {
+                order.push(id.to_owned());
+            }
+        }
+    }
+    applied
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cks_serve_killed_twice_ends_as_the_in_order_run() {
+    let seed: u64 = std::env::var("CONVERGENCE_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(11_2026);
+    let customers: usize = std::env::var("CONVERGENCE_SERVE_HISTORIES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(30);
+    let mut rng = Rng::new(seed);
+    let all = histories(&mut rng, 40_000, customers);
+    let sends: Vec<Sent> = all.iter().flatten().cloned().collect();
+    let rules = Arc::new(RuleSet::default_rules().expect("default rules"));
+    let (expected_view, _) = reference(&sends, &rules).await;
+    let keap = KeapStandIn::start().await;
+    keap.add_custom_fields(rules.custom_field_labels(), 100);
+    let dir = std::env::temp_dir().join(format!("cks-convergence-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
+        listener.local_addr().expect("addr").port()
+    };
+
+    let mut queues: Vec<std::collections::VecDeque<Sent>> =
+        all.iter().map(|h| weather(&mut rng, h).into()).collect();
+    let total: usize = queues.iter().map(|q| q.len()).sum();
+    let kills_at = [total / 3, 2 * total / 3];
+    let mut logs = Vec::new();
+    let mut uncertain = 0;
+    let mut run = 0;
+    let mut serve = Serve::start(&dir, &keap, port, run);
+    let mut sent = 0;
+    while !queues.is_empty() {
+        let i = rng.below(queues.len());
+        if let Some(webhook) = queues[i].pop_front() {
+            assert_eq!(serve.post(&webhook.body).await, 200, "{}", serve.log());
+            sent += 1;
+            if kills_at.contains(&sent) {
+                // kill -9 with records in flight, then a restart on the same file.
+                logs.push(serve.log());
+                uncertain += serve.uncertain_skipped();
+                drop(serve);
+                run += 1;
+                serve = Serve::start(&dir, &keap, port, run);
+            }
+        }
+        if queues[i].is_empty() {
+            queues.remove(i);
+        }
+    }
+    // The restarted server works off what is left (records in flight at a kill come back
+    // after the 25 s visibility timeout); bounded wait for Keap to settle.
+    let started = Instant::now();
+    let got = loop {
+        let (got, _) = standin_view(&keap);
+        if got.contacts == expected_view.contacts || started.elapsed() > Duration::from_secs(150) {
+            break got;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    // Let the last records' goals and completions finish.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    logs.push(serve.log());
+    uncertain += serve.uncertain_skipped();
+    for (customer, contact) in &expected_view.contacts {
+        assert_eq!(
+            got.contacts.get(customer),
+            Some(contact),
+            "seed {seed}: customer {customer}"
+        );
+    }
+    assert_eq!(
+        got.contact_count, expected_view.contact_count,
+        "no extra contact"
+    );
+    assert_eq!(got.duplicate_tag_names, 0, "no duplicate tag");
+    let customer_of: BTreeMap<String, u64> = sends
+        .iter()
+        .map(|s| (s.id.to_string(), s.customer))
+        .collect();
+    let bodies: BTreeMap<String, String> = sends
+        .iter()
+        .map(|s| (s.id.to_string(), s.body.clone()))
+        .collect();
+    let applied = applied_order(&logs, &customer_of);
+    let expected = view::expected_goals(&rules, SITE, &bodies, &applied);
+    let (_, fired) = standin_view(&keap);
+    let missing = view::check_goals(&fired, &expected, uncertain)
+        .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+    keap.assert_no_violations();
+    let dead: usize = logs
+        .iter()
+        .map(|l| l.matches(": dead_lettered").count())
+        .sum();
+    assert_eq!(dead, 0, "nothing dead-lettered");
+    eprintln!(
+        "serve path: {customers} histories, {} webhooks, {sent} deliveries, 2 kill -9s, 0 mismatches, {missing} goals lost in the crash window, {} no-op calls, {:.1} s",
+        sends.len(),
+        keap.noop_calls().len(),
+        started.elapsed().as_secs_f64()
+    );
+    drop(serve);
+    let _ = std::fs::remove_dir_all(&dir);
 }

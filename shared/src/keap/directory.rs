@@ -102,8 +102,6 @@ pub struct Directory {
     /// concurrent tasks of one instance read it once.
     loading: tokio::sync::Mutex<()>,
     locks: Arc<dyn NameLocks>,
-    /// Identifies this instance's creation locks.
-    holder: String,
 }
 
 impl Directory {
@@ -123,7 +121,6 @@ impl Directory {
             fields: Mutex::new(None),
             loading: tokio::sync::Mutex::new(()),
             locks,
-            holder: new_token(),
         }
     }
 
@@ -235,12 +232,15 @@ impl Directory {
             });
         }
         let lock_name = tag_creation_lock(name);
+        // One holder per attempt, not per process: two tasks of one instance exclude each
+        // other too.
+        let holder = new_token();
         let started = Instant::now();
         loop {
             let now = OffsetDateTime::now_utc();
             match self
                 .locks
-                .try_lock(&lock_name, &self.holder, now, CREATION_LOCK)
+                .try_lock(&lock_name, &holder, now, CREATION_LOCK)
                 .await?
             {
                 None => break,
@@ -271,7 +271,7 @@ impl Directory {
             Ok::<_, KeapError>(vec![tag.id])
         }
         .await;
-        if let Err(e) = self.locks.unlock(&lock_name, &self.holder).await {
+        if let Err(e) = self.locks.unlock(&lock_name, &holder).await {
             tracing::warn!(error = %e, "could not release the tag-creation lock; it expires by itself");
         }
         Ok(created?)
@@ -432,7 +432,7 @@ mod tests {
         );
     }
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn two_directories_sharing_the_lock_create_a_missing_tag_once() {
         let crm = Arc::new(InMemoryCrm::new());
         let locks: Arc<dyn NameLocks> = Arc::new(InMemoryNameLocks::new());

@@ -211,7 +211,9 @@ async fn deliver(
             match result {
                 Some(result) => {
                     for (record, outcome_name) in records.iter().zip(&result.outcomes) {
-                        if matches!(*outcome_name, "applied" | "stale") {
+                        // A duplicate too: a killed batch may have completed the record
+                        // before it could report it.
+                        if matches!(*outcome_name, "applied" | "stale" | "duplicate") {
                             let envelope = crate::envelope::WebhookEnvelope::from_json(
                                 record.body.as_deref().unwrap_or(""),
                             )

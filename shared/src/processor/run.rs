@@ -74,6 +74,13 @@ impl Processor {
                 continue;
             }
             let key = IdempotencyKey::new(&item.envelope.site, &item.envelope.webhook_id);
+            // The same webhook twice in one run (a redelivery queued behind the first): the
+            // first copy applies it, this one is its duplicate.
+            if let Some(first) = started.iter().find(|s| s.lease.key == key) {
+                let same_payload = first.item.envelope.raw_body == item.envelope.raw_body;
+                results[index] = Some(Ok(Processed::Duplicate { same_payload }));
+                continue;
+            }
             let begun = self
                 .idempotency
                 .begin(
