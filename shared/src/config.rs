@@ -206,9 +206,7 @@ mod tests {
             (CHARGIFY_SHARED_KEYS_SECRET_ARN, "arn")
         ])
         .contains("only one"));
-        assert!(
-            msg(&[(QUEUE_URL, FIFO), (CHARGIFY_SHARED_KEYS, "acme=")]).contains("empty shared key")
-        );
+        assert!(msg(&[(QUEUE_URL, FIFO), (CHARGIFY_SHARED_KEYS, "acme=")]).contains("contains `=`"));
         assert!(msg(&[
             (QUEUE_URL, FIFO),
             (CHARGIFY_SHARED_KEYS, "a"),
