@@ -172,6 +172,11 @@ async fn the_built_binary_enqueues_signed_webhooks_and_refuses_the_rest() {
         0.0
     );
 
+    // Each request's line carries its invocation: the first one's is the cold start, and the
+    // request ids are those cargo lambda gave (one per invocation).
+    let ids = watch.assert_lines_carry_the_invocation("ingest", "ingest ready");
+    assert!(ids.len() >= 6, "one request id per invocation: {ids:?}");
+
     let messages = drain(&client, &queue_url).await;
     assert_eq!(messages.len(), 1, "{messages:?}");
     let envelope = WebhookEnvelope::from_json(&messages[0].body).expect("envelope");

@@ -13,6 +13,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use time::OffsetDateTime;
+use tracing::Instrument;
 
 /// Records are not started with less time than this left: a record cut off by the Lambda
 /// timeout would hold its lease until it expires.
@@ -186,7 +187,8 @@ async fn run_one(
     let task = {
         let processor = Arc::clone(processor);
         let envelope = envelope.clone();
-        tokio::spawn(async move { processor.process(&envelope, remaining).await })
+        // In the invocation's span, so the record's log lines carry its request id.
+        tokio::spawn(async move { processor.process(&envelope, remaining).await }.in_current_span())
     };
     match task.await {
         Ok(Ok(processed)) => Ok((envelope, processed)),
