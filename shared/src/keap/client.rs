@@ -117,7 +117,10 @@ impl KeapClient {
             paced_waits: AtomicU64::new(0),
             requests_sent: AtomicU64::new(0),
             throttled_answers: AtomicU64::new(0),
-            directory: Directory::new(config.lookup_ttl),
+            directory: Directory::with_ttl(
+                Arc::new(crate::identity::InMemoryNameLocks::new()),
+                config.lookup_ttl,
+            ),
             config,
         })
     }
@@ -306,22 +309,25 @@ impl KeapClient {
 }
 
 impl KeapClient {
-    /// Every item of a v1 list (the array under `items`) matching `filter`, page by page.
+    /// Every item of a v1 list (the array under `items`) matching `filter` (if any), page by
+    /// page.
     async fn list_all(
         &self,
         path: &str,
         items: &str,
-        filter: (&str, &str),
+        filter: Option<(&str, &str)>,
     ) -> Result<Vec<Value>, KeapError> {
         const PAGE: usize = 1000;
         let mut all = Vec::new();
         // Bounded paging: Keap accounts hold thousands of tags or companies, not millions.
         for page in 0..100 {
-            let query = [
-                (filter.0, filter.1.to_owned()),
+            let mut query = vec![
                 ("limit", PAGE.to_string()),
                 ("offset", (page * PAGE).to_string()),
             ];
+            if let Some((name, value)) = filter {
+                query.push((name, value.to_owned()));
+            }
             let mut answer = self.call(Method::GET, path, &query, None).await?;
             let batch = match answer.get_mut(items).map(Value::take) {
                 Some(Value::Array(batch)) => batch,
@@ -340,7 +346,9 @@ impl KeapClient {
     async fn contact_body(&self, fields: &ContactFields) -> Result<Map<String, Value>, KeapError> {
         let mut body = fields_json(fields);
         let company = fields.company.as_deref().map(str::trim);
-        if let Some(name) = company.filter(|n| !n.is_empty()) {
+        if let Some(id) = fields.company_id {
+            body.insert("company".into(), json!({ "id": id }));
+        } else if let Some(name) = company.filter(|n| !n.is_empty()) {
             let id: CompanyId = self.directory.company_id(self, name).await?;
             body.insert("company".into(), json!({ "id": id }));
         }
@@ -660,8 +668,23 @@ impl Crm for KeapClient {
         contact_from(&answer)
     }
 
+    async fn list_tags(&self) -> Result<Vec<Tag>, KeapError> {
+        let tags = self.list_all("/v1/tags", "tags", None).await?;
+        Ok(tags
+            .iter()
+            .filter_map(|t| {
+                Some(Tag {
+                    id: t["id"].as_i64()?,
+                    name: t["name"].as_str()?.to_owned(),
+                })
+            })
+            .collect())
+    }
+
     async fn find_tags_by_name(&self, name: &str) -> Result<Vec<Tag>, KeapError> {
-        let tags = self.list_all("/v1/tags", "tags", ("name", name)).await?;
+        let tags = self
+            .list_all("/v1/tags", "tags", Some(("name", name)))
+            .await?;
         Ok(tags
             .iter()
             .filter_map(|t| {
@@ -801,9 +824,22 @@ impl Crm for KeapClient {
             .collect())
     }
 
+    async fn list_companies(&self) -> Result<Vec<Company>, KeapError> {
+        let companies = self.list_all("/v1/companies", "companies", None).await?;
+        Ok(companies
+            .iter()
+            .filter_map(|c| {
+                Some(Company {
+                    id: c["id"].as_i64()?,
+                    name: c["company_name"].as_str()?.to_owned(),
+                })
+            })
+            .collect())
+    }
+
     async fn find_companies_by_name(&self, name: &str) -> Result<Vec<Company>, KeapError> {
         let companies = self
-            .list_all("/v1/companies", "companies", ("company_name", name))
+            .list_all("/v1/companies", "companies", Some(("company_name", name)))
             .await?;
         let mut exact: Vec<Company> = companies
             .iter()

@@ -149,6 +149,7 @@ fn merge(into: &mut ContactFields, from: &ContactFields) {
         family_name,
         phone,
         address,
+        company_id,
         opt_in_reason
     );
     for (id, value) in &from.custom_fields {
@@ -162,7 +163,7 @@ fn contact(id: ContactId, fields: &ContactFields, tags: &BTreeSet<TagId>) -> Con
         id,
         email: fields.email.clone(),
         tag_ids: Some(tags.iter().copied().collect()),
-        company_id: None,
+        company_id: fields.company_id,
     }
 }
 
@@ -234,6 +235,18 @@ impl Crm for InMemoryCrm {
             .ok_or_else(|| not_found(format!("contact {id}")))?;
         merge(&mut entry.0, fields);
         Ok(contact(id, &entry.0, &entry.1))
+    }
+
+    async fn list_tags(&self) -> Result<Vec<Tag>, KeapError> {
+        let state = self.enter("list_tags", "GET /v1/tags".into())?;
+        Ok(state
+            .tags
+            .iter()
+            .map(|(id, n)| Tag {
+                id: *id,
+                name: n.clone(),
+            })
+            .collect())
     }
 
     async fn find_tags_by_name(&self, name: &str) -> Result<Vec<Tag>, KeapError> {
@@ -366,6 +379,18 @@ impl Crm for InMemoryCrm {
         state.notes.push((contact, title.to_owned()));
         state.next_id += 1;
         Ok(state.next_id)
+    }
+
+    async fn list_companies(&self) -> Result<Vec<Company>, KeapError> {
+        let state = self.enter("list_companies", "GET /v1/companies".into())?;
+        Ok(state
+            .companies
+            .iter()
+            .map(|(id, n)| Company {
+                id: *id,
+                name: n.clone(),
+            })
+            .collect())
     }
 
     async fn find_companies_by_name(&self, name: &str) -> Result<Vec<Company>, KeapError> {
