@@ -3,6 +3,7 @@
 
 pub mod history;
 pub mod kill;
+pub mod view;
 
 pub const TEST: &str = include_str!("../fixtures/chargify/test.txt");
 pub const SIGNUP_SUCCESS: &str = include_str!("../fixtures/chargify/signup_success.txt");

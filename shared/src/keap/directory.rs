@@ -65,7 +65,8 @@ pub enum IfMissing {
 #[derive(Debug, Default)]
 struct Tags {
     by_name: HashMap<String, Vec<TagId>>,
-    known_ids: BTreeSet<TagId>,
+    /// Every id listed or looked up, with its name.
+    names: HashMap<TagId, String>,
     /// When the whole list was last read (`None`: never).
     listed_at: Option<Instant>,
     /// Names already reported as having duplicates (reported once per process).
@@ -76,7 +77,9 @@ impl Tags {
     fn put(&mut self, name: &str, mut ids: Vec<TagId>) {
         ids.sort_unstable();
         ids.dedup();
-        self.known_ids.extend(ids.iter().copied());
+        for id in &ids {
+            self.names.insert(*id, name.to_owned());
+        }
         if ids.is_empty() {
             self.by_name.remove(name);
         } else {
@@ -144,7 +147,7 @@ impl Directory {
         }
         let mut tags = lock(&self.tags);
         tags.by_name.clear();
-        tags.known_ids.clear();
+        tags.names.clear();
         for (name, ids) in by_name {
             tags.put(&name, ids);
         }
@@ -157,7 +160,7 @@ impl Directory {
     /// known.
     pub async fn learn_ids(&self, crm: &dyn Crm, ids: &[TagId]) -> Result<bool, KeapError> {
         self.load_tags(crm).await?;
-        let unknown = |tags: &Tags| ids.iter().any(|id| !tags.known_ids.contains(id));
+        let unknown = |tags: &Tags| ids.iter().any(|id| !tags.names.contains_key(id));
         {
             let tags = lock(&self.tags);
             if !unknown(&tags) {
@@ -180,6 +183,11 @@ impl Directory {
             return Ok(ids);
         }
         self.look_up(crm, name).await
+    }
+
+    /// The name of tag `id`, if the list (or a look-up) has seen it.
+    pub fn name_of(&self, id: TagId) -> Option<String> {
+        lock(&self.tags).names.get(&id).cloned()
     }
 
     /// The ids of `name` the list knows, without any call.

@@ -310,8 +310,15 @@ impl Processor {
             // A retry (after a failure, a crash or an operator's forced replay) reads the
             // contact back first: what Keap holds may have changed since the mirror was set.
             let retry = started.iter().any(|s| s.lease.attempt > 1);
-            if (stale_mirror || retry) && working.contact_id.is_some() {
-                writer.refresh(&mut working, &fold.winners, now).await?;
+            // A contact whose tags were never listed (mapped before the mirror existed):
+            // listed once, rather than removing tags blindly.
+            let tags_unknown = working.tags.is_none()
+                && fold
+                    .winners
+                    .values()
+                    .any(|w| matches!(w.target, crate::converge::Target::Tag(_)));
+            if (stale_mirror || retry || tags_unknown) && working.contact_id.is_some() {
+                writer.refresh(&mut working, now).await?;
             }
             let email = newest_email(started);
             let id = writer
