@@ -14,6 +14,7 @@ use super::{
     WebhookQuery, WebhookRecord, MAX_REPLAY_IDS,
 };
 use crate::keap::client::{jitter, without_url};
+use crate::telemetry::redact_serde_error;
 use async_trait::async_trait;
 use backon::{ExponentialBuilder, Retryable};
 use reqwest::Method;
@@ -223,7 +224,7 @@ impl ChargifyClient {
                 }
                 serde_json::from_slice(&bytes).map_err(|e| ChargifyApiError::Unreadable {
                     path,
-                    detail: e.to_string(),
+                    detail: redact_serde_error(&e),
                 })
             }
             401 => Err(ChargifyApiError::Unauthorized { path }),
@@ -263,7 +264,7 @@ impl ChargifyClient {
             Some(value) => {
                 serde_json::from_value(value).map_err(|e| ChargifyApiError::Unreadable {
                     path: path.to_owned(),
-                    detail: e.to_string(),
+                    detail: redact_serde_error(&e),
                 })
             }
         }
@@ -314,7 +315,7 @@ impl ChargifyApi for ChargifyClient {
         let item: SubscriptionItem =
             serde_json::from_value(value).map_err(|e| ChargifyApiError::Unreadable {
                 path,
-                detail: e.to_string(),
+                detail: redact_serde_error(&e),
             })?;
         Ok(Some(item.subscription))
     }
