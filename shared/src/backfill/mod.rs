@@ -779,9 +779,7 @@ impl Backfill<'_> {
             .await
             .map_err(BackfillError::Stopped)?;
         }
-        p.folded.contact_id = p.working.contact_id;
-        p.folded.mirror = p.working.mirror.clone();
-        p.folded.mirror_read_at = p.working.mirror_read_at;
+        p.folded.take_mirror(&p.working);
         let summary = format!(
             "contact {}; values sent {}, already held {}; tags +{} -{} (page bulk calls)",
             p.contact,

@@ -93,6 +93,15 @@ impl CustomerState {
         })
     }
 
+    /// Takes what `keap` knows of Keap (the contact, the value digests, the tags, when they
+    /// were read), keeping this state's versions: the calls' outcome over the fold's clocks.
+    pub fn take_mirror(&mut self, keap: &CustomerState) {
+        self.contact_id = keap.contact_id;
+        self.mirror = keap.mirror.clone();
+        self.tags = keap.tags.clone();
+        self.mirror_read_at = keap.mirror_read_at;
+    }
+
     /// Whether subscription `id` was applied as of `updated_at` or later.
     pub fn has_applied(&self, subscription: &str, updated_at: OffsetDateTime) -> bool {
         self.subscriptions

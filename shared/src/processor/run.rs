@@ -346,9 +346,7 @@ impl Processor {
         if steps_to_fire {
             if let (Some(key), true) = (customer, working != before) {
                 let mut midway = before.clone();
-                midway.contact_id = working.contact_id;
-                midway.mirror = working.mirror.clone();
-                midway.mirror_read_at = working.mirror_read_at;
+                midway.take_mirror(&working);
                 self.customers.save(key, holder, &midway, false).await?;
             }
         }
@@ -368,9 +366,7 @@ impl Processor {
         }
 
         let mut after = fold.state;
-        after.contact_id = working.contact_id;
-        after.mirror = working.mirror;
-        after.mirror_read_at = working.mirror_read_at;
+        after.take_mirror(&working);
         Ok(after)
     }
 }

@@ -736,3 +736,92 @@ async fn the_same_webhook_twice_in_one_batch_is_applied_once_and_acknowledged_tw
     assert!(control.delays().is_empty());
     assert_eq!(world.crm.state().goals.len(), 1);
 }
+
+/// A dead-lettered webhook redriven after later webhooks of its customer were applied
+/// changes nothing they superseded: no value goes back, no goal fires late.
+#[tokio::test]
+async fn a_redriven_dead_letter_changes_nothing_a_newer_webhook_superseded() {
+    let world = world();
+    let at = |day: u8| format!("2026-03-{day:02}%2010%3A00%3A00%20-0500");
+    let event = |id: &str, event: &str, state: &str, day: u8| {
+        fixtures::derive(
+            fixtures::SIGNUP_SUCCESS,
+            id,
+            event,
+            &[
+                ("payload[subscription][state]", state),
+                ("payload[subscription][updated_at]", &at(day)),
+                ("payload[transaction][created_at]", &at(day)),
+            ],
+        )
+    };
+    process(&world, &event("8001", "signup_success", "active", 1))
+        .await
+        .expect("signup");
+    // The payment failure is refused by Keap (a 400 on its tag): dead-lettered.
+    world.crm.fail_next_call_to(
+        "apply_tags",
+        KeapError::Permanent {
+            status: 400,
+            reason: "refused".into(),
+            request_id: None,
+        },
+    );
+    let failure = event("8002", "payment_failure", "past_due", 5);
+    let err = process(&world, &failure).await.expect_err("refused");
+    assert!(matches!(
+        err.disposition(OffsetDateTime::now_utc()),
+        Disposition::DeadLetter { .. }
+    ));
+    // The customer pays; the queue goes on.
+    process(&world, &event("8003", "payment_success", "active", 8))
+        .await
+        .expect("payment");
+    let contact = contact_of(&world);
+    let before = world.crm.tag_names(contact);
+    let goals = world.crm.state().goals.len();
+    // Days later an operator redrives the dead letter.
+    let outcome = process(&world, &failure).await.expect("redriven");
+    assert_eq!(outcome.outcome(), "stale");
+    assert_eq!(world.crm.tag_names(contact), before, "no value goes back");
+    assert!(!before.contains("Billing: Payment Failed"));
+    assert_eq!(
+        world.crm.state().goals.len(),
+        goals,
+        "no dunning goal for a customer who paid"
+    );
+}
+
+/// A renewal that changes nothing (renewal_success then payment_success, no failure before)
+/// costs no Keap call: the mirror knows the contact lacks "Billing: Payment Failed".
+#[tokio::test]
+async fn a_normal_renewal_costs_no_keap_call() {
+    let world = world();
+    let at = |day: u8| format!("2026-04-{day:02}%2010%3A00%3A00%20-0500");
+    let event = |id: &str, event: &str, day: u8| {
+        fixtures::derive(
+            fixtures::SIGNUP_SUCCESS,
+            id,
+            event,
+            &[
+                ("payload[subscription][state]", "active"),
+                ("payload[subscription][updated_at]", &at(day)),
+            ],
+        )
+    };
+    process(&world, &event("9001", "signup_success", 1))
+        .await
+        .expect("signup");
+    let calls = world.crm.call_count();
+    for (id, name) in [("9002", "renewal_success"), ("9003", "payment_success")] {
+        let outcome = process(&world, &event(id, name, 28))
+            .await
+            .expect("renewal");
+        assert_eq!(outcome.outcome(), "applied");
+    }
+    let made: Vec<String> = world.crm.state().calls[calls..]
+        .iter()
+        .map(|c| format!("{} {}", c.operation, c.detail))
+        .collect();
+    assert!(made.is_empty(), "0 Keap calls, made {made:?}");
+}
