@@ -60,7 +60,8 @@ pub struct BackfillArgs {
     /// Plan and count the Keap calls; change nothing in Keap or in the stores.
     #[arg(long)]
     dry_run: bool,
-    /// Stop (resumably) before a page that would take this run past N Keap calls.
+    /// Never make more than N Keap calls in this run: stop, resumably, at the last
+    /// subscription it can pay for (a page is cut short where needed).
     #[arg(long, value_name = "N")]
     max_keap_calls: Option<u64>,
     /// Use the SQLite file of `cks serve` for the records, map and cursor.

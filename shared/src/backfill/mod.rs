@@ -34,6 +34,7 @@
 //! **Resume.** See [`cursor`]: keyset paging by `updated_at`, saved after each page; a
 //! stopped run resumes after the last page fully done, and anything redone is a duplicate.
 
+mod budget;
 pub mod cursor;
 #[cfg(test)]
 mod tests;
@@ -54,6 +55,7 @@ use crate::identity::{CustomerKey, CustomerState, CustomerStore, Locked};
 use crate::keap::{ContactId, Crm, Directory, InMemoryCrm, KeapClient, KeapError, TagId};
 use crate::processor::{Applied, Disposition, ProcessError};
 use crate::rules::{Plan, RuleSet};
+use budget::Budgeted;
 use futures::StreamExt;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -89,6 +91,10 @@ pub trait KeapMeter: Send + Sync {
     fn pace(&self) -> Option<f64> {
         None
     }
+    /// The most requests one call can make (its retries included).
+    fn max_requests_per_call(&self) -> u64 {
+        1
+    }
 }
 
 impl KeapMeter for KeapClient {
@@ -103,6 +109,9 @@ impl KeapMeter for KeapClient {
     }
     fn pace(&self) -> Option<f64> {
         Some(f64::from(self.requests_per_second()))
+    }
+    fn max_requests_per_call(&self) -> u64 {
+        self.max_requests_per_call()
     }
 }
 
@@ -275,6 +284,22 @@ enum Step {
 impl Backfill<'_> {
     /// Runs (or, with `resume`, continues) the backfill of `query`.
     pub async fn run(&self, query: BackfillQuery, resume: bool) -> Result<Outcome, BackfillError> {
+        // Every Keap call of the run goes through the budget (see `budget`).
+        let guarded = Budgeted::new(self.crm, self.meter, self.settings.max_keap_calls);
+        let engine = Backfill {
+            crm: &guarded,
+            settings: self.settings.clone(),
+            ..*self
+        };
+        engine.run_guarded(query, resume, &guarded).await
+    }
+
+    async fn run_guarded(
+        &self,
+        query: BackfillQuery,
+        resume: bool,
+        budget: &Budgeted<'_>,
+    ) -> Result<Outcome, BackfillError> {
         let started = Instant::now();
         let key = cursor_key(self.site, &query);
         let stored = match self.cursors.load(&key).await? {
@@ -312,17 +337,6 @@ impl Backfill<'_> {
                 return Ok(stopped(cursor, run, key, started, StopReason::Interrupted));
             }
             let used = run.keap_calls;
-            if let Some(limit) = self.settings.max_keap_calls {
-                if used + page_cost > limit {
-                    return Ok(stopped(
-                        cursor,
-                        run,
-                        key,
-                        started,
-                        StopReason::MaxKeapCalls { limit, used },
-                    ));
-                }
-            }
             if let Some(left) = self
                 .meter
                 .daily_quota_left()
@@ -347,17 +361,39 @@ impl Backfill<'_> {
                 .chargify
                 .subscriptions_page(&query, cursor.page)
                 .await?;
+            // The longest prefix of the page the run can still pay for.
+            let affordable = match self.settings.max_keap_calls {
+                Some(limit) => self.affordable(&cursor, &page, limit.saturating_sub(used)),
+                None => page.len(),
+            };
+            if affordable == 0 && !page.is_empty() {
+                let limit = self.settings.max_keap_calls.unwrap_or_default();
+                let reason = StopReason::MaxKeapCalls { limit, used };
+                return Ok(stopped(cursor, run, key, started, reason));
+            }
+            let cut = affordable < page.len();
+            let page = &page[..affordable];
             let (calls_before, throttled_before) = (self.meter.calls(), self.meter.throttled());
-            let mut page_totals = self.page(&cursor, &page).await?;
+            let outcome = self.page(&cursor, page).await;
+            if budget.refused() {
+                // The page cost more than priced: stop at the last page done (its work is
+                // redone by the next run at no extra effect).
+                let limit = self.settings.max_keap_calls.unwrap_or_default();
+                let used = used + self.meter.calls().saturating_sub(calls_before);
+                let reason = StopReason::MaxKeapCalls { limit, used };
+                run.keap_calls = used;
+                return Ok(stopped(cursor, run, key, started, reason));
+            }
+            let mut page_totals = outcome?;
             page_totals.keap_calls = self.meter.calls().saturating_sub(calls_before);
             page_totals.throttled = self.meter.throttled().saturating_sub(throttled_before);
             page_cost = page_cost.max(page_totals.keap_calls).max(1);
             let listed: Vec<(i64, Option<OffsetDateTime>)> =
                 page.iter().map(|s| (s.id, s.updated_at)).collect();
-            if page.len() < PAGE_SIZE {
-                cursor.next_pass();
-            } else {
+            if cut || page.len() == PAGE_SIZE {
                 cursor.advance(&listed);
+            } else {
+                cursor.next_pass();
             }
             run.add(&page_totals);
             cursor.totals.add(&page_totals);
@@ -374,6 +410,14 @@ impl Backfill<'_> {
                 ));
             }
             self.progress.page_done(&run, &eta);
+            if cut {
+                let limit = self.settings.max_keap_calls.unwrap_or_default();
+                let reason = StopReason::MaxKeapCalls {
+                    limit,
+                    used: run.keap_calls,
+                };
+                return Ok(stopped(cursor, run, key, started, reason));
+            }
         }
         Ok(Outcome {
             finish: Finish::Complete,
@@ -466,6 +510,32 @@ impl Backfill<'_> {
         }
         // Pages `first..end` are full, page `end` holds the rest.
         Some(u64::from(end - first) * PAGE_SIZE as u64 + end_len as u64)
+    }
+
+    /// How many subscriptions of `page`, from the first, the run can pay for with `left`
+    /// Keap requests, priced at their worst ([`budget::worst_case`]).
+    fn affordable(&self, cursor: &Cursor, page: &[Subscription], left: u64) -> usize {
+        let now = OffsetDateTime::now_utc();
+        let plans: Vec<Option<Plan>> = page
+            .iter()
+            .map(|subscription| {
+                if cursor.already_done(subscription.id, subscription.updated_at) {
+                    return None;
+                }
+                let envelope = snapshot_envelope(self.site, subscription, now).ok()?;
+                let webhook = Webhook::parse(envelope.raw_body.as_bytes()).ok()?;
+                self.rules.plan(&webhook, self.site).ok()
+            })
+            .collect();
+        let mut affordable = 0;
+        for k in 1..=plans.len() {
+            let cost = budget::worst_case(plans[..k].iter().flatten(), self.directory);
+            if cost > left {
+                break;
+            }
+            affordable = k;
+        }
+        affordable
     }
 
     /// One page: steps 1–4 of the module docs. Returns its totals (without Keap calls).

@@ -42,11 +42,23 @@ impl FakeChargify {
     }
 
     fn add(&self, id: i64, customer: i64, state: &str, updated_at: OffsetDateTime) {
+        self.add_with_company(id, customer, state, updated_at, "");
+    }
+
+    fn add_with_company(
+        &self,
+        id: i64,
+        customer: i64,
+        state: &str,
+        updated_at: OffsetDateTime,
+        organization: &str,
+    ) {
         let at = updated_at.format(&Rfc3339).expect("time");
         let mut sub = crate::fixtures::api_subscription(id, customer, state, &at);
         sub["customer"]["email"] = format!("c{customer}@example.com").into();
         // The customer record as of the same change: its data is as new as the subscription.
         sub["customer"]["updated_at"] = at.clone().into();
+        sub["customer"]["organization"] = organization.into();
         let mut subs = self.subscriptions.lock().expect("lock");
         subs.retain(|s| s["id"] != id);
         subs.push(sub);
@@ -414,11 +426,70 @@ async fn the_call_limit_stops_at_a_page_boundary_and_resume_finishes() {
         Finish::Stopped(StopReason::MaxKeapCalls { .. })
     ));
     assert!(stopped.run.keap_calls <= 300, "{}", stopped.run.keap_calls);
-    assert_eq!(stopped.run.applied, 200);
+    assert_eq!(stopped.run.keap_calls, world.crm.call_count() as u64);
+    // The first page and as much of the second as the budget pays for.
+    assert!(stopped.run.applied > 200, "{}", stopped.run.applied);
     let resumed = world.run(true).await.expect("resume");
     assert_eq!(resumed.finish, Finish::Complete);
-    assert_eq!(resumed.run.applied, 250);
-    assert_eq!(world.calls("upsert_contact"), 450);
+    assert_eq!(stopped.run.applied + resumed.run.applied, 450);
+    assert_eq!(
+        world.calls("upsert_contact"),
+        450,
+        "no contact written twice"
+    );
+}
+
+/// With a company of its own per subscriber (each new to Keap: a create more per contact),
+/// no run passes its limit, whatever the limit, and the resumed runs finish the work once.
+#[tokio::test]
+async fn the_call_limit_is_never_passed_with_a_company_per_subscriber() {
+    for limit in [37, 120, 250, 300] {
+        let chargify = FakeChargify::default();
+        for i in 1..=300 {
+            chargify.add_with_company(
+                i,
+                i,
+                "active",
+                T0 + time::Duration::seconds(i),
+                &format!("Org {i}"),
+            );
+        }
+        let world = World::new(chargify);
+        let settings = BackfillSettings {
+            max_keap_calls: Some(limit),
+            ..BackfillSettings::default()
+        };
+        let mut applied = 0;
+        let mut runs = 0;
+        loop {
+            runs += 1;
+            assert!(runs < 100, "limit {limit}: too many runs");
+            let before = world.crm.call_count() as u64;
+            let outcome = world
+                .engine(settings.clone())
+                .run(BackfillQuery::default(), runs > 1)
+                .await
+                .expect("run");
+            let made = world.crm.call_count() as u64 - before;
+            assert!(made <= limit, "limit {limit}: a run made {made} calls");
+            assert_eq!(outcome.run.keap_calls, made, "the run counts every call");
+            applied += outcome.run.applied;
+            if outcome.finish == Finish::Complete {
+                break;
+            }
+        }
+        assert_eq!(applied, 300, "limit {limit}");
+        assert_eq!(
+            world.calls("upsert_contact"),
+            300,
+            "limit {limit}: each contact once"
+        );
+        assert_eq!(
+            world.calls("create_company"),
+            300,
+            "limit {limit}: each company once"
+        );
+    }
 }
 
 #[tokio::test]

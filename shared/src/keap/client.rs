@@ -152,6 +152,13 @@ impl KeapClient {
         *self.last_report.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The most requests one call can send: the first, its retries, and with OAuth one more
+    /// after a refreshed token.
+    pub fn max_requests_per_call(&self) -> u64 {
+        let oauth = u64::from(matches!(self.config.credential, Credential::OAuth(_)));
+        1 + self.config.max_retries as u64 + oauth
+    }
+
     /// The configured pace, calls per second.
     pub fn requests_per_second(&self) -> u32 {
         self.config.requests_per_second.get()

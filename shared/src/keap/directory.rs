@@ -182,6 +182,26 @@ impl Directory {
         self.look_up(crm, name).await
     }
 
+    /// Whether the account's tag list was read.
+    pub fn tags_listed(&self) -> bool {
+        lock(&self.tags).listed_at.is_some()
+    }
+
+    /// Whether the account's company list was read.
+    pub fn companies_listed(&self) -> bool {
+        *lock(&self.companies_complete)
+    }
+
+    /// Whether the company named `name` is known (listed, looked up or created).
+    pub fn knows_company(&self, name: &str) -> bool {
+        lock(&self.companies).contains_key(name)
+    }
+
+    /// Whether the custom-field model was read.
+    pub fn fields_read(&self) -> bool {
+        lock(&self.fields).is_some()
+    }
+
     /// The name of tag `id`, if the list (or a look-up) has seen it.
     pub fn name_of(&self, id: TagId) -> Option<String> {
         lock(&self.tags).names.get(&id).cloned()
