@@ -297,6 +297,28 @@ async fn serve(
             })
     };
     let body = json_body.unwrap_or(Value::Null);
+    // Keap leaves custom fields out of a contact it is asked for unless the request names
+    // them in `optional_properties` (comma-separated or repeated); writes answer them.
+    let asked_for_custom_fields = query
+        .as_deref()
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|p| p.split_once('='))
+        .filter(|(k, _)| *k == "optional_properties")
+        .any(|(_, v)| {
+            percent_decode(v)
+                .split(',')
+                .any(|p| p.trim() == "custom_fields")
+        });
+    let read = |s: &State, id: i64, c: &Map<String, Value>| {
+        let mut contact = contact_json(s, id, c);
+        if !asked_for_custom_fields {
+            if let Some(fields) = contact.as_object_mut() {
+                fields.remove("custom_fields");
+            }
+        }
+        contact
+    };
     let page = |items: Vec<Value>| {
         let limit = query_param("limit").and_then(|l| l.parse().ok());
         let offset = query_param("offset").and_then(|o| o.parse().ok());
@@ -320,12 +342,12 @@ async fn serve(
                         .as_deref()
                         .is_none_or(|e| primary_email(c).as_deref() == Some(e))
                 })
-                .map(|(id, c)| contact_json(&s, *id, c))
+                .map(|(id, c)| read(&s, *id, c))
                 .collect();
             (200, json!({"contacts": contacts, "count": contacts.len()}))
         }
         "getContactUsingGET" => match s.contacts.get(&id_at(3)) {
-            Some(c) => (200, contact_json(&s, id_at(3), c)),
+            Some(c) => (200, read(&s, id_at(3), c)),
             None => (404, json!({"message": "Contact not found"})),
         },
         "createOrUpdateContactUsingPUT" | "updatePropertiesOnContactUsingPATCH"

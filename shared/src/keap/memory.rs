@@ -163,6 +163,7 @@ fn contact(id: ContactId, fields: &ContactFields, tags: &BTreeSet<TagId>) -> Con
         email: fields.email.clone(),
         tag_ids: Some(tags.iter().copied().collect()),
         company_id: None,
+        fields: Some(fields.clone()),
     }
 }
 
@@ -395,5 +396,29 @@ impl Crm for InMemoryCrm {
     async fn custom_fields(&self) -> Result<Vec<CustomField>, KeapError> {
         let state = self.enter("custom_fields", "GET /v1/contacts/model".into())?;
         Ok(state.custom_fields.clone())
+    }
+
+    async fn list_tags(&self) -> Result<Vec<Tag>, KeapError> {
+        let state = self.enter("list_tags", "GET /v1/tags (every page)".into())?;
+        Ok(state
+            .tags
+            .iter()
+            .map(|(id, name)| Tag {
+                id: *id,
+                name: name.clone(),
+            })
+            .collect())
+    }
+
+    async fn list_companies(&self) -> Result<Vec<Company>, KeapError> {
+        let state = self.enter("list_companies", "GET /v1/companies (every page)".into())?;
+        Ok(state
+            .companies
+            .iter()
+            .map(|(id, name)| Company {
+                id: *id,
+                name: name.clone(),
+            })
+            .collect())
     }
 }

@@ -13,7 +13,7 @@ use super::{
     ChargifyApi, ChargifyApiError, Event, EventQuery, Subscription, SubscriptionQuery,
     WebhookQuery, WebhookRecord, MAX_REPLAY_IDS,
 };
-use crate::keap::client::{jitter, without_url};
+use crate::keap::transport::{jitter, without_url};
 use async_trait::async_trait;
 use backon::{ExponentialBuilder, Retryable};
 use reqwest::Method;
