@@ -22,13 +22,15 @@ use shared::config::{ConfigError, CUSTOMERS_TABLE, IDEMPOTENCY_TABLE};
 use shared::cursor_store::{CursorStore, DynamoDbCursorStore};
 use shared::dynamodb::Table;
 use shared::idempotency::{DynamoDbIdempotencyStore, IdempotencyStore};
-use shared::identity::{CustomerStore, DynamoDbCustomerStore};
-use shared::keap::directory::DEFAULT_TTL;
+use shared::identity::{
+    CustomerStore, DynamoDbCustomerStore, DynamoDbNameLocks, InMemoryNameLocks, NameLocks,
+};
 use shared::keap::{Crm, Directory, InMemoryCrm};
 use shared::rules::{RuleSet, RulesError};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -90,6 +92,8 @@ pub enum BackfillCliError {
     Db(#[from] DbError),
     #[error(transparent)]
     Backfill(#[from] BackfillError),
+    #[error("Keap: {0}; nothing was written yet, run again")]
+    Keap(#[from] shared::keap::KeapError),
     #[error("--updated-since `{0}` is not an RFC 3339 time (2026-01-31T00:00:00-05:00)")]
     BadTime(String),
     #[error("no Keap credentials (KEAP_API_KEY, KEAP_API_KEY_SECRET_ARN or the OAuth variables): set them, or pass --dry-run to count the calls without sending any")]
@@ -150,13 +154,11 @@ pub async fn run(args: BackfillArgs) -> Result<ExitCode, BackfillCliError> {
         (None, false) => return Err(BackfillCliError::NoKeap),
         (_, true) => (&dry_crm, &dry_crm),
     };
-    let directory = Directory::new(DEFAULT_TTL);
-    let directory = match &client {
-        Some(client) if !args.dry_run => client.directory(),
-        _ => &directory,
-    };
-
     let stores = Stores::open(&args, &aws).await?;
+    let directory = Directory::new(stores.locks.clone());
+    // Every company of the account in one paged list: a name it lacks is created with no
+    // look-up (a backfill meets many companies once each).
+    directory.load_companies(crm).await?;
     let mode = if args.dry_run {
         "DRY RUN: nothing is sent to Keap or written to the stores; the calls are counted"
             .to_owned()
@@ -191,7 +193,7 @@ pub async fn run(args: BackfillArgs) -> Result<ExitCode, BackfillCliError> {
         chargify: &chargify,
         crm,
         meter,
-        directory,
+        directory: &directory,
         idempotency: stores.idempotency.as_ref(),
         customers: stores.customers.as_ref(),
         cursors: stores.cursors.as_ref(),
@@ -211,6 +213,9 @@ pub async fn run(args: BackfillArgs) -> Result<ExitCode, BackfillCliError> {
 struct Stores {
     idempotency: Box<dyn IdempotencyStore>,
     customers: Box<dyn CustomerStore>,
+    /// The tag-creation lock shared with the deployed processors (DynamoDB), or this
+    /// process's own (SQLite: one process).
+    locks: Arc<dyn NameLocks>,
     cursors: Box<dyn CursorStore>,
     describe: String,
 }
@@ -246,6 +251,7 @@ impl Stores {
                 Ok(Self {
                     idempotency: Box::new(SqliteIdempotencyStore::new(db.clone())),
                     customers: Box::new(SqliteCustomerStore::new(db.clone())),
+                    locks: Arc::new(InMemoryNameLocks::new()),
                     cursors: Box::new(SqliteCursorStore::new(db)),
                     describe: format!(
                         "{} (SQLite; the cursor in backfill_cursors)",
@@ -284,6 +290,7 @@ impl Stores {
         Self {
             idempotency: Box::new(DynamoDbIdempotencyStore::new(table(idempotency))),
             customers: Box::new(DynamoDbCustomerStore::new(table(customers))),
+            locks: Arc::new(DynamoDbNameLocks::new(table(customers))),
             cursors: Box::new(DynamoDbCursorStore::new(table(idempotency))),
             describe: format!(
                 "DynamoDB {idempotency} (records and the cursor), {customers} (identity map)"

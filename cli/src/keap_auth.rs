@@ -1,5 +1,5 @@
 //! `cks keap …`: the one-time OAuth authorisation that gives the functions their first token
-//! pair (README, "Keap authentication"). It reads the same settings as the functions
+//! pair (docs/keap-auth.md). It reads the same settings as the functions
 //! (`KEAP_CLIENT_ID` + `KEAP_CLIENT_SECRET` or `KEAP_OAUTH_CLIENT_SECRET_ARN`,
 //! `KEAP_TOKEN_TABLE`, `KEAP_TOKEN_KEY`, `KEAP_TOKEN_URL`), and the standard AWS variables
 //! (`AWS_ENDPOINT_URL` points it at an emulator).

@@ -4,7 +4,8 @@
 
 use shared::chargify::{Webhook, WebhookError};
 use shared::envelope::NO_SITE;
-use shared::rules::plan::{explain, Action, Plan, PlanError};
+use shared::rules::plan::{explain, Plan, PlanError};
+use shared::rules::{Action, OnStale, OnUncertain};
 use shared::rules::{RuleSet, RulesError};
 use std::io::Read;
 use std::path::PathBuf;
@@ -71,7 +72,7 @@ fn read_input(path: &PathBuf) -> Result<Vec<u8>, PlanCmdError> {
     }
 }
 
-/// The plan as a heading, a table (rule, action, details, billing state, repeatable) and
+/// The plan as a heading, a table (rule, action, details, ordered by, kind) and
 /// the plan's notes. The contact's values are not shown (personal data stays out of
 /// terminals and CI logs); `--json` has them.
 pub fn render(plan: &Plan) -> String {
@@ -90,21 +91,37 @@ pub fn render(plan: &Plan) -> String {
             "rule".to_owned(),
             "action".to_owned(),
             "details".to_owned(),
-            "billing state".to_owned(),
-            "repeatable".to_owned(),
+            "ordered by".to_owned(),
+            "kind".to_owned(),
         ]];
         for planned in &plan.actions {
             let (action, details) = describe(&planned.action);
+            let clock = match &planned.action {
+                _ if planned.action.is_step() => "-",
+                Action::UpsertContact => "customer.updated_at",
+                _ => "subscription.updated_at",
+            };
+            let kind = if planned.action.is_step() {
+                format!(
+                    "step, once (stale: {}; uncertain: {})",
+                    match planned.on_stale {
+                        OnStale::Skip => "skip",
+                        OnStale::Fire => "fire",
+                    },
+                    match planned.on_uncertain {
+                        OnUncertain::Skip => "skip",
+                        OnUncertain::Repeat => "repeat",
+                    }
+                )
+            } else {
+                "value (newest wins)".to_owned()
+            };
             rows.push([
                 planned.rule.clone(),
                 action.to_owned(),
                 details,
-                yes_no(planned.billing_state).to_owned(),
-                if planned.action.is_repeatable() {
-                    "yes".to_owned()
-                } else {
-                    "no (recorded once done)".to_owned()
-                },
+                clock.to_owned(),
+                kind,
             ]);
         }
         out.push_str(&table(&rows));
@@ -113,14 +130,6 @@ pub fn render(plan: &Plan) -> String {
         out.push_str(&format!("note: {note}\n"));
     }
     out
-}
-
-fn yes_no(flag: bool) -> &'static str {
-    if flag {
-        "yes"
-    } else {
-        "no"
-    }
 }
 
 fn list<T: std::fmt::Display>(items: &[T]) -> String {

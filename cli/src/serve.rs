@@ -26,8 +26,8 @@ use shared::chargify::signature::SIGNATURE_QUERY_PARAM;
 use shared::chargify::SharedKeySet;
 use shared::config::{ConfigError, CHARGIFY_SHARED_KEYS};
 use shared::envelope::{WebhookEnvelope, MAX_BODY_BYTES};
+use shared::identity::InMemoryNameLocks;
 use shared::ingest::{InboundRequest, IngestReply, IngestService, Outcome};
-use shared::keap::directory::DEFAULT_TTL;
 use shared::keap::{Crm, Directory, InMemoryCrm};
 use shared::processor::{process_batch, BatchRecord, BatchResult, Processor, ProcessorSettings};
 use shared::queue::RecordControl;
@@ -172,7 +172,8 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
     let processor = Arc::new(Processor {
         rules,
         crm,
-        directory: Directory::new(DEFAULT_TTL),
+        // One process: the directory's own lock is enough for creating a tag once.
+        directory: Arc::new(Directory::new(Arc::new(InMemoryNameLocks::new()))),
         idempotency: Arc::new(SqliteIdempotencyStore::new(db.clone())),
         customers: Arc::new(SqliteCustomerStore::new(db)),
         settings: ProcessorSettings::default(),

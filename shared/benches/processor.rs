@@ -11,7 +11,7 @@ use shared::envelope::WebhookEnvelope;
 use shared::fixtures;
 use shared::idempotency::InMemoryIdempotencyStore;
 use shared::identity::InMemoryCustomerStore;
-use shared::keap::{directory::DEFAULT_TTL, Directory, InMemoryCrm};
+use shared::keap::{Directory, InMemoryCrm};
 use shared::processor::{Processed, Processor, ProcessorSettings};
 use shared::rules::RuleSet;
 use std::sync::Arc;
@@ -88,7 +88,9 @@ fn main() {
     let processor = Processor {
         rules,
         crm: crm.clone(),
-        directory: Directory::new(DEFAULT_TTL),
+        directory: Arc::new(Directory::new(Arc::new(
+            shared::identity::InMemoryNameLocks::new(),
+        ))),
         idempotency: idempotency.clone(),
         customers: customers.clone(),
         settings: ProcessorSettings::default(),

@@ -225,11 +225,15 @@ mod tests {
     }
 }
 
+const DAY: u64 = 24 * 3600;
+
 pub const IDEMPOTENCY_TABLE: &str = "IDEMPOTENCY_TABLE";
 pub const CUSTOMERS_TABLE: &str = "CUSTOMERS_TABLE";
 pub const DEAD_LETTER_QUEUE_URL: &str = "DEAD_LETTER_QUEUE_URL";
 pub const RECORD_TTL_DAYS: &str = "RECORD_TTL_DAYS";
 pub const MAX_LEASE_SECONDS: &str = "MAX_LEASE_SECONDS";
+pub const MAX_WEBHOOK_AGE_DAYS: &str = "MAX_WEBHOOK_AGE_DAYS";
+pub const MIRROR_MAX_AGE_DAYS: &str = "MIRROR_MAX_AGE_DAYS";
 
 /// Settings of the processor function (the Keap credentials are read by
 /// [`crate::keap::settings`], the rules by [`crate::rules::RuleSet::from_env`]).
@@ -242,6 +246,10 @@ pub struct ProcessorConfig {
     pub dead_letter_queue_url: String,
     pub record_ttl: Duration,
     pub max_lease: Duration,
+    /// A record still failing this long after ingest received it is dead-lettered.
+    pub max_webhook_age: Duration,
+    /// A contact's tags are read back from Keap when last read longer ago; `None`: never.
+    pub mirror_max_age: Option<Duration>,
 }
 
 impl ProcessorConfig {
@@ -293,6 +301,12 @@ impl ProcessorConfig {
             )?,
             record_ttl: Duration::from_secs(number(RECORD_TTL_DAYS, 35, 1..=365)? * 24 * 3600),
             max_lease: Duration::from_secs(number(MAX_LEASE_SECONDS, 900, 10..=900)?),
+            // SQS keeps a message 14 days: the budget must end before the queue drops it.
+            max_webhook_age: Duration::from_secs(number(MAX_WEBHOOK_AGE_DAYS, 4, 1..=13)? * DAY),
+            mirror_max_age: match number(MIRROR_MAX_AGE_DAYS, 90, 0..=3650)? {
+                0 => None,
+                days => Some(Duration::from_secs(days * DAY)),
+            },
         })
     }
 

@@ -85,6 +85,20 @@ impl Table {
         self.client.scan().table_name(&self.name)
     }
 
+    /// Deletes the item `pk`; `false` when there was none.
+    pub async fn delete(&self, pk: String) -> Result<bool, StoreError> {
+        let output = self
+            .client
+            .delete_item()
+            .table_name(&self.name)
+            .key(PARTITION_KEY, string(pk))
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld)
+            .send()
+            .await
+            .map_err(classify)?;
+        Ok(output.attributes.is_some_and(|a| !a.is_empty()))
+    }
+
     /// The item `pk`, read consistently: a write acknowledged just before is always seen.
     pub async fn get(&self, pk: String) -> Result<Option<Item>, StoreError> {
         let output = self

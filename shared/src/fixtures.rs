@@ -1,6 +1,8 @@
 //! Real Chargify webhook bodies (see `shared/fixtures/chargify/README.md` for their sources),
 //! compiled in so tests, benchmarks and local samples share one copy.
 
+pub mod history;
+
 pub const TEST: &str = include_str!("../fixtures/chargify/test.txt");
 pub const SIGNUP_SUCCESS: &str = include_str!("../fixtures/chargify/signup_success.txt");
 pub const SUBSCRIPTION_STATE_CHANGE: &str =

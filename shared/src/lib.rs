@@ -1,9 +1,11 @@
 //! chargify-keap-sync's library: the domain (Chargify webhooks, the queue envelope), the
 //! ports (queue), their adapters (SQS, in-memory) and the Lambda entry points.
 
+pub mod apply;
 pub mod backfill;
 pub mod chargify;
 pub mod config;
+pub mod converge;
 pub mod cursor_store;
 pub mod dynamodb;
 pub mod entrypoints;

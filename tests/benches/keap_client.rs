@@ -56,13 +56,13 @@ async fn typical_sync(crm: &KeapClient) {
         .await
         .expect("upsert");
     let active = directory
-        .tag_id(crm, "Billing: Active", IfMissing::Create)
+        .ensure_tag(crm, "Billing: Active", IfMissing::Create)
         .await
-        .expect("tag");
+        .expect("tag")[0];
     let past_due = directory
-        .tag_id(crm, "Billing: Past due", IfMissing::Create)
+        .ensure_tag(crm, "Billing: Past due", IfMissing::Create)
         .await
-        .expect("tag");
+        .expect("tag")[0];
     crm.apply_tags(contact.id, &[active]).await.expect("apply");
     crm.remove_tags(contact.id, &[past_due])
         .await

@@ -13,8 +13,9 @@ use shared::dynamodb::Table;
 use shared::entrypoints::processor_lambda::handle;
 use shared::idempotency::DynamoDbIdempotencyStore;
 use shared::identity::DynamoDbCustomerStore;
+use shared::identity::DynamoDbNameLocks;
 use shared::ingest::{InboundRequest, IngestService};
-use shared::keap::{directory::DEFAULT_TTL, Credential, Directory, KeapClient, KeapClientConfig};
+use shared::keap::{Credential, Directory, KeapClient, KeapClientConfig};
 use shared::processor::{Processor, ProcessorSettings};
 use shared::queue::{RecordControl, SqsRecordControl, SqsWebhookQueue};
 use shared::rules::RuleSet;
@@ -67,7 +68,9 @@ impl Pipeline {
         let processor = Arc::new(Processor {
             rules: Arc::new(rules),
             crm: Arc::new(crm),
-            directory: Directory::new(DEFAULT_TTL),
+            directory: Arc::new(Directory::new(Arc::new(DynamoDbNameLocks::new(
+                Table::new(dynamodb.clone(), &customers_table),
+            )))),
             idempotency: idempotency.clone(),
             customers: Arc::new(DynamoDbCustomerStore::new(Table::new(
                 dynamodb,

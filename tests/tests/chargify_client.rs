@@ -601,7 +601,9 @@ async fn a_subscription_read_from_the_api_syncs_through_the_processor_once() {
     let processor = Processor {
         rules,
         crm: crm.clone(),
-        directory: Directory::new(Duration::from_secs(60)),
+        directory: Arc::new(Directory::new(Arc::new(
+            shared::identity::InMemoryNameLocks::new(),
+        ))),
         idempotency: Arc::new(InMemoryIdempotencyStore::new()),
         customers: Arc::new(InMemoryCustomerStore::new()),
         settings: ProcessorSettings::default(),

@@ -298,7 +298,6 @@ async fn every_processor_event_file_is_processed_without_a_failed_record() {
     use shared::entrypoints::processor_lambda::handle;
     use shared::idempotency::InMemoryIdempotencyStore;
     use shared::identity::InMemoryCustomerStore;
-    use shared::keap::directory::DEFAULT_TTL;
     use shared::keap::{Directory, InMemoryCrm};
     use shared::processor::{Processor, ProcessorSettings};
     use shared::queue::{InMemoryRecordControl, RecordControl};
@@ -318,7 +317,9 @@ async fn every_processor_event_file_is_processed_without_a_failed_record() {
         let processor = Arc::new(Processor {
             rules,
             crm: crm.clone(),
-            directory: Directory::new(DEFAULT_TTL),
+            directory: Arc::new(Directory::new(Arc::new(
+                shared::identity::InMemoryNameLocks::new(),
+            ))),
             idempotency: Arc::new(InMemoryIdempotencyStore::new()),
             customers: Arc::new(InMemoryCustomerStore::new()),
             settings: ProcessorSettings::default(),

@@ -213,15 +213,17 @@ async fn a_falling_budget_slows_the_client_before_any_429() {
 }
 
 #[tokio::test]
-async fn the_directory_caches_ids_refuses_ambiguity_and_creates_only_when_allowed() {
+async fn the_directory_lists_tags_once_never_caches_a_missing_one_and_keeps_duplicates() {
+    use shared::identity::InMemoryNameLocks;
     use shared::keap::{Directory, IfMissing, LookupError};
+    use std::sync::Arc;
     let keap = KeapStandIn::start().await;
     keap.state().custom_fields.push((7, "Plan".into()));
     let crm = client(&keap);
-    let directory = Directory::new(Duration::from_secs(60));
+    let directory = Directory::new(Arc::new(InMemoryNameLocks::new()));
 
     let err = directory
-        .tag_id(&crm, "Billing: Active", IfMissing::Fail)
+        .ensure_tag(&crm, "Billing: Active", IfMissing::Fail)
         .await
         .expect_err("missing");
     assert!(matches!(err, LookupError::MissingTag { .. }), "{err}");
@@ -229,33 +231,46 @@ async fn the_directory_caches_ids_refuses_ambiguity_and_creates_only_when_allowe
         keap.state().tags.is_empty(),
         "nothing created without permission"
     );
-    let id = directory
-        .tag_id(&crm, "Billing: Active", IfMissing::Create)
+    let ids = directory
+        .ensure_tag(&crm, "Billing: Active", IfMissing::Create)
         .await
         .expect("created");
     let calls = keap.state().calls.len();
     assert_eq!(
         directory
-            .tag_id(&crm, "Billing: Active", IfMissing::Fail)
+            .ensure_tag(&crm, "Billing: Active", IfMissing::Fail)
             .await
-            .expect("cached"),
-        id
+            .expect("known"),
+        ids
     );
     assert_eq!(
         keap.state().calls.len(),
         calls,
-        "a cached name makes no call"
+        "a known name makes no call"
+    );
+    for _ in 0..2 {
+        assert!(directory
+            .tag_ids(&crm, "Billing: Unpaid")
+            .await
+            .expect("none")
+            .is_empty());
+    }
+    assert_eq!(
+        keap.state().calls.len(),
+        calls + 2,
+        "a missing name is looked up every time: another instance may create it"
     );
 
-    crm.create_tag("Plan: pro").await.expect("tag");
-    crm.create_tag("Plan: pro").await.expect("same-named tag");
-    let err = directory
-        .tag_id(&crm, "Plan: pro", IfMissing::Create)
+    // Two tags of one name (a race of older versions, or a person): both kept, lowest first.
+    let first = crm.create_tag("Plan: pro").await.expect("tag").id;
+    let second = crm
+        .create_tag("Plan: pro")
         .await
-        .expect_err("ambiguous");
-    assert!(
-        matches!(&err, LookupError::AmbiguousTag { ids, .. } if ids.len() == 2),
-        "{err}"
+        .expect("same-named tag")
+        .id;
+    assert_eq!(
+        directory.tag_ids(&crm, "Plan: pro").await.expect("found"),
+        [first.min(second), first.max(second)]
     );
 
     assert_eq!(
@@ -271,23 +286,22 @@ async fn the_directory_caches_ids_refuses_ambiguity_and_creates_only_when_allowe
         .await
         .expect_err("no such field");
     assert!(matches!(err, LookupError::MissingCustomField { .. }));
-    assert_eq!(keap.state().calls.len(), calls, "the model is cached too");
+    assert_eq!(keap.state().calls.len(), calls, "the model is read once");
 
-    let expiring = Directory::new(Duration::ZERO);
-    expiring
-        .tag_id(&crm, "Billing: Active", IfMissing::Fail)
-        .await
-        .expect("found");
+    // A cold directory of an account with 1,500 tags reads them in two pages.
+    for i in 0..1_500 {
+        keap.state().tags.insert(
+            100_000 + i,
+            serde_json::json!({"id": 100_000 + i, "name": format!("Tag {i}")}),
+        );
+    }
+    let cold = Directory::new(Arc::new(InMemoryNameLocks::new()));
     let calls = keap.state().calls.len();
-    expiring
-        .tag_id(&crm, "Billing: Active", IfMissing::Fail)
-        .await
-        .expect("found again");
     assert_eq!(
-        keap.state().calls.len(),
-        calls + 1,
-        "an expired entry is looked up again"
+        cold.tag_ids(&crm, "Tag 1499").await.expect("listed"),
+        [101_499]
     );
+    assert_eq!(keap.state().calls.len(), calls + 2, "two pages of 1,000");
     assert!(keap.violations().is_empty());
 }
 

@@ -272,7 +272,7 @@ async fn a_dead_refresh_token_needs_reauthorisation_and_leaves_the_store_alone()
     );
     assert!(bearers(&keap).is_empty(), "no API call with a dead token");
 
-    // What the README says to do: authorise again, and the workers carry on.
+    // What docs/keap-auth.md says to do: authorise again, and the workers carry on.
     store
         .replace(&keap.grant_tokens(DAY))
         .await

@@ -13,6 +13,7 @@ use shared::idempotency::{
 };
 use shared::identity::{
     contract as contract_identity, CustomerKey, CustomerStore, DynamoDbCustomerStore,
+    DynamoDbNameLocks,
 };
 use std::time::{Duration, Instant};
 use time::OffsetDateTime;
@@ -168,21 +169,34 @@ async fn each_operation_is_one_write_and_a_refusal_needs_no_read() {
     let customers = DynamoDbCustomerStore::new(Table::new(client, table));
     let customer = CustomerKey::new("acme", "42");
     let t = OffsetDateTime::now_utc();
-    customers.save(&customer, 7, None).await.expect("save");
-    one_update(&log, "save without a clock");
+    let minute = std::time::Duration::from_secs(60);
+    let state = match customers.lock(&customer, "w", t, minute).await {
+        Ok(shared::identity::Locked::Held(state)) => state,
+        other => panic!("lock: {other:?}"),
+    };
+    one_update(&log, "the lease taken with the state read");
     customers
-        .save(&customer, 7, Some(("s1", t)))
+        .save(&customer, "w", &state, false)
         .await
         .expect("save");
-    one_update(&log, "save advancing the clock");
+    one_update(&log, "a save keeping the lease");
     customers
-        .save(&customer, 7, Some(("s1", t - time::Duration::hours(1))))
+        .save(&customer, "w", &state, true)
         .await
         .expect("save");
-    assert_eq!(
-        log.take(),
-        vec!["UpdateItem".to_owned(), "UpdateItem".to_owned()],
-        "a stale save is the rare path with a second write"
+    one_update(&log, "a save giving the lease back");
+    assert!(matches!(
+        customers.lock(&customer, "w", t, minute).await,
+        Ok(shared::identity::Locked::Held(_))
+    ));
+    log.take();
+    assert!(matches!(
+        customers.lock(&customer, "other", t, minute).await,
+        Ok(shared::identity::Locked::Busy { .. })
+    ));
+    one_update(
+        &log,
+        "a refused lease answers its holder's expiry in the same call",
     );
 }
 
@@ -191,12 +205,50 @@ async fn keeps_the_customer_store_contract() {
     let client = dynamodb_client(&moto_endpoint()).await;
     let table = create_customers_table(&client).await;
     let store = DynamoDbCustomerStore::new(Table::new(client, table));
-    contract_identity::clock_only_moves_forward(
-        &store,
-        &CustomerKey::new("acme", "42"),
-        &CustomerKey::new("acme", "43"),
+    contract_identity::one_holder_at_a_time(&store, &CustomerKey::new("acme", "42")).await;
+    contract_identity::state_round_trips(&store, &CustomerKey::new("acme", "43")).await;
+    contract_identity::name_locks(
+        &DynamoDbNameLocks::new(Table::new(
+            dynamodb_client(&moto_endpoint()).await,
+            store.table(),
+        )),
+        "Billing: Active",
     )
     .await;
+}
+
+/// An item of the layout before the state attribute (one `sub#` clock per subscription)
+/// reads as a state with those clocks.
+#[tokio::test]
+async fn an_item_from_before_the_state_reads_its_subscription_clocks() {
+    let client = dynamodb_client(&moto_endpoint()).await;
+    let table = create_customers_table(&client).await;
+    client
+        .put_item()
+        .table_name(&table)
+        .item(PARTITION_KEY, string("acme#42"))
+        .item(
+            "contact_id",
+            aws_sdk_dynamodb::types::AttributeValue::N("1007".into()),
+        )
+        .item(
+            "sub#14",
+            aws_sdk_dynamodb::types::AttributeValue::N("1790000000.5".into()),
+        )
+        .send()
+        .await
+        .expect("put");
+    let store = DynamoDbCustomerStore::new(Table::new(client, table));
+    let state = store
+        .get(&CustomerKey::new("acme", "42"))
+        .await
+        .expect("get")
+        .expect("item");
+    assert_eq!(state.contact_id, Some(1007));
+    let at = OffsetDateTime::from_unix_timestamp(1_790_000_000).expect("time")
+        + time::Duration::milliseconds(500);
+    assert!(state.has_applied("14", at));
+    assert!(!state.has_applied("14", at + time::Duration::seconds(1)));
 }
 
 #[tokio::test]
@@ -256,11 +308,8 @@ async fn a_missing_table_is_unavailable() {
     let customers = DynamoDbCustomerStore::new(Table::new(client, "never-created"));
     let customer = CustomerKey::new("acme", "42");
     unavailable(
-        customers
-            .save(&customer, 7, Some(("s1", now)))
-            .await
-            .map(drop),
-        "save",
+        customers.lock(&customer, "w", now, MIN).await.map(drop),
+        "lock",
     );
     unavailable(customers.get(&customer).await.map(drop), "customer get");
 }

@@ -1,8 +1,8 @@
 //! `template.yaml` read as data (no AWS): every alarm the issue asks for exists, watches the
 //! metric the code emits with exactly its dimensions, statistic, threshold and comparison, and
 //! notifies the topic; every function has its Errors and Throttles alarms; the dashboard shows
-//! every alarm and every alarm's metric; the README runbook has an entry per alarm; logs,
-//! tracing, outputs and the samconfig example are as documented.
+//! every alarm and every alarm's metric; the runbook in docs/operations.md has an entry per
+//! alarm; logs, tracing, outputs and the samconfig example are as documented.
 
 use integration_tests::repo_root;
 use serde_norway::Value;
@@ -468,19 +468,20 @@ fn the_dashboard_shows_every_alarm_and_its_metric() {
 }
 
 #[test]
-fn the_readme_runbook_has_an_entry_for_every_alarm() {
-    let readme = std::fs::read_to_string(repo_root().join("README.md")).expect("README.md");
-    let runbook = readme
-        .split("### Alarms")
+fn the_operations_runbook_has_an_entry_for_every_alarm() {
+    let operations = std::fs::read_to_string(repo_root().join("docs/operations.md"))
+        .expect("docs/operations.md");
+    let runbook = operations
+        .split("\n## Alarms\n")
         .nth(1)
         .and_then(|rest| rest.split("\n## ").next())
-        .expect("README has an Alarms section under Deploy");
+        .expect("docs/operations.md has an Alarms section");
     for e in expected() {
         let heading = format!("#### `{}`", e.id);
         let entry = runbook
             .split(&heading)
             .nth(1)
-            .unwrap_or_else(|| panic!("README runbook has no {heading}"));
+            .unwrap_or_else(|| panic!("docs/operations.md runbook has no {heading}"));
         let entry = entry.split("#### ").next().unwrap_or_default();
         for part in ["**Means**", "**Check**", "**Fix**"] {
             assert!(entry.contains(part), "{}: runbook entry lacks {part}", e.id);

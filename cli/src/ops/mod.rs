@@ -1,5 +1,5 @@
 //! Operator commands against a deployed stack: `status`, `replay`, `dlq list|redrive`
-//! (README, "Operate: status, replay, dead letters"). The decisions are pure functions in
+//! (docs/operations.md, "Operate: status, replay, dead letters"). The decisions are pure functions in
 //! `shared::replay`; this module and its children make the AWS calls, one module per
 //! concept: [`stack`] finds the resources, [`records`] reads idempotency records, [`status`],
 //! [`replay`] and [`dlq`] are the commands, [`progress`] draws the bars.

@@ -45,7 +45,7 @@ pub struct ReconcileArgs {
 pub enum ReconcileCliError {
     #[error(transparent)]
     Ops(#[from] OpsError),
-    #[error("{0} (the Chargify settings come from the environment: README, Chargify REST client)")]
+    #[error("{0} (the Chargify settings come from the environment: docs/chargify-client.md)")]
     Config(#[from] ConfigError),
     #[error("--since-date `{0}` is not a day like 2026-11-27")]
     BadDate(String),
@@ -120,7 +120,7 @@ pub async fn run(args: ReconcileArgs) -> Result<(), ReconcileCliError> {
     );
     if !report.needs_attention.is_empty() {
         println!(
-            "needs attention (webhook ids; see README, Reconcile): {:?}",
+            "needs attention (webhook ids; see docs/operations.md, Reconcile): {:?}",
             report.needs_attention
         );
     }

@@ -72,7 +72,10 @@ CREATE TABLE IF NOT EXISTS customers (
     site TEXT NOT NULL,
     customer_id TEXT NOT NULL,
     contact_id INTEGER,
-    clocks TEXT NOT NULL
+    clocks TEXT NOT NULL,
+    state TEXT,
+    lease_holder TEXT,
+    lease_until_ns INTEGER
 );
 ";
 
@@ -150,6 +153,9 @@ impl Db {
 /// Columns added since the first release, for files made before them (`CREATE TABLE IF NOT
 /// EXISTS` leaves an existing table as it was). Each is nullable, so old rows read as before.
 const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    ("customers", "state", "TEXT"),
+    ("customers", "lease_holder", "TEXT"),
+    ("customers", "lease_until_ns", "INTEGER"),
     ("idempotency", "event", "TEXT"),
     ("idempotency", "received_at_ns", "INTEGER"),
     ("idempotency", "envelope", "TEXT"),

@@ -40,21 +40,22 @@ mod tests;
 
 pub use cursor::{cursor_key, BackfillQuery, Cursor, CursorError, Totals};
 
+use crate::apply::{ApplyError, Report, TagChanges, Writer};
 use crate::chargify::api::{ChargifyApi, ChargifyApiError, Subscription, SubscriptionQuery};
 use crate::chargify::snapshot::snapshot_envelope;
 use crate::chargify::Webhook;
+use crate::converge::{Fold, Verdict};
 use crate::cursor_store::CursorStore;
 use crate::idempotency::{
-    payload_hash, Begin, IdempotencyKey, IdempotencyStore, Lease, Received, RecordStatus,
-    StoreError, DEFAULT_RECORD_TTL,
+    new_token, payload_hash, Begin, IdempotencyKey, IdempotencyStore, Lease, Received,
+    RecordStatus, StoreError, DEFAULT_RECORD_TTL,
 };
-use crate::identity::{CustomerKey, CustomerStore};
+use crate::identity::{CustomerKey, CustomerState, CustomerStore, Locked};
 use crate::keap::{ContactId, Crm, Directory, InMemoryCrm, KeapClient, KeapError, TagId};
-use crate::processor::apply::{Customer, Run};
 use crate::processor::{Applied, Disposition, ProcessError};
 use crate::rules::{Plan, RuleSet};
 use futures::StreamExt;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -234,28 +235,41 @@ pub struct Backfill<'a> {
     pub progress: &'a dyn Progress,
 }
 
-/// A contact written whose tags and records are still to do.
+/// A customer whose contact is written and whose tags and records are still to do.
 struct Pending {
-    lease: Option<Lease>,
-    plan: Plan,
     customer: Option<CustomerKey>,
+    /// This run's hold on the customer's lease (unused in a dry run).
+    holder: String,
+    /// The contact, once written (0 until then).
     contact: ContactId,
-    /// The identity map already held this contact for the customer.
-    known: bool,
-    apply: BTreeSet<TagId>,
-    remove: BTreeSet<TagId>,
-    /// The subscription clock to advance, when a billing-state action ran.
-    clock: Option<(String, OffsetDateTime)>,
-    applied: Applied,
+    /// The state as Keap now holds it (old versions, the mirror after the contact write).
+    working: CustomerState,
+    /// The versions after the fold.
+    folded: CustomerState,
+    snapshots: Vec<Snapshot>,
+    changes: TagChanges,
+    report: Report,
 }
 
-/// What one snapshot came to in step 2.
+/// One snapshot of a pending customer.
+struct Snapshot {
+    plan: Plan,
+    lease: Option<Lease>,
+    verdict: Verdict,
+}
+
+/// What one customer's snapshots came to in step 2, when they need no page call.
+#[derive(Default)]
+struct Counts {
+    duplicates: u64,
+    stale: u64,
+    ignored: u64,
+    failed: u64,
+}
+
 enum Step {
     Pending(Box<Pending>),
-    Duplicate,
-    Stale,
-    Ignored,
-    Failed,
+    Done(Counts),
 }
 
 impl Backfill<'_> {
@@ -506,15 +520,9 @@ impl Backfill<'_> {
 
         // Step 2: contacts, customers concurrently, one customer's snapshots in order.
         let concurrency = self.settings.concurrency.max(1);
-        let results: Vec<Result<Vec<Step>, BackfillError>> =
+        let results: Vec<Result<Step, BackfillError>> =
             futures::stream::iter(order.into_iter().filter_map(|g| groups.remove(&g)))
-                .map(|plans| async move {
-                    let mut steps = Vec::with_capacity(plans.len());
-                    for (plan, hash, received) in plans {
-                        steps.push(self.contact_step(plan, &hash, &received).await?);
-                    }
-                    Ok(steps)
-                })
+                .map(|plans| self.customer_step(plans))
                 .buffer_unordered(concurrency)
                 .collect()
                 .await;
@@ -522,16 +530,12 @@ impl Backfill<'_> {
         let mut first_error = None;
         for result in results {
             match result {
-                Ok(steps) => {
-                    for step in steps {
-                        match step {
-                            Step::Pending(p) => pending.push(*p),
-                            Step::Duplicate => totals.duplicates += 1,
-                            Step::Stale => totals.stale += 1,
-                            Step::Ignored => totals.ignored += 1,
-                            Step::Failed => totals.failed += 1,
-                        }
-                    }
+                Ok(Step::Pending(p)) => pending.push(*p),
+                Ok(Step::Done(counts)) => {
+                    totals.duplicates += counts.duplicates;
+                    totals.stale += counts.stale;
+                    totals.ignored += counts.ignored;
+                    totals.failed += counts.failed;
                 }
                 Err(e) => {
                     first_error.get_or_insert(e);
@@ -572,107 +576,146 @@ impl Backfill<'_> {
         Ok(totals)
     }
 
-    /// Step 2 for one snapshot.
-    async fn contact_step(
+    /// Step 2 for one customer's snapshots: their leases, the customer's lease and state,
+    /// the fold, the contact write and the tag changes (not sent yet).
+    async fn customer_step(
         &self,
-        plan: Plan,
-        hash: &str,
-        received: &Received,
+        plans: Vec<(Plan, String, Received)>,
     ) -> Result<Step, BackfillError> {
-        let key = IdempotencyKey::new(self.site, &plan.webhook_id);
-        let lease = if self.settings.dry_run {
-            match self.idempotency.get(&key).await? {
-                Some(r) if r.status == RecordStatus::Completed => return Ok(Step::Duplicate),
-                _ => None,
-            }
-        } else {
-            match self
-                .idempotency
-                .begin(
-                    &key,
-                    hash,
-                    received,
-                    OffsetDateTime::now_utc(),
-                    self.settings.lease,
-                    self.settings.record_ttl,
-                )
-                .await?
-            {
-                Begin::Started(lease) => Some(lease),
-                Begin::AlreadyCompleted { .. } => return Ok(Step::Duplicate),
-                Begin::InProgress { lease_expires_at } => {
-                    return Err(BackfillError::Busy {
-                        webhook_id: plan.webhook_id.clone(),
-                        until: lease_expires_at,
-                    })
+        let mut counts = Counts::default();
+        let now = OffsetDateTime::now_utc();
+        let mut snapshots = Vec::new();
+        for (plan, hash, received) in plans {
+            let key = IdempotencyKey::new(self.site, &plan.webhook_id);
+            let lease = if self.settings.dry_run {
+                match self.idempotency.get(&key).await? {
+                    Some(r) if r.status == RecordStatus::Completed => {
+                        counts.duplicates += 1;
+                        continue;
+                    }
+                    _ => None,
                 }
-            }
-        };
-        let run = self.runner();
-        let Customer {
-            key: customer,
-            record,
-            clock,
-            stale,
-        } = run.customer(&plan).await?;
-        let actions = plan.effective_actions(stale);
-        if actions.is_empty() {
-            let summary = if stale {
-                "stale: billing state left alone"
             } else {
-                "nothing to change"
-            };
-            if let Some(lease) = &lease {
-                self.idempotency
-                    .complete(
-                        lease,
-                        summary,
-                        None,
-                        OffsetDateTime::now_utc(),
+                let begun = self
+                    .idempotency
+                    .begin(
+                        &key,
+                        &hash,
+                        &received,
+                        now,
+                        self.settings.lease,
                         self.settings.record_ttl,
                     )
                     .await?;
-            }
-            return Ok(if stale { Step::Stale } else { Step::Ignored });
+                match begun {
+                    Begin::Started(lease) => Some(lease),
+                    Begin::AlreadyCompleted { .. } => {
+                        counts.duplicates += 1;
+                        continue;
+                    }
+                    Begin::InProgress { lease_expires_at } => {
+                        self.release_snapshots(&snapshots, "snapshot busy").await;
+                        return Err(BackfillError::Busy {
+                            webhook_id: plan.webhook_id.clone(),
+                            until: lease_expires_at,
+                        });
+                    }
+                }
+            };
+            snapshots.push(Snapshot {
+                plan,
+                lease,
+                verdict: Verdict::default(),
+            });
         }
-        let mut applied = Applied {
-            stale,
-            ..Applied::default()
+        let Some(first) = snapshots.first() else {
+            return Ok(Step::Done(counts));
         };
+        let customer = first
+            .plan
+            .customer_id
+            .as_ref()
+            .map(|id| CustomerKey::new(self.site, id));
+        let holder = new_token();
+        let state = match (&customer, self.settings.dry_run) {
+            (None, _) => CustomerState::default(),
+            (Some(key), true) => self.customers.get(key).await?.unwrap_or_default(),
+            (Some(key), false) => {
+                match self
+                    .customers
+                    .lock(key, &holder, now, self.settings.lease)
+                    .await?
+                {
+                    Locked::Held(state) => state,
+                    Locked::Busy { until } => {
+                        let webhook_id = first.plan.webhook_id.clone();
+                        self.release_snapshots(&snapshots, "customer busy").await;
+                        return Err(BackfillError::Busy { webhook_id, until });
+                    }
+                }
+            }
+        };
+        let mut fold = Fold::new(state.clone());
+        for snapshot in &mut snapshots {
+            snapshot.verdict = fold.add(&snapshot.plan);
+        }
+        let fires = snapshots
+            .iter()
+            .any(|s| s.verdict.steps.iter().any(|(_, fire)| *fire));
+        let winners = std::mem::take(&mut fold.winners);
+        let mut pending = Pending {
+            customer,
+            holder,
+            contact: 0,
+            working: state,
+            folded: fold.state,
+            snapshots,
+            changes: TagChanges::default(),
+            report: Report::default(),
+        };
+        if winners.is_empty() && !fires {
+            // Nothing to write: every snapshot is older than what the contact holds.
+            for s in &pending.snapshots {
+                if s.verdict.is_stale() {
+                    counts.stale += 1;
+                } else {
+                    counts.ignored += 1;
+                }
+            }
+            self.finish_records(&pending, "stale: newer values already held")
+                .await?;
+            return Ok(Step::Done(counts));
+        }
+        let writer = self.writer();
+        let email = pending
+            .snapshots
+            .iter()
+            .rev()
+            .find_map(|s| s.plan.contact.email.clone());
         let written = async {
-            let contact = run
-                .write_contact(&plan, &actions, record.as_ref(), &mut applied)
+            let contact = writer
+                .write_contact(
+                    &mut pending.working,
+                    &winners,
+                    email.as_deref(),
+                    now,
+                    &mut pending.report,
+                )
                 .await?;
-            let (apply, remove) = run
-                .tag_changes(&actions, contact.tag_ids.as_deref())
+            let changes = writer
+                .tag_changes(&pending.working, &winners, &mut pending.report)
                 .await?;
-            Ok::<_, ProcessError>((contact, apply, remove))
+            Ok::<_, ApplyError>((contact, changes))
         }
         .await;
-        let (contact, apply, mut remove) = match written {
-            Ok(done) => done,
-            Err(error) => return self.contact_failed(&plan, lease.as_ref(), error).await,
-        };
-        let known = record.as_ref().and_then(|r| r.contact_id) == Some(contact.id);
-        if contact.tag_ids.is_none() && !known {
-            // See "Removals" in the module docs.
-            remove.clear();
+        match written {
+            Ok((contact, changes)) => {
+                pending.contact = contact;
+                pending.changes = changes;
+                Ok(Step::Pending(Box::new(pending)))
+            }
+            Err(error) => self.contact_failed(pending, error.into(), counts).await,
         }
-        applied.contact_id = Some(contact.id);
-        applied.tags_applied = apply.len();
-        applied.tags_removed = remove.len();
-        let advances_clock = actions.iter().any(|a| a.billing_state);
-        Ok(Step::Pending(Box::new(Pending {
-            lease,
-            customer,
-            contact: contact.id,
-            known,
-            apply,
-            remove,
-            clock: clock.filter(|_| advances_clock),
-            applied,
-            plan,
-        })))
     }
 
     /// A contact that cannot be written: a permanent refusal for this contact is logged
@@ -681,15 +724,12 @@ impl Backfill<'_> {
     /// or Keap set-up problem) stops the run at the last page done.
     async fn contact_failed(
         &self,
-        plan: &Plan,
-        lease: Option<&Lease>,
+        pending: Pending,
         error: ProcessError,
+        mut counts: Counts,
     ) -> Result<Step, BackfillError> {
-        if let Some(lease) = lease {
-            if let Err(e) = self.idempotency.release(lease, &error.to_string()).await {
-                tracing::warn!(error = %e, "could not release the snapshot's lease");
-            }
-        }
+        self.release_all(std::slice::from_ref(&pending), &error.to_string())
+            .await;
         let per_contact = matches!(
             error.disposition(OffsetDateTime::now_utc()),
             Disposition::DeadLetter { .. }
@@ -697,58 +737,107 @@ impl Backfill<'_> {
         if !per_contact {
             return Err(BackfillError::Stopped(error));
         }
-        tracing::warn!(
-            webhook_id = plan.webhook_id.as_str(),
-            code = error.code(),
-            error = crate::telemetry::redact_emails(&error.to_string()).as_str(),
-            "snapshot not applied; the backfill goes on"
-        );
-        Ok(Step::Failed)
+        for s in &pending.snapshots {
+            tracing::warn!(
+                webhook_id = s.plan.webhook_id.as_str(),
+                code = error.code(),
+                error = crate::telemetry::redact_emails(&error.to_string()).as_str(),
+                "snapshot not applied; the backfill goes on"
+            );
+            counts.failed += 1;
+        }
+        Ok(Step::Done(counts))
     }
 
-    /// Step 4 for one contact: goals and notes if the rules give snapshots any, the
-    /// identity map, the completed record.
-    async fn finish(&self, p: Pending, totals: &mut Totals) -> Result<(), BackfillError> {
-        let mut applied = p.applied;
-        totals.applied += 1;
+    /// Step 4 for one customer: the tags' mirror, goals and notes if the rules give
+    /// snapshots any, the state saved, the records completed.
+    async fn finish(&self, mut p: Pending, totals: &mut Totals) -> Result<(), BackfillError> {
         totals.contacts += 1;
-        let Some(lease) = p.lease else {
-            return Ok(()); // dry run
-        };
-        let run = self.runner();
-        let actions = p.plan.effective_actions(applied.stale);
-        if let Some(key) = &p.customer {
-            let clock = p.clock.as_ref().map(|(s, at)| (s.as_str(), *at));
-            if !p.known || clock.is_some() {
-                self.customers.save(key, p.contact, clock).await?;
-            }
+        totals.applied += p.snapshots.len() as u64;
+        let mirror = std::mem::take(&mut p.changes.mirror);
+        p.working.mirror.extend(mirror);
+        if self.settings.dry_run {
+            return Ok(());
         }
-        if let Err(error) = run
-            .fire_steps(&p.plan, &actions, p.contact, &lease, &mut applied)
+        let writer = self.writer();
+        for s in &mut p.snapshots {
+            let Some(lease) = s.lease.as_mut() else {
+                continue;
+            };
+            let mut applied = Applied::default();
+            crate::processor::fire_steps(
+                self.idempotency,
+                &writer,
+                Some(p.contact),
+                &s.plan,
+                &s.verdict.steps,
+                lease,
+                &mut applied,
+            )
             .await
-        {
-            return Err(BackfillError::Stopped(error));
+            .map_err(BackfillError::Stopped)?;
         }
-        run.complete(&lease, &applied, self.settings.record_ttl)
-            .await?;
+        p.folded.contact_id = p.working.contact_id;
+        p.folded.mirror = p.working.mirror.clone();
+        p.folded.mirror_read_at = p.working.mirror_read_at;
+        let summary = format!(
+            "contact {}; values sent {}, already held {}; tags +{} -{} (page bulk calls)",
+            p.contact,
+            p.report.values_written,
+            p.report.unchanged,
+            p.changes.apply.len(),
+            p.changes.remove.len()
+        );
+        self.finish_records(&p, &summary).await
+    }
+
+    /// Saves the folded state (giving the customer's lease back) and completes the
+    /// snapshots' records.
+    async fn finish_records(&self, p: &Pending, summary: &str) -> Result<(), BackfillError> {
+        if self.settings.dry_run {
+            return Ok(());
+        }
+        if let Some(key) = &p.customer {
+            self.customers.save(key, &p.holder, &p.folded, true).await?;
+        }
+        for lease in p.snapshots.iter().filter_map(|s| s.lease.as_ref()) {
+            self.idempotency
+                .complete(
+                    lease,
+                    summary,
+                    None,
+                    OffsetDateTime::now_utc(),
+                    self.settings.record_ttl,
+                )
+                .await?;
+        }
         Ok(())
     }
 
     async fn release_all(&self, pending: &[Pending], reason: &str) {
-        for lease in pending.iter().filter_map(|p| p.lease.as_ref()) {
+        for p in pending {
+            self.release_snapshots(&p.snapshots, reason).await;
+            if let (Some(key), false) = (&p.customer, self.settings.dry_run) {
+                if let Err(e) = self.customers.unlock(key, &p.holder).await {
+                    tracing::warn!(error = %e, "could not give a customer's lease back; it expires by itself");
+                }
+            }
+        }
+    }
+
+    async fn release_snapshots(&self, snapshots: &[Snapshot], reason: &str) {
+        for lease in snapshots.iter().filter_map(|s| s.lease.as_ref()) {
             if let Err(e) = self.idempotency.release(lease, reason).await {
                 tracing::warn!(error = %e, "could not release a snapshot's lease; it expires by itself");
             }
         }
     }
 
-    fn runner(&self) -> Run<'_> {
-        Run {
-            rules: self.rules,
+    fn writer(&self) -> Writer<'_> {
+        Writer {
             crm: self.crm,
             directory: self.directory,
-            idempotency: self.idempotency,
-            customers: self.customers,
+            rules: self.rules,
         }
     }
 }
@@ -769,35 +858,21 @@ fn stopped(
     }
 }
 
-/// The page's tag calls: per tag, the contacts to apply it to and to remove it from. A
-/// contact met twice in a page (two subscriptions) ends as its later snapshot says, as the
-/// processor would leave it applying them in order.
+/// The page's tag calls: per tag, the contacts to apply it to and to remove it from.
 fn bulk_tag_calls(
     pending: &[Pending],
 ) -> (
     BTreeMap<TagId, Vec<ContactId>>,
     BTreeMap<TagId, Vec<ContactId>>,
 ) {
-    let mut per_contact: BTreeMap<ContactId, (BTreeSet<TagId>, BTreeSet<TagId>)> = BTreeMap::new();
-    for p in pending {
-        let (apply, remove) = per_contact.entry(p.contact).or_default();
-        for tag in &p.apply {
-            remove.remove(tag);
-            apply.insert(*tag);
-        }
-        for tag in &p.remove {
-            apply.remove(tag);
-            remove.insert(*tag);
-        }
-    }
     let mut apply_calls: BTreeMap<TagId, Vec<ContactId>> = BTreeMap::new();
     let mut remove_calls: BTreeMap<TagId, Vec<ContactId>> = BTreeMap::new();
-    for (contact, (apply, remove)) in per_contact {
-        for tag in apply {
-            apply_calls.entry(tag).or_default().push(contact);
+    for p in pending {
+        for tag in &p.changes.apply {
+            apply_calls.entry(*tag).or_default().push(p.contact);
         }
-        for tag in remove {
-            remove_calls.entry(tag).or_default().push(contact);
+        for tag in &p.changes.remove {
+            remove_calls.entry(*tag).or_default().push(p.contact);
         }
     }
     (apply_calls, remove_calls)

@@ -7,8 +7,7 @@
 use crate::config::ProcessorConfig;
 use crate::dynamodb::Table;
 use crate::idempotency::DynamoDbIdempotencyStore;
-use crate::identity::DynamoDbCustomerStore;
-use crate::keap::directory::DEFAULT_TTL;
+use crate::identity::{DynamoDbCustomerStore, DynamoDbNameLocks};
 use crate::keap::settings::{build_client, KeapSettings};
 use crate::keap::Directory;
 use crate::processor::{process_batch, BatchRecord, Processor, ProcessorSettings};
@@ -63,7 +62,7 @@ async fn cold_start() -> Result<(Arc<Processor>, Arc<dyn RecordControl>), Error>
     )
     .await;
     let crm = build_client(&keap, &aws).await?.ok_or(
-        "no Keap credentials: set KEAP_API_KEY_SECRET_ARN (or KEAP_API_KEY), or the OAuth variables (README, Keap authentication)",
+        "no Keap credentials: set KEAP_API_KEY_SECRET_ARN (or KEAP_API_KEY), or the OAuth variables (docs/keap-auth.md)",
     )?;
     tracing::info!(
         rules = rules.handled_events().len(),
@@ -74,7 +73,9 @@ async fn cold_start() -> Result<(Arc<Processor>, Arc<dyn RecordControl>), Error>
     let processor = Arc::new(Processor {
         rules: Arc::new(rules),
         crm: Arc::new(crm),
-        directory: Directory::new(DEFAULT_TTL),
+        directory: Arc::new(Directory::new(Arc::new(DynamoDbNameLocks::new(
+            Table::from_config(&aws, &config.customers_table),
+        )))),
         idempotency: Arc::new(DynamoDbIdempotencyStore::new(Table::from_config(
             &aws,
             &config.idempotency_table,
@@ -86,6 +87,9 @@ async fn cold_start() -> Result<(Arc<Processor>, Arc<dyn RecordControl>), Error>
         settings: ProcessorSettings {
             record_ttl: config.record_ttl,
             max_lease: config.max_lease,
+            max_webhook_age: config.max_webhook_age,
+            mirror_max_age: config.mirror_max_age,
+            ..ProcessorSettings::default()
         },
     });
     let control: Arc<dyn RecordControl> = Arc::new(SqsRecordControl::new(

@@ -27,6 +27,20 @@ impl InMemoryIdempotencyStore {
         self.writes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Test support: the time passing after a crash, so every live lease has expired.
+    pub fn expire_leases(&self) {
+        for (record, _) in self.lock().values_mut() {
+            if record.status == RecordStatus::InProgress {
+                record.lease_expires_at = Some(OffsetDateTime::UNIX_EPOCH);
+            }
+        }
+    }
+
+    /// Every record, for tests that compare what was done.
+    pub fn records(&self) -> Vec<IdempotencyRecord> {
+        self.lock().values().map(|(r, _)| r.clone()).collect()
+    }
+
     fn write(&self) {
         self.writes
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

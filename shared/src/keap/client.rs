@@ -14,6 +14,7 @@ use super::transport::KeapClientConfig;
 use super::transport::{Operation, Transport};
 use async_trait::async_trait;
 use serde_json::{json, Map, Value};
+use std::sync::Arc;
 
 /// Items per page of a v1 list (`limit`): the most Keap's list endpoints answer at once.
 const PAGE: usize = 1000;
@@ -30,7 +31,10 @@ pub struct KeapClient {
 
 impl KeapClient {
     pub fn new(config: KeapClientConfig) -> Result<Self, KeapError> {
-        let directory = Directory::new(config.lookup_ttl);
+        let directory = Directory::with_ttl(
+            Arc::new(crate::identity::InMemoryNameLocks::new()),
+            config.lookup_ttl,
+        );
         Ok(Self {
             transport: Transport::new(config)?,
             directory,
@@ -109,7 +113,9 @@ impl KeapClient {
     async fn contact_body(&self, fields: &ContactFields) -> Result<Map<String, Value>, KeapError> {
         let mut body = fields_json(fields);
         let company = fields.company.as_deref().map(str::trim);
-        if let Some(name) = company.filter(|n| !n.is_empty()) {
+        if let Some(id) = fields.company_id {
+            body.insert("company".into(), json!({ "id": id }));
+        } else if let Some(name) = company.filter(|n| !n.is_empty()) {
             let id: CompanyId = self.directory.company_id(self, name).await?;
             body.insert("company".into(), json!({ "id": id }));
         }
@@ -256,6 +262,7 @@ fn fields_from(value: &Value) -> Option<ContactFields> {
             .or(items.first())
             .cloned()
     };
+    let company_id = value["company"]["id"].as_i64();
     let company = value["company"]["company_name"]
         .as_str()
         .or(value["company_name"].as_str())
@@ -284,6 +291,7 @@ fn fields_from(value: &Value) -> Option<ContactFields> {
         phone: entry("phone_numbers", "PHONE1").and_then(|p| text(&p["number"])),
         address,
         company,
+        company_id,
         custom_fields,
         opt_in_reason: text(&value["opt_in_reason"]),
     };
@@ -676,6 +684,7 @@ mod tests {
         assert_eq!(fields.family_name.as_deref(), Some("Doe"));
         assert_eq!(fields.phone.as_deref(), Some("555-555-1234"));
         assert_eq!(fields.company.as_deref(), Some("Acme, Inc."));
+        assert_eq!(fields.company_id, Some(7));
         let address = fields.address.expect("billing address");
         assert_eq!(address.line1.as_deref(), Some("123 Main St"));
         assert_eq!(address.country_code.as_deref(), Some("USA"));

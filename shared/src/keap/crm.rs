@@ -27,10 +27,13 @@ pub struct ContactFields {
     pub family_name: Option<String>,
     pub phone: Option<String>,
     pub address: Option<Address>,
-    /// The organisation's name (Chargify's `organization`). Keap links a contact to a
-    /// company record by id, so the client finds the company by this exact name, or creates
-    /// it, and sends its id. Blank is the same as `None`.
+    /// The organisation's name (Chargify's `organization`), when the caller has not resolved
+    /// it to [`Self::company_id`]: the client then finds the company by this exact name, or
+    /// creates it. Blank is the same as `None`.
     pub company: Option<String>,
+    /// The company record to link (Keap links a contact to a company by id only). Wins over
+    /// [`Self::company`].
+    pub company_id: Option<CompanyId>,
     /// Custom field id → value (text, number or date as JSON).
     pub custom_fields: Vec<(i64, Value)>,
     pub opt_in_reason: Option<String>,
@@ -117,6 +120,8 @@ pub trait Crm: Send + Sync {
         id: ContactId,
         fields: &ContactFields,
     ) -> Result<Contact, KeapError>;
+    /// Every tag of the account (`GET /v1/tags`), page by page up to a bound of 100,000.
+    async fn list_tags(&self) -> Result<Vec<Tag>, KeapError>;
     /// Every tag whose name is exactly `name` (Keap does not keep names unique).
     async fn find_tags_by_name(&self, name: &str) -> Result<Vec<Tag>, KeapError>;
     async fn create_tag(&self, name: &str) -> Result<Tag, KeapError>;
@@ -152,12 +157,10 @@ pub trait Crm: Send + Sync {
         body: &str,
     ) -> Result<i64, KeapError>;
     async fn custom_fields(&self) -> Result<Vec<CustomField>, KeapError>;
+    /// Every company of the account (`GET /v1/companies`), paged like [`Crm::list_tags`].
+    async fn list_companies(&self) -> Result<Vec<Company>, KeapError>;
     /// Companies whose name is exactly `name`, lowest id first. Keap does not keep company
     /// names unique; callers link contacts to the first (oldest), like contacts by email.
     async fn find_companies_by_name(&self, name: &str) -> Result<Vec<Company>, KeapError>;
     async fn create_company(&self, name: &str) -> Result<Company, KeapError>;
-    /// Every tag of the account (`GET /v1/tags`, read page by page up to a bound of 100,000).
-    async fn list_tags(&self) -> Result<Vec<Tag>, KeapError>;
-    /// Every company of the account (`GET /v1/companies`, paged like [`Crm::list_tags`]).
-    async fn list_companies(&self) -> Result<Vec<Company>, KeapError>;
 }

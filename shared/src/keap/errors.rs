@@ -105,7 +105,7 @@ pub enum KeapError {
     },
     #[error("Keap refused the refresh token ({reason}); re-read the token store, and if it persists a person must re-authorise the integration")]
     InvalidGrant { reason: String },
-    #[error("Keap's OAuth authorisation is gone ({reason}); retrying will not help: a person must re-authorise the integration with `cks keap authorize-url` and `cks keap exchange-code` (README, Keap authentication)")]
+    #[error("Keap's OAuth authorisation is gone ({reason}); retrying will not help: a person must re-authorise the integration with `cks keap authorize-url` and `cks keap exchange-code` (docs/keap-auth.md)")]
     ReauthorisationNeeded { reason: String },
     #[error("could not read or write the Keap OAuth token store ({detail}); retry with backoff, and check the table (KEAP_TOKEN_TABLE) and the function's DynamoDB permissions if it persists")]
     TokenStore { detail: String },

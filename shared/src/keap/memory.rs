@@ -149,6 +149,7 @@ fn merge(into: &mut ContactFields, from: &ContactFields) {
         family_name,
         phone,
         address,
+        company_id,
         opt_in_reason
     );
     for (id, value) in &from.custom_fields {
@@ -162,7 +163,7 @@ fn contact(id: ContactId, fields: &ContactFields, tags: &BTreeSet<TagId>) -> Con
         id,
         email: fields.email.clone(),
         tag_ids: Some(tags.iter().copied().collect()),
-        company_id: None,
+        company_id: fields.company_id,
         fields: Some(fields.clone()),
     }
 }
@@ -235,6 +236,18 @@ impl Crm for InMemoryCrm {
             .ok_or_else(|| not_found(format!("contact {id}")))?;
         merge(&mut entry.0, fields);
         Ok(contact(id, &entry.0, &entry.1))
+    }
+
+    async fn list_tags(&self) -> Result<Vec<Tag>, KeapError> {
+        let state = self.enter("list_tags", "GET /v1/tags".into())?;
+        Ok(state
+            .tags
+            .iter()
+            .map(|(id, n)| Tag {
+                id: *id,
+                name: n.clone(),
+            })
+            .collect())
     }
 
     async fn find_tags_by_name(&self, name: &str) -> Result<Vec<Tag>, KeapError> {
@@ -369,6 +382,18 @@ impl Crm for InMemoryCrm {
         Ok(state.next_id)
     }
 
+    async fn list_companies(&self) -> Result<Vec<Company>, KeapError> {
+        let state = self.enter("list_companies", "GET /v1/companies".into())?;
+        Ok(state
+            .companies
+            .iter()
+            .map(|(id, n)| Company {
+                id: *id,
+                name: n.clone(),
+            })
+            .collect())
+    }
+
     async fn find_companies_by_name(&self, name: &str) -> Result<Vec<Company>, KeapError> {
         let state = self.enter("find_companies", "GET /v1/companies?company_name=…".into())?;
         Ok(state
@@ -396,29 +421,5 @@ impl Crm for InMemoryCrm {
     async fn custom_fields(&self) -> Result<Vec<CustomField>, KeapError> {
         let state = self.enter("custom_fields", "GET /v1/contacts/model".into())?;
         Ok(state.custom_fields.clone())
-    }
-
-    async fn list_tags(&self) -> Result<Vec<Tag>, KeapError> {
-        let state = self.enter("list_tags", "GET /v1/tags (every page)".into())?;
-        Ok(state
-            .tags
-            .iter()
-            .map(|(id, name)| Tag {
-                id: *id,
-                name: name.clone(),
-            })
-            .collect())
-    }
-
-    async fn list_companies(&self) -> Result<Vec<Company>, KeapError> {
-        let state = self.enter("list_companies", "GET /v1/companies (every page)".into())?;
-        Ok(state
-            .companies
-            .iter()
-            .map(|(id, name)| Company {
-                id: *id,
-                name: name.clone(),
-            })
-            .collect())
     }
 }

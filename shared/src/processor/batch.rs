@@ -1,15 +1,26 @@
-//! One SQS FIFO batch: records in order within each message group; at a group's first
-//! failure that record and every later record of the group go back to the queue unprocessed
-//! (other groups go on); a panic fails only its own record; permanent failures move to the
-//! dead-letter queue with their reason; transient ones are hidden until they are worth
-//! retrying.
+//! One SQS FIFO batch. Records are split by message group (one customer each); groups run
+//! concurrently (bounded), each group in order. Within a group, consecutive records of one
+//! customer run as one [`Processor::process_run`], so a backlog costs one set of Keap writes.
+//!
+//! **Failures.** At a group's first failure, that record and every later record of the group
+//! go back to the queue unprocessed, all hidden for the delay the failure asks for (so the
+//! group resumes when the failure says, not when the visibility timeout ends); other groups
+//! go on. A permanent failure, or a record still failing [`ProcessorSettings::max_webhook_age`]
+//! after ingest received it, is moved to the dead-letter queue with its reason, and the rest
+//! of its group goes on. A run of several records that fails permanently or panics is run
+//! again one record at a time, so only the record at fault is dead-lettered. A panic fails
+//! its own run only (each run is a task). The queue's redrive limit is set far above what
+//! this policy uses: it only catches a record that kills its invocation every time.
+//!
+//! [`ProcessorSettings::max_webhook_age`]: super::ProcessorSettings::max_webhook_age
 
 use super::failure::{Disposition, ProcessError};
+use super::run::Planned;
 use super::{Processed, Processor};
 use crate::envelope::WebhookEnvelope;
-use crate::queue::{DeadLetter, RecordControl};
+use crate::queue::{clamp_visibility, DeadLetter, RecordControl};
 use crate::telemetry::metrics::{self, ProcessedOutcome};
-use std::collections::HashSet;
+use futures::StreamExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use time::OffsetDateTime;
@@ -37,8 +48,29 @@ pub struct BatchResult {
     /// the redelivery of the others harmless.
     pub unreportable: usize,
     pub dead_lettered: usize,
-    /// Outcome name per processed record, in order (for tests and the summary log).
+    /// Outcome name per record, in the batch's order (for tests and the summary log).
     pub outcomes: Vec<&'static str>,
+    /// `(message id, delay)` per record hidden for a retry: what was asked of the queue.
+    pub delays: Vec<(String, Duration)>,
+    /// Records the queue refused to hide: each comes back after its visibility timeout.
+    pub delay_failures: Vec<String>,
+}
+
+/// A record with what the batch learnt of it.
+struct Record {
+    position: usize,
+    record: BatchRecord,
+    message_id: Option<String>,
+    planned: Result<Planned, (Option<WebhookEnvelope>, ProcessError)>,
+}
+
+/// How one record ended, before the queue hears of it.
+enum Ending {
+    Done(WebhookEnvelope, Processed),
+    /// Back to the queue, hidden for this long.
+    Retry(Option<WebhookEnvelope>, ProcessError, Duration),
+    HeldBack(Duration),
+    DeadLetter(Option<WebhookEnvelope>, ProcessError, &'static str),
 }
 
 /// Runs `records` through `processor`. `deadline` is when the invocation times out.
@@ -48,149 +80,168 @@ pub async fn process_batch(
     records: Vec<BatchRecord>,
     deadline: Instant,
 ) -> BatchResult {
-    let mut result = BatchResult::default();
-    let mut failed_groups: HashSet<String> = HashSet::new();
-    for record in records {
+    let received = Instant::now();
+    // Groups in order of first appearance, each in queue order.
+    let mut groups: Vec<(String, Vec<Record>)> = Vec::new();
+    for (position, record) in records.into_iter().enumerate() {
         let group = record.group_id.clone().unwrap_or_default();
-        let message_id = record.message_id.clone().filter(|id| !id.is_empty());
-        let fail = |result: &mut BatchResult, outcome: &'static str| {
-            result.outcomes.push(outcome);
-            match &message_id {
-                Some(id) => result.failed.push(id.clone()),
-                None => result.unreportable += 1,
-            }
+        let planned = match WebhookEnvelope::from_json(record.body.as_deref().unwrap_or("")) {
+            Ok(envelope) => processor
+                .plan(envelope.clone())
+                .map_err(|e| (Some(envelope), e)),
+            Err(e) => Err((None, e.into())),
         };
-        if failed_groups.contains(&group) {
-            tracing::info!(
-                message_id = message_id.as_deref().unwrap_or(""),
-                group = group.as_str(),
-                "held back: an earlier record of its group failed"
-            );
-            fail(&mut result, "held_back");
+        let entry = Record {
+            position,
+            message_id: record.message_id.clone().filter(|id| !id.is_empty()),
+            record,
+            planned,
+        };
+        match groups.iter_mut().find(|(g, _)| *g == group) {
+            Some((_, members)) => members.push(entry),
+            None => groups.push((group, vec![entry])),
+        }
+    }
+    let concurrency = processor.settings.group_concurrency.max(1);
+    let endings: Vec<Vec<(Record, Ending)>> = futures::stream::iter(groups)
+        .map(|(_, members)| {
+            let processor = Arc::clone(&processor);
+            async move { group(&processor, members, deadline).await }
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    let mut endings: Vec<(Record, Ending)> = endings.into_iter().flatten().collect();
+    endings.sort_by_key(|(r, _)| r.position);
+    let mut result = BatchResult::default();
+    for (record, ending) in endings {
+        settle(&control, &record, ending, received, &mut result).await;
+    }
+    result
+}
+
+/// One message group, in order.
+async fn group(
+    processor: &Arc<Processor>,
+    members: Vec<Record>,
+    deadline: Instant,
+) -> Vec<(Record, Ending)> {
+    let mut endings: Vec<(Record, Ending)> = Vec::with_capacity(members.len());
+    let mut queue: std::collections::VecDeque<Record> = members.into();
+    // Set at the group's first failure: the rest waits this long.
+    let mut held: Option<Duration> = None;
+    // After a run failed as a whole, the next records go one at a time.
+    let mut one_at_a_time = 0usize;
+    while let Some(mut first) = queue.pop_front() {
+        if let Some(delay) = held {
+            endings.push((first, Ending::HeldBack(delay)));
             continue;
         }
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining < MIN_TIME_PER_RECORD {
             tracing::warn!(
-                message_id = message_id.as_deref().unwrap_or(""),
+                message_id = first.message_id.as_deref().unwrap_or(""),
                 remaining_ms = remaining.as_millis() as u64,
                 "too little invocation time left; record returned to the queue"
             );
-            failed_groups.insert(group);
-            fail(&mut result, "out_of_time");
+            held = Some(Duration::ZERO);
+            endings.push((first, Ending::HeldBack(Duration::ZERO)));
             continue;
         }
-        let started = Instant::now();
-        let outcome = run_one(&processor, &record, remaining).await;
-        let elapsed_ms = started.elapsed().as_millis() as u64;
-        match outcome {
-            Ok((envelope, processed)) => {
-                log_success(&envelope, &processed, message_id.as_deref(), elapsed_ms);
-                result.outcomes.push(processed.outcome());
-            }
-            Err((envelope, error)) => {
-                let event = envelope
-                    .as_ref()
-                    .map(|e| e.event.clone())
-                    .unwrap_or_default();
-                let webhook_id = envelope
-                    .as_ref()
-                    .map(|e| e.webhook_id.clone())
-                    .unwrap_or_default();
-                match error.disposition(OffsetDateTime::now_utc()) {
-                    Disposition::RetryAfter(delay) => {
-                        tracing::warn!(
-                            message_id = message_id.as_deref().unwrap_or(""),
-                            webhook_id = webhook_id.as_str(),
-                            event = event.as_str(),
-                            code = error.code(),
-                            error = %crate::telemetry::redact_emails(&error.to_string()),
-                            retry_in_s = delay.as_secs(),
-                            elapsed_ms,
-                            "webhook failed; retried later"
-                        );
-                        metrics::webhook_processed(&event, ProcessedOutcome::RetryLater);
-                        if let Some(receipt) = &record.receipt_handle {
-                            if let Err(e) = control.retry_later(receipt, delay).await {
-                                tracing::warn!(error = %e, "could not delay the record; it returns after the visibility timeout");
-                            }
-                        }
-                        failed_groups.insert(group);
-                        fail(&mut result, "failed");
-                    }
-                    Disposition::DeadLetter { code } => {
-                        let letter = DeadLetter {
-                            body: record.body.clone().unwrap_or_default(),
-                            group_id: if group.is_empty() {
-                                "unknown".into()
-                            } else {
-                                group.clone()
-                            },
-                            deduplication_id: record
-                                .deduplication_id
-                                .clone()
-                                .or_else(|| message_id.clone())
-                                .unwrap_or_else(|| "unknown".into()),
-                            reason: error.to_string(),
-                            code: code.to_owned(),
-                        };
-                        match control.dead_letter(&letter).await {
-                            Ok(()) => {
-                                tracing::error!(
-                                    message_id = message_id.as_deref().unwrap_or(""),
-                                    webhook_id = webhook_id.as_str(),
-                                    event = event.as_str(),
-                                    code,
-                                    error = %crate::telemetry::redact_emails(&error.to_string()),
-                                    elapsed_ms,
-                                    "webhook cannot be applied; moved to the dead-letter queue"
-                                );
-                                metrics::webhook_processed(&event, ProcessedOutcome::DeadLettered);
-                                result.dead_lettered += 1;
-                                result.outcomes.push("dead_lettered");
-                            }
-                            Err(e) => {
-                                tracing::error!(
-                                    message_id = message_id.as_deref().unwrap_or(""),
-                                    webhook_id = webhook_id.as_str(),
-                                    code,
-                                    error = %crate::telemetry::redact_emails(&error.to_string()),
-                                    dlq_error = %e,
-                                    "webhook cannot be applied and the dead-letter queue refused it; returned to the queue"
-                                );
-                                metrics::webhook_processed(&event, ProcessedOutcome::Failed);
-                                failed_groups.insert(group);
-                                fail(&mut result, "failed");
-                            }
-                        }
-                    }
+        let planned = match &first.planned {
+            Ok(planned) => planned.clone(),
+            Err(_) => {
+                // The record's own envelope or plan failed: its error, taken out of it.
+                let placeholder = Err((None, ProcessError::HeldBack));
+                let Err((envelope, error)) = std::mem::replace(&mut first.planned, placeholder)
+                else {
+                    continue;
+                };
+                let ending = decide(envelope, error);
+                if let Ending::Retry(_, _, delay) = &ending {
+                    held = Some(*delay);
                 }
+                endings.push((first, ending));
+                continue;
+            }
+        };
+        // The run: this record and the next ones of the same customer.
+        let mut run = vec![first];
+        let mut items = vec![planned];
+        let customer = items[0].customer();
+        while one_at_a_time == 0 && customer.is_some() {
+            let same = queue
+                .front()
+                .is_some_and(|next| matches!(&next.planned, Ok(p) if p.customer() == customer));
+            if !same {
+                break;
+            }
+            if let Some(next) = queue.pop_front() {
+                if let Ok(p) = &next.planned {
+                    items.push(p.clone());
+                }
+                run.push(next);
             }
         }
+        one_at_a_time = one_at_a_time.saturating_sub(1);
+        let results = run_isolated(processor, items, remaining).await;
+        let permanent = results.iter().any(|r| match r {
+            Err(e) => {
+                matches!(e, ProcessError::Panicked(_))
+                    || matches!(
+                        e.disposition(OffsetDateTime::now_utc()),
+                        Disposition::DeadLetter { .. }
+                    )
+            }
+            Ok(_) => false,
+        });
+        if permanent && run.len() > 1 {
+            // Find the record at fault: the same records again, one run each.
+            tracing::info!(
+                records = run.len(),
+                "a merged run failed permanently; running its records one at a time"
+            );
+            one_at_a_time = run.len();
+            for record in run.into_iter().rev() {
+                queue.push_front(record);
+            }
+            continue;
+        }
+        for (record, outcome) in run.into_iter().zip(results) {
+            let envelope = record.planned.as_ref().ok().map(|p| p.envelope.clone());
+            let ending = match (outcome, held) {
+                (_, Some(delay)) => Ending::HeldBack(delay),
+                (Ok(processed), None) => match envelope {
+                    Some(envelope) => Ending::Done(envelope, processed),
+                    None => Ending::HeldBack(Duration::ZERO),
+                },
+                (Err(error), None) => {
+                    let ending = decide_aged(envelope, error, processor);
+                    if let Ending::Retry(_, _, delay) = &ending {
+                        held = Some(*delay);
+                    }
+                    ending
+                }
+            };
+            endings.push((record, ending));
+        }
     }
-    result
+    endings
 }
 
-type RunResult = Result<(WebhookEnvelope, Processed), (Option<WebhookEnvelope>, ProcessError)>;
-
-/// One record on its own task, so a panic fails this record only.
-async fn run_one(
+/// A run on its own task, so a panic fails this run only.
+async fn run_isolated(
     processor: &Arc<Processor>,
-    record: &BatchRecord,
+    items: Vec<Planned>,
     remaining: Duration,
-) -> RunResult {
-    let envelope = match WebhookEnvelope::from_json(record.body.as_deref().unwrap_or("")) {
-        Ok(envelope) => envelope,
-        Err(e) => return Err((None, e.into())),
-    };
+) -> Vec<Result<Processed, ProcessError>> {
+    let count = items.len();
     let task = {
         let processor = Arc::clone(processor);
-        let envelope = envelope.clone();
-        tokio::spawn(async move { processor.process(&envelope, remaining).await })
+        tokio::spawn(async move { processor.process_run(&items, remaining).await })
     };
     match task.await {
-        Ok(Ok(processed)) => Ok((envelope, processed)),
-        Ok(Err(e)) => Err((Some(envelope), e)),
+        Ok(results) => results,
         Err(join) => {
             let detail = if join.is_panic() {
                 let panic = join.into_panic();
@@ -202,17 +253,184 @@ async fn run_one(
             } else {
                 "task cancelled".into()
             };
-            Err((Some(envelope), ProcessError::Panicked(detail)))
+            let mut results = vec![Err(ProcessError::Panicked(detail))];
+            results.extend((1..count).map(|_| Err(ProcessError::HeldBack)));
+            results
         }
     }
 }
 
-fn log_success(
-    envelope: &WebhookEnvelope,
-    processed: &Processed,
-    message_id: Option<&str>,
-    elapsed_ms: u64,
+/// What a failure means for its record.
+fn decide(envelope: Option<WebhookEnvelope>, error: ProcessError) -> Ending {
+    match error.disposition(OffsetDateTime::now_utc()) {
+        Disposition::RetryAfter(delay) => Ending::Retry(envelope, error, delay),
+        Disposition::DeadLetter { code } => Ending::DeadLetter(envelope, error, code),
+    }
+}
+
+/// [`decide`], where a record that would be retried but has been failing for longer than
+/// the processor's budget is dead-lettered instead.
+fn decide_aged(
+    envelope: Option<WebhookEnvelope>,
+    error: ProcessError,
+    processor: &Processor,
+) -> Ending {
+    if matches!(error, ProcessError::HeldBack) {
+        return Ending::HeldBack(Duration::ZERO);
+    }
+    let budget = processor.settings.max_webhook_age;
+    let age = envelope.as_ref().map(|e| {
+        Duration::try_from(OffsetDateTime::now_utc() - e.received_at).unwrap_or(Duration::ZERO)
+    });
+    match decide(envelope, error) {
+        Ending::Retry(envelope, error, _) if age.is_some_and(|age| age > budget) => {
+            let error = ProcessError::RetryBudgetExhausted {
+                age: age.unwrap_or_default(),
+                last: Box::new(error),
+            };
+            Ending::DeadLetter(envelope, error, "retry_budget_exhausted")
+        }
+        other => other,
+    }
+}
+
+/// Tells the queue how a record ended, logs it and counts it.
+async fn settle(
+    control: &Arc<dyn RecordControl>,
+    record: &Record,
+    ending: Ending,
+    received: Instant,
+    result: &mut BatchResult,
 ) {
+    let message_id = record.message_id.clone();
+    let fail = |result: &mut BatchResult, outcome: &'static str| {
+        result.outcomes.push(outcome);
+        match &message_id {
+            Some(id) => result.failed.push(id.clone()),
+            None => result.unreportable += 1,
+        }
+    };
+    let hide = |delay: Duration| {
+        let control = Arc::clone(control);
+        let receipt = record.record.receipt_handle.clone();
+        let message_id = message_id.clone().unwrap_or_default();
+        async move {
+            let delay = clamp_visibility(delay, received.elapsed());
+            let Some(receipt) = receipt else {
+                return (message_id, delay, Ok(()));
+            };
+            let answer = control.retry_later(&receipt, delay).await;
+            (message_id, delay, answer)
+        }
+    };
+    let report_delay =
+        |result: &mut BatchResult, (id, delay, answer): (String, Duration, Result<(), _>)| {
+            match answer {
+                Ok(()) => result.delays.push((id, delay)),
+                Err(e) => {
+                    tracing::error!(
+                        message_id = id.as_str(),
+                        delay_s = delay.as_secs(),
+                        error = %e,
+                        "the queue refused to hide the record; it comes back after its visibility timeout"
+                    );
+                    metrics::record_delay_failure();
+                    result.delay_failures.push(id);
+                }
+            }
+        };
+    match ending {
+        Ending::Done(envelope, processed) => {
+            log_success(&envelope, &processed, message_id.as_deref());
+            result.outcomes.push(processed.outcome());
+        }
+        Ending::HeldBack(delay) => {
+            tracing::info!(
+                message_id = message_id.as_deref().unwrap_or(""),
+                group = record.record.group_id.as_deref().unwrap_or(""),
+                retry_in_s = delay.as_secs(),
+                "held back: an earlier record of its group is not applied yet"
+            );
+            let hidden = hide(delay).await;
+            report_delay(result, hidden);
+            fail(result, "held_back");
+        }
+        Ending::Retry(envelope, error, delay) => {
+            let event = envelope.as_ref().map(|e| e.event.as_str()).unwrap_or("");
+            tracing::warn!(
+                message_id = message_id.as_deref().unwrap_or(""),
+                webhook_id = envelope.as_ref().map(|e| e.webhook_id.as_str()).unwrap_or(""),
+                event,
+                code = error.code(),
+                error = %crate::telemetry::redact_emails(&error.to_string()),
+                retry_in_s = delay.as_secs(),
+                "webhook failed; retried later"
+            );
+            metrics::webhook_processed(event, ProcessedOutcome::RetryLater);
+            let hidden = hide(delay).await;
+            report_delay(result, hidden);
+            fail(result, "failed");
+        }
+        Ending::DeadLetter(envelope, error, code) => {
+            let event = envelope
+                .as_ref()
+                .map(|e| e.event.clone())
+                .unwrap_or_default();
+            let webhook_id = envelope
+                .as_ref()
+                .map(|e| e.webhook_id.clone())
+                .unwrap_or_default();
+            let group = record.record.group_id.clone().unwrap_or_default();
+            let letter = DeadLetter {
+                body: record.record.body.clone().unwrap_or_default(),
+                group_id: if group.is_empty() {
+                    "unknown".into()
+                } else {
+                    group
+                },
+                deduplication_id: record
+                    .record
+                    .deduplication_id
+                    .clone()
+                    .or_else(|| message_id.clone())
+                    .unwrap_or_else(|| "unknown".into()),
+                reason: error.to_string(),
+                code: code.to_owned(),
+            };
+            match control.dead_letter(&letter).await {
+                Ok(()) => {
+                    tracing::error!(
+                        message_id = message_id.as_deref().unwrap_or(""),
+                        webhook_id = webhook_id.as_str(),
+                        event = event.as_str(),
+                        code,
+                        error = %crate::telemetry::redact_emails(&error.to_string()),
+                        "webhook cannot be applied; moved to the dead-letter queue"
+                    );
+                    metrics::webhook_processed(&event, ProcessedOutcome::DeadLettered);
+                    result.dead_lettered += 1;
+                    result.outcomes.push("dead_lettered");
+                }
+                Err(e) => {
+                    tracing::error!(
+                        message_id = message_id.as_deref().unwrap_or(""),
+                        webhook_id = webhook_id.as_str(),
+                        code,
+                        error = %crate::telemetry::redact_emails(&error.to_string()),
+                        dlq_error = %e,
+                        "webhook cannot be applied and the dead-letter queue refused it; returned to the queue"
+                    );
+                    metrics::webhook_processed(&event, ProcessedOutcome::Failed);
+                    let hidden = hide(super::failure::DEFAULT_RETRY_DELAY).await;
+                    report_delay(result, hidden);
+                    fail(result, "failed");
+                }
+            }
+        }
+    }
+}
+
+fn log_success(envelope: &WebhookEnvelope, processed: &Processed, message_id: Option<&str>) {
     let outcome = processed.outcome();
     // A clock behind ingest's would make the lag negative: counted as zero.
     let lag = Duration::try_from(OffsetDateTime::now_utc() - envelope.received_at)
@@ -236,12 +454,11 @@ fn log_success(
         site = envelope.site.as_str(),
         outcome,
         summary = summary.as_str(),
-        elapsed_ms,
         lag_ms,
         "webhook processed"
     );
     metrics::webhook_processed(&envelope.event, processed.metric_outcome());
-    // Stale records are applied too (their other actions ran), so they count in the lag.
+    // Stale records are applied too (their writes were decided), so they count in the lag.
     if matches!(processed, Processed::Applied(_)) {
         metrics::end_to_end_lag(lag);
     }

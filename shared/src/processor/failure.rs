@@ -14,6 +14,9 @@ pub use crate::queue::MAX_VISIBILITY_DELAY;
 /// How long a record waits after a transient failure that names no time of its own.
 pub const DEFAULT_RETRY_DELAY: Duration = Duration::from_secs(30);
 
+/// The longest wait for a customer another worker is applying a webhook of.
+pub const CUSTOMER_BUSY_RETRY: Duration = Duration::from_secs(10);
+
 /// How long a record waits while Keap rejects our credentials: long enough not to burn the
 /// receive count, short enough that syncing resumes soon after an operator fixes the key.
 pub const CREDENTIALS_RETRY_DELAY: Duration = Duration::from_secs(15 * 60);
@@ -36,10 +39,37 @@ pub enum ProcessError {
     Store(#[from] StoreError),
     #[error("another worker is applying this webhook (lease until {until}); retried after it")]
     InProgressElsewhere { until: OffsetDateTime },
+    #[error("another worker is applying a webhook of this customer (lease until {until}); retried after it")]
+    CustomerBusy { until: OffsetDateTime },
+    #[error("held back: an earlier webhook of its customer is not applied yet")]
+    HeldBack,
+    #[error("still failing {age:?} after ingest received it, past the retry budget (MAX_WEBHOOK_AGE_DAYS); last failure: {last}")]
+    RetryBudgetExhausted {
+        age: Duration,
+        last: Box<ProcessError>,
+    },
     #[error("the handler panicked: {0}")]
     Panicked(String),
     #[error("could not hand the record back to the queue: {0}")]
     Queue(#[from] QueueError),
+}
+
+impl ProcessError {
+    /// Another worker took over this attempt's lease: stop without further writes.
+    pub fn is_lease_lost(&self) -> bool {
+        matches!(self, Self::Store(StoreError::LeaseLost))
+    }
+}
+
+impl From<crate::apply::ApplyError> for ProcessError {
+    fn from(error: crate::apply::ApplyError) -> Self {
+        use crate::apply::ApplyError;
+        match error {
+            ApplyError::Keap(e) => Self::Keap(e),
+            ApplyError::Lookup(e) => Self::Lookup(e),
+            ApplyError::NoContact(reason) => Self::NoContact(reason),
+        }
+    }
 }
 
 /// What to do with the message.
@@ -61,11 +91,15 @@ impl ProcessError {
             Self::Plan(_) => "rules_failed",
             Self::NoContact(_) => "no_contact",
             Self::Keap(e) | Self::Lookup(LookupError::Keap(e)) => keap_code(e),
-            Self::Lookup(LookupError::AmbiguousTag { .. }) => "tag_ambiguous",
             Self::Lookup(LookupError::MissingTag { .. }) => "tag_missing",
             Self::Lookup(LookupError::MissingCustomField { .. }) => "custom_field_missing",
+            Self::Lookup(LookupError::CreationPending { .. }) => "tag_creation_pending",
+            Self::Lookup(LookupError::Store(e)) => e.code(),
             Self::Store(e) => e.code(),
             Self::InProgressElsewhere { .. } => "in_progress_elsewhere",
+            Self::CustomerBusy { .. } => "customer_busy",
+            Self::HeldBack => "held_back",
+            Self::RetryBudgetExhausted { .. } => "retry_budget_exhausted",
             Self::Panicked(_) => "panicked",
             Self::Queue(e) => e.code(),
         }
@@ -78,6 +112,15 @@ impl ProcessError {
             Self::InProgressElsewhere { until } => {
                 Disposition::RetryAfter(until_then(*until, now) + Duration::from_secs(1))
             }
+            // The other worker usually gives the customer back within seconds; its lease
+            // is only the bound for a crash.
+            Self::CustomerBusy { until } => Disposition::RetryAfter(
+                (until_then(*until, now) + Duration::from_secs(1)).min(CUSTOMER_BUSY_RETRY),
+            ),
+            Self::HeldBack => Disposition::RetryAfter(DEFAULT_RETRY_DELAY),
+            Self::Lookup(LookupError::CreationPending { .. } | LookupError::Store(_)) => {
+                Disposition::RetryAfter(DEFAULT_RETRY_DELAY)
+            }
             // A panic is a bug or a broken environment: retry; the redrive limit parks a
             // message that panics every time in the dead-letter queue.
             Self::Panicked(_) => Disposition::RetryAfter(DEFAULT_RETRY_DELAY),
@@ -85,7 +128,8 @@ impl ProcessError {
             | Self::Body(_)
             | Self::Plan(_)
             | Self::NoContact(_)
-            | Self::Lookup(_) => Disposition::DeadLetter { code: self.code() },
+            | Self::Lookup(_)
+            | Self::RetryBudgetExhausted { .. } => Disposition::DeadLetter { code: self.code() },
         }
     }
 }

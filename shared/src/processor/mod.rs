@@ -1,31 +1,58 @@
-//! The processor use case: one queued webhook envelope → its Keap changes, exactly once.
+//! The processor use case: queued webhook envelopes → their Keap changes, exactly once, with
+//! Keap ending as Chargify's history says whatever the order they arrive in.
 //!
-//! [`Processor::process`] parses the envelope's body, plans with the rules, takes the
-//! idempotency lease, applies the plan (see [`apply`]) and completes the record. [`batch`]
-//! runs an SQS batch through it with FIFO-group ordering, panic isolation and the
-//! retry/dead-letter decisions of [`failure`]. No AWS or HTTP type appears here: the stores,
-//! the CRM and the queue are ports.
+//! [`Processor::process_run`] takes a run of webhooks of one customer, in queue order (one
+//! webhook, or a customer's backlog in one batch), and:
+//! 1. takes each webhook's idempotency lease (a completed one is a duplicate);
+//! 2. takes the customer's lease in the identity map, which returns the customer's state;
+//! 3. folds the plans over it (`crate::converge`): which values each webhook still wins,
+//!    which rules are stale, which goals and notes fire;
+//! 4. makes Keap hold the values the run leaves (`crate::apply`): one contact write, one tag
+//!    apply and one tag remove at most, and none of what Keap holds already;
+//! 5. saves the mirror of what Keap now holds, then fires the goals and notes in order, each
+//!    recorded as an intent before its call and as done after it;
+//! 6. saves the state (the values' versions) and gives the customer's lease back, then
+//!    completes each webhook's record.
+//!
+//! Each webhook of a run ends exactly as if it had been processed on its own, in order: the
+//! fold is the same; only the Keap writes are merged. [`batch`] runs an SQS batch through it
+//! (runs per customer, customers concurrently, order and failures per message group, the
+//! retry and dead-letter decisions of [`failure`]). No AWS or HTTP type appears here: the
+//! stores, the CRM and the queue are ports.
 
-pub mod apply;
 pub mod batch;
 pub mod failure;
+mod run;
 
-pub use apply::Applied;
+pub(crate) use run::fire_steps;
+
 pub use batch::{process_batch, BatchRecord, BatchResult};
 pub use failure::{Disposition, ProcessError};
+pub use run::Planned;
 
+use crate::apply::Report;
 use crate::chargify::Webhook;
 use crate::envelope::WebhookEnvelope;
-use crate::idempotency::{
-    payload_hash, Begin, IdempotencyKey, IdempotencyStore, Received, DEFAULT_MAX_LEASE,
-    DEFAULT_RECORD_TTL,
-};
+use crate::idempotency::{IdempotencyStore, DEFAULT_MAX_LEASE, DEFAULT_RECORD_TTL};
 use crate::identity::CustomerStore;
-use crate::keap::{Crm, Directory};
+use crate::keap::{ContactId, Crm, Directory};
 use crate::rules::RuleSet;
 use std::sync::Arc;
 use std::time::Duration;
-use time::OffsetDateTime;
+
+/// How often a contact's tags are read back from Keap by default, to catch a tag changed by
+/// hand: rarely enough that a monthly renewal costs no call, often enough that a hand change
+/// is corrected within a quarter (any write's answer corrects it sooner).
+pub const DEFAULT_MIRROR_MAX_AGE: Duration = Duration::from_secs(90 * 24 * 3600);
+
+/// How long a failing record is retried by default: well inside SQS's 14-day retention (the
+/// queue keeps 14 days), long enough to ride out a weekend's outage of Keap or of our
+/// credentials.
+pub const DEFAULT_MAX_WEBHOOK_AGE: Duration = Duration::from_secs(4 * 24 * 3600);
+
+/// Customers of one batch processed at once: enough to overlap Keap's latency, few enough
+/// that the client's rate limit, not the task count, sets the pace.
+pub const DEFAULT_GROUP_CONCURRENCY: usize = 4;
 
 #[derive(Debug, Clone)]
 pub struct ProcessorSettings {
@@ -33,6 +60,14 @@ pub struct ProcessorSettings {
     pub record_ttl: Duration,
     /// A lease lasts the invocation's remaining time, but never longer than this.
     pub max_lease: Duration,
+    /// A contact whose tags were last read from Keap longer ago is read again (one call)
+    /// before its next change; `None`: never.
+    pub mirror_max_age: Option<Duration>,
+    /// A record still failing this long after ingest received it is dead-lettered instead
+    /// of retried (`MAX_WEBHOOK_AGE_DAYS`).
+    pub max_webhook_age: Duration,
+    /// Message groups (customers) of one batch processed at once.
+    pub group_concurrency: usize,
 }
 
 impl Default for ProcessorSettings {
@@ -40,6 +75,9 @@ impl Default for ProcessorSettings {
         Self {
             record_ttl: DEFAULT_RECORD_TTL,
             max_lease: DEFAULT_MAX_LEASE,
+            mirror_max_age: Some(DEFAULT_MIRROR_MAX_AGE),
+            max_webhook_age: DEFAULT_MAX_WEBHOOK_AGE,
+            group_concurrency: DEFAULT_GROUP_CONCURRENCY,
         }
     }
 }
@@ -59,12 +97,7 @@ pub enum Processed {
 
 impl Processed {
     pub fn outcome(&self) -> &'static str {
-        match self {
-            Self::Applied(a) if a.stale => "stale",
-            Self::Applied(_) => "applied",
-            Self::Duplicate { .. } => "duplicate",
-            Self::Ignored => "ignored",
-        }
+        self.metric_outcome().as_str()
     }
 
     /// The `Outcome` dimension of `WebhooksProcessed`.
@@ -79,23 +112,107 @@ impl Processed {
     }
 }
 
+/// What one webhook did, for the log line and its record's summary.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub contact_id: Option<ContactId>,
+    /// Values this webhook decided (at least as new as what was held).
+    pub won: usize,
+    /// Values already held from a newer change: left alone.
+    pub superseded: usize,
+    /// Every value it writes was superseded.
+    pub stale: bool,
+    pub goals: usize,
+    pub notes: usize,
+    /// Goals and notes an earlier attempt already did.
+    pub steps_done_before: usize,
+    /// Goals and notes skipped because their rule was stale.
+    pub steps_stale: usize,
+    /// Goals and notes found sent but not recorded done: skipped or sent again, as the
+    /// rule's `on_uncertain` says.
+    pub uncertain_skipped: usize,
+    pub uncertain_repeated: usize,
+    /// The Keap writes of the run this webhook was applied in.
+    pub run: Report,
+    /// Webhooks in that run (more than one: a customer's backlog merged into one write).
+    pub run_size: usize,
+}
+
+impl Applied {
+    pub fn summary(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(id) = self.contact_id {
+            parts.push(format!(
+                "contact {id}{}",
+                if self.run.contact_written {
+                    " written"
+                } else {
+                    ""
+                }
+            ));
+        }
+        parts.push(format!(
+            "values {} won, {} superseded",
+            self.won, self.superseded
+        ));
+        if self.run.values_written > 0 || self.run.unchanged > 0 {
+            parts.push(format!(
+                "sent {}, already held {}",
+                self.run.values_written, self.run.unchanged
+            ));
+        }
+        if self.run.tags_applied > 0 || self.run.tags_removed > 0 {
+            parts.push(format!(
+                "tags +{} -{}",
+                self.run.tags_applied, self.run.tags_removed
+            ));
+        }
+        if self.goals > 0 {
+            parts.push(format!("goals {}", self.goals));
+        }
+        if self.notes > 0 {
+            parts.push(format!("notes {}", self.notes));
+        }
+        if self.steps_done_before > 0 {
+            parts.push(format!("{} steps already done", self.steps_done_before));
+        }
+        if self.steps_stale > 0 {
+            parts.push(format!("{} steps skipped as stale", self.steps_stale));
+        }
+        if self.uncertain_skipped > 0 {
+            parts.push(format!(
+                "{} uncertain steps skipped",
+                self.uncertain_skipped
+            ));
+        }
+        if self.uncertain_repeated > 0 {
+            parts.push(format!(
+                "{} uncertain steps repeated",
+                self.uncertain_repeated
+            ));
+        }
+        if self.stale {
+            parts.push("stale: newer values already held".into());
+        }
+        if self.run_size > 1 {
+            parts.push(format!("merged with {} others", self.run_size - 1));
+        }
+        parts.join("; ")
+    }
+}
+
 pub struct Processor {
     pub rules: Arc<RuleSet>,
     pub crm: Arc<dyn Crm>,
-    pub directory: Directory,
+    pub directory: Arc<Directory>,
     pub idempotency: Arc<dyn IdempotencyStore>,
     pub customers: Arc<dyn CustomerStore>,
     pub settings: ProcessorSettings,
 }
 
 impl Processor {
-    /// Applies one envelope. `remaining` is the time the invocation has left (the lease
-    /// must not outlive it: a retry after a timeout finds it expired and retakes it).
-    pub async fn process(
-        &self,
-        envelope: &WebhookEnvelope,
-        remaining: Duration,
-    ) -> Result<Processed, ProcessError> {
+    /// The plan of an envelope (pure: parse and rules).
+    pub fn plan(&self, envelope: WebhookEnvelope) -> Result<Planned, ProcessError> {
         let webhook = Webhook::parse(envelope.raw_body.as_bytes())
             .map_err(|e| ProcessError::Body(e.to_string()))?;
         let plan = self.rules.plan(&webhook, &envelope.site)?;
@@ -106,72 +223,23 @@ impl Processor {
                 "plan note"
             );
         }
-        if plan.is_empty() {
-            return Ok(Processed::Ignored);
-        }
-        let key = IdempotencyKey::new(&envelope.site, &envelope.webhook_id);
-        let now = OffsetDateTime::now_utc();
-        let lease_for = remaining
-            .min(self.settings.max_lease)
-            .max(Duration::from_secs(1));
-        let lease = match self
-            .idempotency
-            .begin(
-                &key,
-                &payload_hash(&envelope.raw_body),
-                &Received::of(envelope),
-                now,
-                lease_for,
-                self.settings.record_ttl,
-            )
-            .await?
-        {
-            Begin::Started(lease) => lease,
-            Begin::AlreadyCompleted { same_payload, .. } => {
-                return Ok(Processed::Duplicate { same_payload })
-            }
-            Begin::InProgress { lease_expires_at } => {
-                return Err(ProcessError::InProgressElsewhere {
-                    until: lease_expires_at,
-                })
-            }
-        };
-        if lease.payload_differs {
-            tracing::warn!(
-                webhook_id = webhook.id.as_str(),
-                attempt = lease.attempt,
-                "this delivery's body differs from the first one seen for this webhook id"
-            );
-            crate::telemetry::metrics::replay_payload_differs();
-        }
-        let run = apply::Run {
-            rules: &self.rules,
-            crm: self.crm.as_ref(),
-            directory: &self.directory,
-            idempotency: self.idempotency.as_ref(),
-            customers: self.customers.as_ref(),
-        };
-        match run.apply(&plan, &lease).await {
-            Ok(applied) => {
-                run.complete(&lease, &applied, self.settings.record_ttl)
-                    .await?;
-                Ok(Processed::Applied(applied))
-            }
-            Err(error) => {
-                // Give the lease back so the retry need not wait for it to expire. Best
-                // effort: if this write fails too, the lease simply expires.
-                if !matches!(
-                    error,
-                    ProcessError::Store(crate::idempotency::StoreError::LeaseLost)
-                ) {
-                    if let Err(e) = self.idempotency.release(&lease, &error.to_string()).await {
-                        tracing::warn!(error = %e, "could not release the idempotency lease");
-                    }
-                }
-                Err(error)
-            }
-        }
+        Ok(Planned { envelope, plan })
+    }
+
+    /// Applies one envelope on its own. `remaining` is the time the invocation has left
+    /// (the leases must not outlive it: a retry after a timeout finds them expired).
+    pub async fn process(
+        &self,
+        envelope: &WebhookEnvelope,
+        remaining: Duration,
+    ) -> Result<Processed, ProcessError> {
+        let planned = self.plan(envelope.clone())?;
+        self.process_run(std::slice::from_ref(&planned), remaining)
+            .await
+            .pop()
+            .unwrap_or(Err(ProcessError::HeldBack))
     }
 }
+
 #[cfg(test)]
 mod tests;

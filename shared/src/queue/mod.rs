@@ -8,6 +8,21 @@ pub use memory::{InMemoryQueue, InMemoryRecordControl};
 pub use sqs::SqsWebhookQueue;
 pub use sqs_control::{SqsRecordControl, MAX_FAILURE_REASON_BYTES, MAX_VISIBILITY_DELAY};
 
+/// Time kept back from SQS's 12-hour limit for what passed between SQS handing a record out
+/// and the batch starting (the receive, the invocation's start).
+pub const RECEIVE_MARGIN: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The longest a received record may be hidden now: SQS refuses a visibility timeout that
+/// ends more than 12 hours after the receive, so the limit is what is left of those 12 hours
+/// (`since_receive` having passed), less [`RECEIVE_MARGIN`]. Longer delays are clamped, never
+/// dropped: the record comes back early and is hidden again.
+pub fn clamp_visibility(
+    delay: std::time::Duration,
+    since_receive: std::time::Duration,
+) -> std::time::Duration {
+    delay.min(MAX_VISIBILITY_DELAY.saturating_sub(since_receive + RECEIVE_MARGIN))
+}
+
 use async_trait::async_trait;
 
 /// One message for a FIFO queue.

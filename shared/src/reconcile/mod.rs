@@ -377,7 +377,7 @@ impl Reconciler {
             webhook_id = id,
             event = metrics::event_dimension(event),
             replay = self.settings.replay_unverified,
-            "stored webhook's signature verifies with no configured key; not enqueued (check the shared keys: README, IngestSignatureMismatchAlarm)"
+            "stored webhook's signature verifies with no configured key; not enqueued (check the shared keys: docs/operations.md, IngestSignatureMismatchAlarm)"
         );
     }
 
@@ -473,12 +473,7 @@ impl Reconciler {
                 .customers
                 .get(&CustomerKey::new(&self.settings.site, customer.to_string()))
                 .await?
-                .and_then(|r| {
-                    r.subscription_clocks
-                        .get(&subscription_id.to_string())
-                        .copied()
-                })
-                .is_some_and(|clock| clock >= updated_at),
+                .is_some_and(|state| state.has_applied(&subscription_id.to_string(), updated_at)),
             _ => false,
         };
         if applied {

@@ -410,14 +410,21 @@ async fn events_snapshot_only_subscriptions_whose_state_was_never_applied() {
     w.api
         .add_subscription(20, 2, "past_due", t + time::Duration::seconds(5));
     w.api.add_subscription(30, 3, "canceled", t);
-    w.customers
-        .save(&CustomerKey::new(SITE, "1"), 101, Some(("10", t)))
-        .await
-        .expect("save");
-    w.customers
-        .save(&CustomerKey::new(SITE, "2"), 102, Some(("20", t)))
-        .await
-        .expect("save");
+    let seed = crate::identity::contract::seed;
+    seed(
+        &*w.customers,
+        &CustomerKey::new(SITE, "1"),
+        101,
+        Some(("10", t)),
+    )
+    .await;
+    seed(
+        &*w.customers,
+        &CustomerKey::new(SITE, "2"),
+        102,
+        Some(("20", t)),
+    )
+    .await;
     for (id, sub) in [
         (100, Some(10)),
         (101, Some(20)),

@@ -1,6 +1,9 @@
 //! The rules file as written (TOML): what an operator edits. [`super::RuleSet`] validates it
 //! and compiles its templates; nothing here is trusted until then.
 
+pub use super::action::{
+    ActionSpec, KeepOneSpec, NoteSpec, SetFieldsSpec, TagListSpec, TagRefSpec, UpsertSpec,
+};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
@@ -69,6 +72,9 @@ pub struct RuleSpec {
     pub when: Filter,
     #[serde(default)]
     pub on_stale: OnStale,
+    /// Overrides the per-kind default of [`OnUncertain`] for this rule's goals and notes.
+    #[serde(default)]
+    pub on_uncertain: Option<OnUncertain>,
     pub actions: Vec<ActionSpec>,
 }
 
@@ -78,6 +84,9 @@ pub struct RuleSpec {
 pub struct Filter {
     #[serde(default)]
     pub state: Vec<String>,
+    /// The event's subscription state must not be one of these (an absent state passes).
+    #[serde(default)]
+    pub state_not: Vec<String>,
     #[serde(default)]
     pub previous_state: Vec<String>,
     #[serde(default)]
@@ -86,95 +95,30 @@ pub struct Filter {
     pub product_family: Vec<String>,
 }
 
-/// What the rule's other actions do when the event is older than the subscription state
-/// already applied. Billing-state actions never run for a stale event.
+/// What a rule's goals and notes do when the webhook is stale: every value the rule writes
+/// is already held in Keap from a newer Chargify change. The writes themselves never go back
+/// in time, whatever this says (each value keeps the Chargify time it was written at).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OnStale {
-    /// Run the actions that are not about billing state (tags like "Payment Failed", notes).
+    /// Skip them: a late `past_due` must not start dunning for a customer who paid since.
     #[default]
-    ApplyOthers,
-    /// Run nothing.
-    SkipAll,
+    #[serde(alias = "skip_all")]
+    Skip,
+    /// Fire them anyway: for events that happen once in a customer's life (a signup), whose
+    /// campaign should start even when a later change arrived first.
+    #[serde(alias = "apply_others")]
+    Fire,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
-pub enum ActionSpec {
-    /// Write the `[contact]` fields (the first event of a customer always does).
-    UpsertContact(UpsertSpec),
-    /// Custom fields by label, from templates.
-    SetFields(SetFieldsSpec),
-    ApplyTags(TagListSpec),
-    RemoveTags(TagListSpec),
-    /// Apply the group's tag for `key` and remove the group's other tags.
-    KeepOneTag(KeepOneSpec),
-    /// `integration/call_name` (a template).
-    AchieveGoal(String),
-    AddNote(NoteSpec),
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UpsertSpec {}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SetFieldsSpec {
-    pub fields: BTreeMap<String, String>,
-    #[serde(default)]
-    pub billing_state: bool,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-pub enum TagListSpec {
-    Tags(Vec<TagRefSpec>),
-    Detailed {
-        tags: Vec<TagRefSpec>,
-        #[serde(default)]
-        billing_state: bool,
-    },
-}
-
-impl TagListSpec {
-    pub fn tags(&self) -> &[TagRefSpec] {
-        match self {
-            Self::Tags(tags) | Self::Detailed { tags, .. } => tags,
-        }
-    }
-
-    pub fn billing_state(&self) -> bool {
-        matches!(
-            self,
-            Self::Detailed {
-                billing_state: true,
-                ..
-            }
-        )
-    }
-}
-
-/// A tag by Keap id, or by name (a template).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(untagged)]
-pub enum TagRefSpec {
-    Id(i64),
-    Name(String),
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KeepOneSpec {
-    pub group: String,
-    pub key: String,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NoteSpec {
-    pub title: String,
-    pub body: String,
-    #[serde(default)]
-    pub billing_state: bool,
+/// What a retry does with a goal or note whose Keap call was sent but whose success was never
+/// recorded (the process died in between): Keap has no idempotency keys, so the call may or
+/// may not have happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnUncertain {
+    /// Assume it happened: at most once (the default for goals, which start campaigns).
+    Skip,
+    /// Send it again: at least once (the default for notes, where a duplicate is harmless).
+    Repeat,
 }

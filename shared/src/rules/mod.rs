@@ -1,22 +1,23 @@
 //! Rules as data: which Keap changes each Chargify webhook makes. The file format is
-//! [`file::RulesFile`] (TOML, documented in the README); [`RuleSet`] is a validated, compiled
+//! [`file::RulesFile`] (TOML, documented in docs/rules.md); [`RuleSet`] is a validated, compiled
 //! file; [`plan`] turns a webhook into the Keap actions it asks for, as a pure function.
 //!
 //! The shipped default (`shared/rules/default.toml`) is compiled in; deployments override it
 //! with `RULES_TOML` (see [`RuleSet::from_env`]).
 
+pub mod action;
 pub mod file;
 pub mod plan;
 pub mod template;
 
-pub use file::{MissingFieldPolicy, OnStale, RulesFile, RULES_VERSION};
-pub use plan::{
-    Action, ContactDetails, Plan, PlanError, PlannedAction, SubscriptionVersion, TagRef,
-};
+pub use action::{Action, TagRef};
+pub use file::{MissingFieldPolicy, OnStale, OnUncertain, RulesFile, RULES_VERSION};
+pub use plan::{ContactDetails, Plan, PlanError, PlannedAction, SubscriptionVersion};
 pub use template::{TemplateError, Templates, Text};
 
 use crate::chargify::webhook::{is_internal_event, EVENT_KEYS};
-use file::{ActionSpec, Filter, TagRefSpec};
+use action::CompiledAction;
+use file::{Filter, TagRefSpec};
 use std::collections::BTreeMap;
 
 /// The rules shipped with this build.
@@ -35,7 +36,7 @@ pub enum RulesError {
     )]
     Version { found: u32 },
     #[error(
-        "rule {rule:?}: unknown Chargify event {event:?} (see the event catalogue in the README)"
+        "rule {rule:?}: unknown Chargify event {event:?} (the known event keys are EVENT_KEYS in shared/src/chargify/webhook.rs)"
     )]
     UnknownEvent { rule: String, event: String },
     #[error("rule {rule:?} names no events")]
@@ -56,46 +57,13 @@ pub enum RulesError {
     Template(#[from] TemplateError),
 }
 
-/// A tag reference whose name may be a template.
-#[derive(Debug, Clone)]
-pub(crate) enum CompiledTag {
-    Id(i64),
-    Name(Text),
-}
-
-#[derive(Debug, Clone)]
-pub(crate) enum CompiledAction {
-    UpsertContact,
-    SetFields {
-        fields: Vec<(String, Text)>,
-        billing_state: bool,
-    },
-    ApplyTags {
-        tags: Vec<CompiledTag>,
-        billing_state: bool,
-    },
-    RemoveTags {
-        tags: Vec<CompiledTag>,
-        billing_state: bool,
-    },
-    KeepOneTag {
-        group: String,
-        key: Text,
-    },
-    AchieveGoal(Text),
-    AddNote {
-        title: Text,
-        body: Text,
-        billing_state: bool,
-    },
-}
-
 #[derive(Debug, Clone)]
 pub(crate) struct CompiledRule {
     pub name: String,
     pub events: Vec<String>,
     pub when: Filter,
     pub on_stale: OnStale,
+    pub on_uncertain: Option<OnUncertain>,
     pub actions: Vec<CompiledAction>,
 }
 
@@ -206,92 +174,20 @@ impl RuleSet {
             }
             let mut actions = Vec::new();
             for (i, spec) in rule.actions.iter().enumerate() {
-                let at = |what: &str| format!("rule {:?} action {} {what}", rule.name, i + 1);
-                let action = match spec {
-                    ActionSpec::UpsertContact(_) => CompiledAction::UpsertContact,
-                    ActionSpec::SetFields(spec) => {
-                        let mut fields = Vec::new();
-                        for (label, source) in &spec.fields {
-                            if label.trim().is_empty() {
-                                return Err(RulesError::BadAction {
-                                    rule: rule.name.clone(),
-                                    detail: "set_fields has an empty field label".into(),
-                                });
-                            }
-                            let text =
-                                templates.compile(&at(&format!("field {label:?}")), source)?;
-                            fields.push((label.trim().to_owned(), text));
-                        }
-                        CompiledAction::SetFields {
-                            fields,
-                            billing_state: spec.billing_state,
-                        }
-                    }
-                    ActionSpec::ApplyTags(list) | ActionSpec::RemoveTags(list) => {
-                        let mut tags = Vec::new();
-                        for (j, tag) in list.tags().iter().enumerate() {
-                            tags.push(match tag {
-                                TagRefSpec::Id(id) => CompiledTag::Id(*id),
-                                TagRefSpec::Name(name) => CompiledTag::Name(
-                                    templates.compile(&at(&format!("tag {}", j + 1)), name)?,
-                                ),
-                            });
-                        }
-                        let billing_state = list.billing_state();
-                        if matches!(spec, ActionSpec::ApplyTags(_)) {
-                            CompiledAction::ApplyTags {
-                                tags,
-                                billing_state,
-                            }
-                        } else {
-                            CompiledAction::RemoveTags {
-                                tags,
-                                billing_state,
-                            }
-                        }
-                    }
-                    ActionSpec::KeepOneTag(spec) => {
-                        if !groups.contains_key(&spec.group) {
-                            return Err(RulesError::UnknownGroup {
-                                rule: rule.name.clone(),
-                                group: spec.group.clone(),
-                            });
-                        }
-                        CompiledAction::KeepOneTag {
-                            group: spec.group.clone(),
-                            key: templates.compile(&at("key"), &spec.key)?,
-                        }
-                    }
-                    ActionSpec::AchieveGoal(goal) => {
-                        let text = templates.compile(&at("goal"), goal)?;
-                        if let Text::Literal(goal) = &text {
-                            if split_goal(goal).is_none() {
-                                return Err(RulesError::BadGoal {
-                                    rule: rule.name.clone(),
-                                    goal: goal.clone(),
-                                });
-                            }
-                        } else if !goal.contains('/') {
-                            return Err(RulesError::BadGoal {
-                                rule: rule.name.clone(),
-                                goal: goal.clone(),
-                            });
-                        }
-                        CompiledAction::AchieveGoal(text)
-                    }
-                    ActionSpec::AddNote(spec) => CompiledAction::AddNote {
-                        title: templates.compile(&at("note title"), &spec.title)?,
-                        body: templates.compile(&at("note body"), &spec.body)?,
-                        billing_state: spec.billing_state,
-                    },
-                };
-                actions.push(action);
+                actions.push(CompiledAction::compile(
+                    spec,
+                    &rule.name,
+                    i,
+                    &mut templates,
+                    &groups,
+                )?);
             }
             rules.push(CompiledRule {
                 name: rule.name.clone(),
                 events: rule.events.clone(),
                 when: rule.when.clone(),
                 on_stale: rule.on_stale,
+                on_uncertain: rule.on_uncertain,
                 actions,
             });
         }
@@ -318,15 +214,7 @@ impl RuleSet {
             .collect();
         for rule in &self.rules {
             for action in &rule.actions {
-                if let CompiledAction::ApplyTags { tags, .. }
-                | CompiledAction::RemoveTags { tags, .. } = action
-                {
-                    for tag in tags {
-                        if let CompiledTag::Name(Text::Literal(name)) = tag {
-                            names.push(name.clone());
-                        }
-                    }
-                }
+                names.extend(action.literal_tag_names());
             }
         }
         names.sort();
@@ -341,9 +229,7 @@ impl RuleSet {
             .iter()
             .flat_map(|r| &r.actions)
             .filter_map(|a| match a {
-                CompiledAction::SetFields { fields, .. } => {
-                    Some(fields.iter().map(|(l, _)| l.clone()))
-                }
+                CompiledAction::SetFields(fields) => Some(fields.iter().map(|(l, _)| l.clone())),
                 _ => None,
             })
             .flatten()

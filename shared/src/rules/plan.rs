@@ -1,84 +1,38 @@
 //! `plan(webhook, rules)`: the Keap actions a webhook asks for. Pure: no I/O, no clock, so
 //! the processor, the CLI's `plan` and the tests all see the same answer for the same body.
 
+use super::action::Rendered;
 use super::template::{context, context_json, parse_chargify_time, TemplateError, Text};
-use super::{split_goal, CompiledAction, CompiledTag, ContactField, OnStale, RuleSet};
+use super::{Action, ContactField, OnStale, OnUncertain, RuleSet};
 use crate::chargify::Webhook;
 use serde::Serialize;
 use serde_json::Value;
 use time::OffsetDateTime;
 
-/// A tag by Keap id or by exact name (resolved through the tag directory).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(untagged)]
-pub enum TagRef {
-    Id(i64),
-    Name(String),
-}
-
-impl std::fmt::Display for TagRef {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Id(id) => write!(f, "#{id}"),
-            Self::Name(name) => write!(f, "{name:?}"),
-        }
-    }
-}
-
-/// One Keap change.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case", tag = "type")]
-pub enum Action {
-    /// Write the `[contact]` fields of the webhook's customer.
-    UpsertContact,
-    /// Custom fields by label.
-    SetFields {
-        fields: Vec<(String, String)>,
-    },
-    ApplyTags {
-        tags: Vec<TagRef>,
-    },
-    RemoveTags {
-        tags: Vec<TagRef>,
-    },
-    /// Apply `keep`, remove the group's `others`.
-    KeepOneTag {
-        group: String,
-        keep: TagRef,
-        others: Vec<TagRef>,
-    },
-    AchieveGoal {
-        integration: String,
-        call_name: String,
-    },
-    AddNote {
-        title: String,
-        body: String,
-    },
-}
-
-impl Action {
-    /// Goals and notes happen again if sent again (Keap has no idempotency keys), so each
-    /// is recorded as done the moment it succeeds.
-    pub fn is_repeatable(&self) -> bool {
-        !matches!(self, Self::AchieveGoal { .. } | Self::AddNote { .. })
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PlannedAction {
     pub rule: String,
     pub action: Action,
-    /// Changes billing-state tags or fields: never applied from a stale event.
-    pub billing_state: bool,
+    /// For goals and notes: whether they fire when the webhook is stale.
     pub on_stale: OnStale,
+    /// For goals and notes: what a retry does when the call's outcome is unknown.
+    pub on_uncertain: OnUncertain,
 }
 
 impl Serialize for OnStale {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(match self {
-            OnStale::ApplyOthers => "apply_others",
-            OnStale::SkipAll => "skip_all",
+            OnStale::Skip => "skip",
+            OnStale::Fire => "fire",
+        })
+    }
+}
+
+impl Serialize for OnUncertain {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(match self {
+            OnUncertain::Skip => "skip",
+            OnUncertain::Repeat => "repeat",
         })
     }
 }
@@ -101,7 +55,7 @@ pub struct ContactDetails {
     pub opt_in_reason: Option<String>,
 }
 
-/// Which subscription state an event reports, and as of when (for the stale-event guard).
+/// Which subscription an event reports, in which state, as of when.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SubscriptionVersion {
     pub id: String,
@@ -121,6 +75,13 @@ pub struct Plan {
     pub customer_id: Option<String>,
     pub contact: ContactDetails,
     pub subscription: Option<SubscriptionVersion>,
+    /// `customer.updated_at`: when Chargify last changed the contact data this body carries.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub customer_updated_at: Option<OffsetDateTime>,
+    /// When the event happened, as well as the body tells: the transaction's `created_at`,
+    /// else the subscription's `updated_at`, else the customer's. `None` when it carries none.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub event_time: Option<OffsetDateTime>,
     pub actions: Vec<PlannedAction>,
     /// Things the operator should know (a state with no tag in its group, say).
     pub notes: Vec<String>,
@@ -130,14 +91,6 @@ impl Plan {
     /// Nothing to do in Keap: the webhook is acknowledged and counted.
     pub fn is_empty(&self) -> bool {
         self.actions.is_empty()
-    }
-
-    /// The actions to run, given whether the event is older than the state already applied.
-    pub fn effective_actions(&self, stale: bool) -> Vec<&PlannedAction> {
-        self.actions
-            .iter()
-            .filter(|a| !stale || (!a.billing_state && a.on_stale == OnStale::ApplyOthers))
-            .collect()
     }
 }
 
@@ -152,8 +105,9 @@ pub enum PlanError {
 
 /// The Keap actions the rules ask for, for a verified webhook of `site`.
 pub fn plan(webhook: &Webhook, site: &str, rules: &RuleSet) -> Result<Plan, PlanError> {
+    // Built once: the JSON answers the filters and clocks, its template form the templates.
     let json = context_json(webhook, site);
-    let ctx = context(webhook, site);
+    let ctx = context(&json);
     let text = |path: &[&str]| -> Option<String> {
         let mut value = &json;
         for key in path {
@@ -165,6 +119,7 @@ pub fn plan(webhook: &Webhook, site: &str, rules: &RuleSet) -> Result<Plan, Plan
             .filter(|s| !s.is_empty())
             .map(str::to_owned)
     };
+    let time = |path: &[&str]| text(path).as_deref().and_then(parse_chargify_time);
     let state = text(&["subscription", "state"]);
     let previous_state = text(&["subscription", "previous_state"]);
     let product_handle = text(&["product", "handle"]);
@@ -172,6 +127,11 @@ pub fn plan(webhook: &Webhook, site: &str, rules: &RuleSet) -> Result<Plan, Plan
     let matches = |allowed: &[String], value: &Option<String>| {
         allowed.is_empty() || value.as_ref().is_some_and(|v| allowed.contains(v))
     };
+    let excluded = |denied: &[String], value: &Option<String>| {
+        value.as_ref().is_some_and(|v| denied.contains(v))
+    };
+    let subscription_updated_at = time(&["subscription", "updated_at"]);
+    let customer_updated_at = time(&["customer", "updated_at"]);
 
     let mut plan = Plan {
         webhook_id: webhook.id.clone(),
@@ -182,11 +142,13 @@ pub fn plan(webhook: &Webhook, site: &str, rules: &RuleSet) -> Result<Plan, Plan
         contact: ContactDetails::default(),
         subscription: text(&["subscription", "id"]).map(|id| SubscriptionVersion {
             id,
-            updated_at: text(&["subscription", "updated_at"])
-                .as_deref()
-                .and_then(parse_chargify_time),
+            updated_at: subscription_updated_at,
             state: state.clone(),
         }),
+        customer_updated_at,
+        event_time: time(&["transaction", "created_at"])
+            .or(subscription_updated_at)
+            .or(customer_updated_at),
         actions: Vec::new(),
         notes: Vec::new(),
     };
@@ -194,6 +156,7 @@ pub fn plan(webhook: &Webhook, site: &str, rules: &RuleSet) -> Result<Plan, Plan
     for rule in &rules.rules {
         let applies = rule.events.contains(&webhook.event)
             && matches(&rule.when.state, &state)
+            && !excluded(&rule.when.state_not, &state)
             && matches(&rule.when.previous_state, &previous_state)
             && matches(&rule.when.product_handle, &product_handle)
             && matches(&rule.when.product_family, &product_family);
@@ -202,124 +165,23 @@ pub fn plan(webhook: &Webhook, site: &str, rules: &RuleSet) -> Result<Plan, Plan
         }
         plan.rules.push(rule.name.clone());
         for action in &rule.actions {
-            let render = |t: &Text| rules.templates.render(t, &ctx);
-            let tags = |tags: &[CompiledTag]| -> Result<Vec<TagRef>, TemplateError> {
-                let mut out = Vec::new();
-                for tag in tags {
-                    match tag {
-                        CompiledTag::Id(id) => out.push(TagRef::Id(*id)),
-                        CompiledTag::Name(text) => {
-                            let name = render(text)?;
-                            // "Plan: " with no product handle names no tag.
-                            if !name.is_empty() && !name.ends_with(':') {
-                                out.push(TagRef::Name(name));
-                            }
-                        }
-                    }
+            match action.render(&rule.name, &rules.templates, &rules.groups, &ctx)? {
+                Rendered::Action(action) => {
+                    let on_uncertain = rule.on_uncertain.unwrap_or(match action {
+                        // A goal starts or moves a campaign: never twice (at most once).
+                        Action::AchieveGoal { .. } => OnUncertain::Skip,
+                        // A note is for people: a duplicate shows as one and harms nothing.
+                        _ => OnUncertain::Repeat,
+                    });
+                    plan.actions.push(PlannedAction {
+                        rule: rule.name.clone(),
+                        action,
+                        on_stale: rule.on_stale,
+                        on_uncertain,
+                    });
                 }
-                Ok(out)
-            };
-            let (action, billing_state) = match action {
-                CompiledAction::UpsertContact => (Some(Action::UpsertContact), false),
-                CompiledAction::SetFields {
-                    fields,
-                    billing_state,
-                } => {
-                    let mut values = Vec::new();
-                    for (label, text) in fields {
-                        let value = render(text)?;
-                        if !value.is_empty() {
-                            values.push((label.clone(), value));
-                        }
-                    }
-                    let action =
-                        (!values.is_empty()).then_some(Action::SetFields { fields: values });
-                    (action, *billing_state)
-                }
-                CompiledAction::ApplyTags {
-                    tags: list,
-                    billing_state,
-                } => {
-                    let tags = tags(list)?;
-                    (
-                        (!tags.is_empty()).then_some(Action::ApplyTags { tags }),
-                        *billing_state,
-                    )
-                }
-                CompiledAction::RemoveTags {
-                    tags: list,
-                    billing_state,
-                } => {
-                    let tags = tags(list)?;
-                    (
-                        (!tags.is_empty()).then_some(Action::RemoveTags { tags }),
-                        *billing_state,
-                    )
-                }
-                CompiledAction::KeepOneTag { group, key } => {
-                    let key = render(key)?;
-                    let members = rules.groups.get(group);
-                    match members.and_then(|m| m.get(&key)) {
-                        Some(keep) => {
-                            let others = members
-                                .into_iter()
-                                .flat_map(|m| m.values())
-                                .filter(|t| *t != keep)
-                                .cloned()
-                                .collect();
-                            (
-                                Some(Action::KeepOneTag {
-                                    group: group.clone(),
-                                    keep: keep.clone(),
-                                    others,
-                                }),
-                                true,
-                            )
-                        }
-                        None => {
-                            plan.notes.push(format!(
-                                "rule {:?}: tag group {group:?} has no tag for {key:?}; its tags are left as they are",
-                                rule.name
-                            ));
-                            (None, true)
-                        }
-                    }
-                }
-                CompiledAction::AchieveGoal(text) => {
-                    let goal = render(text)?;
-                    let Some((integration, call_name)) = split_goal(&goal) else {
-                        return Err(PlanError::BadGoal {
-                            rule: rule.name.clone(),
-                            goal,
-                        });
-                    };
-                    (
-                        Some(Action::AchieveGoal {
-                            integration: integration.to_owned(),
-                            call_name: call_name.to_owned(),
-                        }),
-                        false,
-                    )
-                }
-                CompiledAction::AddNote {
-                    title,
-                    body,
-                    billing_state,
-                } => {
-                    let title = render(title)?;
-                    let body = render(body)?;
-                    let action = (!title.is_empty() || !body.is_empty())
-                        .then_some(Action::AddNote { title, body });
-                    (action, *billing_state)
-                }
-            };
-            if let Some(action) = action {
-                plan.actions.push(PlannedAction {
-                    rule: rule.name.clone(),
-                    action,
-                    billing_state,
-                    on_stale: rule.on_stale,
-                });
+                Rendered::Note(note) => plan.notes.push(note),
+                Rendered::Nothing => {}
             }
         }
     }
@@ -371,6 +233,7 @@ pub fn explain(webhook: &Webhook, site: &str, plan: &Plan) -> Value {
 mod tests {
     use super::*;
     use crate::fixtures;
+    use crate::rules::TagRef;
 
     fn plan_for(body: &str) -> Plan {
         let rules = RuleSet::default_rules().expect("default rules load");
@@ -473,7 +336,16 @@ mod tests {
             integration: "chargify".into(),
             call_name: "canceled".into()
         }));
-        assert!(plan.actions.iter().filter(|a| a.billing_state).count() >= 2);
+        // Leaving the trial (here: canceled) clears the trial notice's tag.
+        assert_eq!(plan.rules, ["state change", "trial over"]);
+        assert!(actions.contains(&&Action::RemoveTags {
+            tags: vec![name("Billing: Trial Ending")]
+        }));
+        let trialing = fixtures::SUBSCRIPTION_STATE_CHANGE.replace(
+            "payload[subscription][state]=inactive",
+            "payload[subscription][state]=trialing",
+        );
+        assert_eq!(plan_for(&trialing).rules, ["state change"]);
     }
 
     #[test]
@@ -537,7 +409,6 @@ mod tests {
         assert!(actions.contains(&&Action::ApplyTags {
             tags: vec![name("Plan: handle_6a9273b8a")]
         }));
-        assert!(plan.actions.iter().all(|a| a.billing_state));
     }
 
     #[test]
@@ -560,17 +431,84 @@ mod tests {
     }
 
     #[test]
-    fn a_stale_event_keeps_only_the_actions_that_are_not_about_billing_state() {
-        let canceled = fixtures::SUBSCRIPTION_STATE_CHANGE.replace(
-            "payload[subscription][state]=inactive",
-            "payload[subscription][state]=canceled",
+    fn plans_carry_the_clocks_and_the_step_policies() {
+        let signup = plan_for(fixtures::SIGNUP_SUCCESS);
+        let sub = signup.subscription.as_ref().expect("a subscription");
+        assert_eq!(
+            sub.updated_at,
+            Some(time::macros::datetime!(2012-09-09 11:38:33 -04:00))
         );
-        let plan = plan_for(&canceled);
-        let fresh = plan.effective_actions(false);
-        let stale = plan.effective_actions(true);
-        assert_eq!(fresh.len(), plan.actions.len());
-        assert!(stale.iter().all(|a| !a.billing_state));
-        assert!(stale.len() < fresh.len());
+        assert_eq!(
+            signup.customer_updated_at,
+            Some(time::macros::datetime!(2012-09-09 11:38:32 -04:00))
+        );
+        assert_eq!(signup.event_time, sub.updated_at);
+        let goal = signup
+            .actions
+            .iter()
+            .find(|a| a.action.is_step())
+            .expect("the signup goal");
+        assert_eq!(
+            goal.on_stale,
+            OnStale::Fire,
+            "a signup's goal fires even late"
+        );
+        assert_eq!(goal.on_uncertain, OnUncertain::Skip, "goals: at most once");
+
+        let failure = plan_for(fixtures::PAYMENT_FAILURE);
+        assert_eq!(
+            failure.event_time,
+            Some(time::macros::datetime!(2012-09-09 11:38:33 -04:00)),
+            "a payment's time is its transaction's"
+        );
+        let goal = failure
+            .actions
+            .iter()
+            .find(|a| a.action.is_step())
+            .expect("goal");
+        assert_eq!(
+            goal.on_stale,
+            OnStale::Skip,
+            "a late failure starts no dunning"
+        );
+
+        let rules = RuleSet::from_toml(DEFAULT_RULES_WITH_FILTER).expect("loads");
+        let webhook = Webhook::parse(fixtures::PAYMENT_FAILURE.as_bytes()).expect("parses");
+        let note = plan(&webhook, "acme", &rules).expect("plans");
+        assert_eq!(
+            note.actions[0].on_uncertain,
+            OnUncertain::Repeat,
+            "notes: at least once"
+        );
+    }
+
+    #[test]
+    fn older_rules_files_still_load() {
+        let text = r#"
+version = 1
+[contact]
+email = "{{ customer.email }}"
+[[rules]]
+name = "old"
+events = ["subscription_state_change"]
+on_stale = "apply_others"
+actions = [
+  { set_fields = { billing_state = true, fields = { "State" = "{{ subscription.state }}" } } },
+  { remove_tags = { tags = ["X"], billing_state = true } },
+  { add_note = { title = "t", body = "b", billing_state = true } },
+]
+[[rules]]
+name = "older"
+events = ["signup_success"]
+on_stale = "skip_all"
+on_uncertain = "repeat"
+actions = [{ achieve_goal = "a/b" }]
+"#;
+        let rules = RuleSet::from_toml(text).expect("obsolete keys are accepted");
+        let webhook = Webhook::parse(fixtures::SIGNUP_SUCCESS.as_bytes()).expect("parses");
+        let plan = plan(&webhook, "acme", &rules).expect("plans");
+        assert_eq!(plan.actions[0].on_stale, OnStale::Skip);
+        assert_eq!(plan.actions[0].on_uncertain, OnUncertain::Repeat);
     }
 
     #[test]
@@ -627,7 +565,12 @@ actions = [{ add_note = { title = "Payment failed", body = "{{ transaction.memo 
         ];
         for (state, tag) in group {
             let plan = plan_for(&snapshot_in(state));
-            assert_eq!(plan.rules, ["snapshot"], "{state}");
+            let trialing = state == "trialing";
+            if trialing {
+                assert_eq!(plan.rules, ["snapshot"]);
+            } else {
+                assert_eq!(plan.rules, ["snapshot", "trial over"], "{state}");
+            }
             assert_eq!(plan.event, "subscription_snapshot");
             assert_eq!(plan.customer_id.as_deref(), Some("14714298"));
             assert_eq!(plan.contact.email.as_deref(), Some("curtis@example.com"));
@@ -658,11 +601,18 @@ actions = [{ add_note = { title = "Payment failed", body = "{{ transaction.memo 
                     tags: vec![name("Plan: basic")]
                 }
             );
-            assert_eq!(actions.len(), 4, "{state}: {actions:?}");
-            assert!(plan
-                .actions
-                .iter()
-                .all(|a| a.action.is_repeatable() && a.on_stale == OnStale::SkipAll));
+            if trialing {
+                assert_eq!(actions.len(), 4, "{state}: {actions:?}");
+            } else {
+                assert_eq!(
+                    actions[4],
+                    &Action::RemoveTags {
+                        tags: vec![name("Billing: Trial Ending")]
+                    }
+                );
+                assert_eq!(actions.len(), 5, "{state}: {actions:?}");
+            }
+            assert!(plan.actions.iter().all(|a| !a.action.is_step()));
         }
         // A transient or unknown state has no tag: the contact is still brought in line.
         for state in ["assessing", "some_future_state"] {

@@ -137,12 +137,12 @@ impl Templates {
 /// MiniJinja's global functions, allowed in templates.
 const BUILTIN_FUNCTIONS: &[&str] = &["range", "dict", "namespace", "loop"];
 
-/// The values templates see for one webhook.
-pub fn context(webhook: &Webhook, site: &str) -> minijinja::Value {
-    minijinja::Value::from(minijinja::value::Serde(context_json(webhook, site)))
+/// The values templates see, from [`context_json`] (built once per webhook by `plan`).
+pub fn context(json: &Value) -> minijinja::Value {
+    minijinja::Value::from(minijinja::value::Serde(json))
 }
 
-/// [`context`] as JSON (for `plan --json` and tests).
+/// The values templates see for one webhook, as JSON (also `plan --json`).
 pub fn context_json(webhook: &Webhook, site: &str) -> Value {
     let body = webhook.form.to_json();
     let payload = body.get("payload").cloned().unwrap_or(Value::Null);
@@ -296,7 +296,7 @@ mod tests {
         let mut templates = Templates::new();
         let text = templates.compile("test", source)?;
         let webhook = Webhook::parse(body.as_bytes()).expect("fixture parses");
-        templates.render(&text, &context(&webhook, "acme"))
+        templates.render(&text, &context(&context_json(&webhook, "acme")))
     }
 
     #[test]

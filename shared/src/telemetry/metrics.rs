@@ -26,6 +26,9 @@
 //! | `CustomFieldsSkipped` | Function | counter: a rule named a Keap custom field that does not exist |
 //! | `ReconcilerWebhooksRecovered` | Function, Outcome | counter: a failed or paused webhook the reconciler listed, by what it did |
 //! | `ReconcilerSnapshotsEnqueued` | Function, Outcome | counter: a subscription the events walk checked, by what it did |
+//! | `DuplicateTagNames` | Function | counter: a tag name the rules manage has several tags in Keap (once per name and instance) |
+//! | `UncertainSteps` | Function, Kind, Decision | counter: a retry found a goal or note sent but not recorded done, and skipped or repeated it |
+//! | `RecordDelayFailures` | Function | counter: SQS refused to hide a record for the delay its failure asked for |
 //!
 //! Gauges are re-emitted by every flush with the last value set (the crate keeps them), so a
 //! quota gauge means "what Keap last told this instance". A long-running caller (a reconciler
@@ -60,6 +63,9 @@ pub mod name {
     pub const CUSTOM_FIELDS_SKIPPED: &str = "CustomFieldsSkipped";
     pub const RECONCILER_WEBHOOKS_RECOVERED: &str = "ReconcilerWebhooksRecovered";
     pub const RECONCILER_SNAPSHOTS_ENQUEUED: &str = "ReconcilerSnapshotsEnqueued";
+    pub const DUPLICATE_TAG_NAMES: &str = "DuplicateTagNames";
+    pub const UNCERTAIN_STEPS: &str = "UncertainSteps";
+    pub const RECORD_DELAY_FAILURES: &str = "RecordDelayFailures";
 }
 
 use name::*;
@@ -81,6 +87,9 @@ const UNITS: &[(&str, Unit)] = &[
     (CUSTOM_FIELDS_SKIPPED, Unit::Count),
     (RECONCILER_WEBHOOKS_RECOVERED, Unit::Count),
     (RECONCILER_SNAPSHOTS_ENQUEUED, Unit::Count),
+    (DUPLICATE_TAG_NAMES, Unit::Count),
+    (UNCERTAIN_STEPS, Unit::Count),
+    (RECORD_DELAY_FAILURES, Unit::Count),
 ];
 
 /// Tells the installed recorder each metric's unit. Called by [`super::init`] once the
@@ -131,8 +140,10 @@ pub fn enqueue_failure() {
 pub enum ProcessedOutcome {
     Applied,
     Duplicate,
-    /// Applied, but older than the billing state already applied: state left alone.
+    /// Every value it writes was already held from a newer change: nothing written.
     Stale,
+    /// Older than `MAX_EVENT_AGE_DAYS` (a replay from long ago): acknowledged, not applied.
+    TooOld,
     /// No rule asks for a Keap change.
     Ignored,
     /// Left on the queue, hidden until it is worth retrying.
@@ -148,6 +159,7 @@ impl ProcessedOutcome {
             Self::Applied => "applied",
             Self::Duplicate => "duplicate",
             Self::Stale => "stale",
+            Self::TooOld => "too_old",
             Self::Ignored => "ignored",
             Self::RetryLater => "retry_later",
             Self::Failed => "failed",
@@ -243,6 +255,20 @@ pub fn replay_payload_differs() {
 
 pub fn custom_field_skipped() {
     metrics::counter!(CUSTOM_FIELDS_SKIPPED).increment(1);
+}
+
+pub fn duplicate_tag_names() {
+    metrics::counter!(DUPLICATE_TAG_NAMES).increment(1);
+}
+
+/// A goal or note found sent but not recorded done: `kind` is `goal` or `note`, `decision`
+/// `skipped` or `repeated`.
+pub fn uncertain_step(kind: &'static str, decision: &'static str) {
+    metrics::counter!(UNCERTAIN_STEPS, "Kind" => kind, "Decision" => decision).increment(1);
+}
+
+pub fn record_delay_failure() {
+    metrics::counter!(RECORD_DELAY_FAILURES).increment(1);
 }
 
 /// What the reconciler did with one failed or paused webhook.
@@ -421,6 +447,9 @@ mod tests {
             CUSTOM_FIELDS_SKIPPED,
             RECONCILER_WEBHOOKS_RECOVERED,
             RECONCILER_SNAPSHOTS_ENQUEUED,
+            DUPLICATE_TAG_NAMES,
+            UNCERTAIN_STEPS,
+            RECORD_DELAY_FAILURES,
         ];
         for name in names {
             assert!(UNITS.iter().any(|(n, _)| *n == name), "{name} has no unit");

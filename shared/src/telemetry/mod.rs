@@ -5,7 +5,7 @@
 //! `LogFormat: JSON` passes an application line that is already a JSON object through as it
 //! is (no second encoding), so CloudWatch still finds the EMF documents in them; a line
 //! without a `level` member (every EMF line) counts as INFO for Lambda's log-level filter,
-//! which is why the stack never sets `ApplicationLogLevel` above INFO (README, Deploy).
+//! which is why the stack never sets `ApplicationLogLevel` above INFO (docs/deploy.md, "Logs and tracing").
 
 pub mod metrics;
 

@@ -1,0 +1,465 @@
+//! The Keap side of a fold: the calls that make Keap hold what `crate::converge` decided, and
+//! nothing Keap holds already. Shared by the processor (one customer's webhooks at a time)
+//! and the backfill (a page of snapshots, tags in bulk), over the [`Crm`] port and the
+//! [`Directory`].
+//!
+//! Per customer: [`Writer::write_contact`] resolves the contact (the identity map's id, else an
+//! upsert by email) and writes, in one call, every winning contact value and custom field
+//! the mirror does not show as held; [`Writer::tag_changes`] works out the tag ids to apply
+//! and remove (one call each, [`Writer::write_tags`], or the backfill's bulk calls); the
+//! mirror is corrected from every answer that lists the contact's tags. Goals and notes are
+//! steps ([`Writer::fire_step`]), recorded by the caller.
+
+use crate::converge::{ContactAttr, CustomerState, Desired, Held, Target, Winner};
+use crate::keap::{
+    Contact, ContactFields, ContactId, Crm, Directory, IfMissing, KeapError, LookupError, TagId,
+};
+use crate::rules::{Action, MissingFieldPolicy, RuleSet, TagRef};
+use std::collections::{BTreeMap, BTreeSet};
+use time::OffsetDateTime;
+
+/// Why Keap could not be brought in line.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Keap(#[from] KeapError),
+    #[error(transparent)]
+    Lookup(#[from] LookupError),
+    #[error("no Keap contact can be chosen: {0}")]
+    NoContact(String),
+}
+
+/// What the calls did, for the log line and the record's summary.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    pub contact_id: Option<ContactId>,
+    /// The contact was written (created or updated).
+    pub contact_written: bool,
+    /// Contact values and custom fields sent.
+    pub values_written: usize,
+    pub tags_applied: usize,
+    pub tags_removed: usize,
+    /// Winning values Keap already held: no call.
+    pub unchanged: usize,
+    /// Custom fields the rules name but Keap lacks (skipped).
+    pub fields_skipped: Vec<String>,
+}
+
+/// The tag calls one contact needs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TagChanges {
+    pub apply: BTreeSet<TagId>,
+    pub remove: BTreeSet<TagId>,
+    /// Target key → the mirror once the calls succeed.
+    pub mirror: BTreeMap<String, Held>,
+}
+
+impl TagChanges {
+    pub fn is_empty(&self) -> bool {
+        self.apply.is_empty() && self.remove.is_empty()
+    }
+}
+
+/// Makes the calls, for one Keap account.
+pub struct Writer<'a> {
+    pub crm: &'a dyn Crm,
+    pub directory: &'a Directory,
+    pub rules: &'a RuleSet,
+}
+
+impl Writer<'_> {
+    /// The contact's id, written with every winning contact value and custom field Keap does
+    /// not hold (one call, or none when nothing differs and the contact is known). `email`
+    /// finds or creates the contact when the identity map has none. Updates `state` (contact
+    /// id, mirror) and `report`.
+    pub async fn write_contact(
+        &self,
+        state: &mut CustomerState,
+        winners: &BTreeMap<String, Winner>,
+        email: Option<&str>,
+        now: OffsetDateTime,
+        report: &mut Report,
+    ) -> Result<ContactId, ApplyError> {
+        let (fields, sent) = self.changed_fields(state, winners, report).await?;
+        if let Some(id) = state.contact_id {
+            if sent.is_empty() {
+                report.contact_id = Some(id);
+                return Ok(id);
+            }
+            match self.crm.update_contact(id, &fields).await {
+                Ok(contact) => {
+                    self.written(state, winners, &sent, &contact, now, report)
+                        .await?;
+                    return Ok(contact.id);
+                }
+                // Merged or deleted in Keap: found again by email, below.
+                Err(KeapError::NotFound { .. }) => {
+                    tracing::warn!(
+                        contact_id = id,
+                        "mapped Keap contact no longer exists; upserting by email"
+                    );
+                    state.contact_id = None;
+                    state.mirror.clear();
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let Some(email) = winner_text(winners, ContactAttr::Email).or(email) else {
+            return Err(ApplyError::NoContact(
+                "the customer has no Keap contact yet and no webhook carries an email".into(),
+            ));
+        };
+        // A contact found again or new: everything winning is sent, whatever the mirror said.
+        let (fields, sent) = self.all_fields(winners, report).await?;
+        let contact = self.crm.upsert_contact_by_email(email, &fields).await?;
+        state.contact_id = Some(contact.id);
+        self.written(state, winners, &sent, &contact, now, report)
+            .await?;
+        Ok(contact.id)
+    }
+
+    /// After a contact write: the mirror holds what was sent, and the contact's tags as Keap
+    /// listed them.
+    async fn written(
+        &self,
+        state: &mut CustomerState,
+        winners: &BTreeMap<String, Winner>,
+        sent: &[String],
+        contact: &Contact,
+        now: OffsetDateTime,
+        report: &mut Report,
+    ) -> Result<(), ApplyError> {
+        report.contact_id = Some(contact.id);
+        report.contact_written = true;
+        report.values_written += sent.len();
+        for key in sent {
+            if let Some(winner) = winners.get(key) {
+                state
+                    .mirror
+                    .insert(key.clone(), Held::of(&winner.desired, Vec::new()));
+            }
+        }
+        if let Some(tag_ids) = &contact.tag_ids {
+            self.read_tags(state, winners, tag_ids).await?;
+            state.mirror_read_at = Some(now);
+        }
+        Ok(())
+    }
+
+    /// Corrects the mirror of every tag target (known or winning) from the contact's tag ids
+    /// as Keap listed them.
+    pub async fn read_tags(
+        &self,
+        state: &mut CustomerState,
+        winners: &BTreeMap<String, Winner>,
+        tag_ids: &[TagId],
+    ) -> Result<(), ApplyError> {
+        self.directory.learn_ids(self.crm, tag_ids).await?;
+        let keys: BTreeSet<String> = state
+            .mirror
+            .keys()
+            .chain(winners.keys())
+            .filter(|k| k.starts_with("tag"))
+            .cloned()
+            .collect();
+        for key in keys {
+            let on_contact: Vec<TagId> = match Target::parse(&key) {
+                Some(Target::Tag(TagRef::Id(id))) => {
+                    tag_ids.iter().copied().filter(|t| *t == id).collect()
+                }
+                Some(Target::Tag(TagRef::Name(name))) => self
+                    .directory
+                    .known(&name)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|id| tag_ids.contains(id))
+                    .collect(),
+                _ => continue,
+            };
+            state.mirror.insert(key, Held::Tags(on_contact));
+        }
+        Ok(())
+    }
+
+    /// Contact values and custom fields among the winners that Keap does not hold.
+    async fn changed_fields(
+        &self,
+        state: &CustomerState,
+        winners: &BTreeMap<String, Winner>,
+        report: &mut Report,
+    ) -> Result<(ContactFields, Vec<String>), ApplyError> {
+        let changed: BTreeMap<&String, &Winner> = winners
+            .iter()
+            .filter(|(key, w)| {
+                let held = state.mirror.get(*key).is_some_and(|h| h.holds(&w.desired));
+                let value = !matches!(w.target, Target::Tag(_));
+                if held && value {
+                    report.unchanged += 1;
+                }
+                value && !held
+            })
+            .collect();
+        self.fields(changed, report).await
+    }
+
+    /// Every contact value and custom field among the winners.
+    async fn all_fields(
+        &self,
+        winners: &BTreeMap<String, Winner>,
+        report: &mut Report,
+    ) -> Result<(ContactFields, Vec<String>), ApplyError> {
+        let all = winners
+            .iter()
+            .filter(|(_, w)| !matches!(w.target, Target::Tag(_)))
+            .collect();
+        self.fields(all, report).await
+    }
+
+    async fn fields(
+        &self,
+        values: BTreeMap<&String, &Winner>,
+        report: &mut Report,
+    ) -> Result<(ContactFields, Vec<String>), ApplyError> {
+        let mut fields = ContactFields::default();
+        let mut sent = Vec::new();
+        for (key, winner) in values {
+            let text = match &winner.desired {
+                Desired::Text(text) => Some(text.clone()),
+                _ => None,
+            };
+            match (&winner.target, &winner.desired) {
+                (Target::Contact(ContactAttr::Address), Desired::Address(address)) => {
+                    fields.address = Some(address.clone());
+                }
+                (Target::Contact(ContactAttr::Company), _) => {
+                    // Keap links a contact to a company record by id: found or created once
+                    // per name and instance, through the shared directory.
+                    let name = text.unwrap_or_default();
+                    let name = name.trim();
+                    if name.is_empty() {
+                        continue;
+                    }
+                    fields.company_id = Some(self.directory.company_id(self.crm, name).await?);
+                }
+                (Target::Contact(attr), _) => {
+                    let slot = match attr {
+                        ContactAttr::Email => &mut fields.email,
+                        ContactAttr::GivenName => &mut fields.given_name,
+                        ContactAttr::FamilyName => &mut fields.family_name,
+                        ContactAttr::Company => continue,
+                        ContactAttr::Phone => &mut fields.phone,
+                        ContactAttr::OptInReason => &mut fields.opt_in_reason,
+                        ContactAttr::Address => continue,
+                    };
+                    *slot = text;
+                }
+                (Target::Field(label), _) => {
+                    match self.directory.custom_field_id(self.crm, label).await {
+                        Ok(id) => fields
+                            .custom_fields
+                            .push((id, serde_json::Value::String(text.unwrap_or_default()))),
+                        Err(LookupError::MissingCustomField { label })
+                            if self.rules.missing_custom_fields == MissingFieldPolicy::Skip =>
+                        {
+                            tracing::warn!(
+                                label = label.as_str(),
+                                "Keap has no custom field with this label; value skipped (create the field or change the rules)"
+                            );
+                            crate::telemetry::metrics::custom_field_skipped();
+                            report.fields_skipped.push(label);
+                            continue;
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                (Target::Tag(_), _) => continue,
+            }
+            sent.push(key.clone());
+        }
+        Ok((fields, sent))
+    }
+
+    /// The tag ids to apply and remove so that the contact carries what the winning tag
+    /// targets say, given the mirror: a tag known present is not applied again, one known
+    /// absent is not removed. A name with several tags in Keap applies the lowest id and
+    /// removes the others; a tag the mirror does not know is removed blindly (Keap ignores
+    /// removing a tag a contact lacks), by every id its name has.
+    pub async fn tag_changes(
+        &self,
+        state: &CustomerState,
+        winners: &BTreeMap<String, Winner>,
+        report: &mut Report,
+    ) -> Result<TagChanges, ApplyError> {
+        let mut changes = TagChanges::default();
+        let if_missing = if self.rules.create_missing_tags {
+            IfMissing::Create
+        } else {
+            IfMissing::Fail
+        };
+        for (key, winner) in winners {
+            let (Target::Tag(tag), Desired::Tag(on)) = (&winner.target, &winner.desired) else {
+                continue;
+            };
+            let held = state.mirror.get(key);
+            let held_ids: Option<&[TagId]> = match held {
+                Some(Held::Tags(ids)) => Some(ids),
+                _ => None,
+            };
+            if *on {
+                let ids = match tag {
+                    TagRef::Id(id) => vec![*id],
+                    TagRef::Name(name) => {
+                        self.directory
+                            .ensure_tag(self.crm, name, if_missing)
+                            .await?
+                    }
+                };
+                let Some((&canonical, others)) = ids.split_first() else {
+                    continue;
+                };
+                if held_ids == Some(&[canonical][..]) {
+                    report.unchanged += 1;
+                    continue;
+                }
+                changes.apply.insert(canonical);
+                match held_ids {
+                    Some(held) => changes
+                        .remove
+                        .extend(others.iter().filter(|id| held.contains(id))),
+                    None => changes.remove.extend(others),
+                }
+                changes
+                    .mirror
+                    .insert(key.clone(), Held::Tags(vec![canonical]));
+            } else {
+                let ids = match (held_ids, tag) {
+                    (Some([]), _) => {
+                        report.unchanged += 1;
+                        continue;
+                    }
+                    (Some(held), _) => held.to_vec(),
+                    (None, TagRef::Id(id)) => vec![*id],
+                    (None, TagRef::Name(name)) => self.directory.tag_ids(self.crm, name).await?,
+                };
+                changes.remove.extend(ids);
+                changes.mirror.insert(key.clone(), Held::Tags(Vec::new()));
+            }
+        }
+        // A tag both applied (as a name's lowest id) and removed (as another name's id):
+        // applying wins, as the later write of the same contact would.
+        let apply = changes.apply.clone();
+        changes.remove.retain(|id| !apply.contains(id));
+        Ok(changes)
+    }
+
+    /// One apply call and one remove call for `contact`; the mirror follows.
+    pub async fn write_tags(
+        &self,
+        contact: ContactId,
+        changes: TagChanges,
+        state: &mut CustomerState,
+        report: &mut Report,
+    ) -> Result<(), ApplyError> {
+        if !changes.apply.is_empty() {
+            let ids: Vec<TagId> = changes.apply.iter().copied().collect();
+            self.crm.apply_tags(contact, &ids).await?;
+            report.tags_applied += ids.len();
+        }
+        if !changes.remove.is_empty() {
+            let ids: Vec<TagId> = changes.remove.iter().copied().collect();
+            self.crm.remove_tags(contact, &ids).await?;
+            report.tags_removed += ids.len();
+        }
+        state.mirror.extend(changes.mirror);
+        Ok(())
+    }
+
+    /// Reads the contact back and corrects the mirror of its tags (a periodic check for
+    /// tags changed by hand in Keap).
+    pub async fn refresh(
+        &self,
+        state: &mut CustomerState,
+        winners: &BTreeMap<String, Winner>,
+        now: OffsetDateTime,
+    ) -> Result<(), ApplyError> {
+        let Some(id) = state.contact_id else {
+            return Ok(());
+        };
+        match self.crm.get_contact(id).await {
+            Ok(contact) => {
+                if let Some(tag_ids) = &contact.tag_ids {
+                    self.read_tags(state, winners, tag_ids).await?;
+                }
+                state.mirror_read_at = Some(now);
+                Ok(())
+            }
+            // Merged or deleted: the contact write finds it again by email.
+            Err(KeapError::NotFound { .. }) => {
+                state.mirror.clear();
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Fires a goal or adds a note for `contact`.
+    pub async fn fire_step(
+        &self,
+        contact: ContactId,
+        action: &Action,
+        webhook_id: &str,
+    ) -> Result<(), ApplyError> {
+        match action {
+            Action::AchieveGoal {
+                integration,
+                call_name,
+            } => {
+                let hits = self
+                    .crm
+                    .achieve_goal(contact, integration, call_name)
+                    .await?;
+                if !hits.iter().any(|h| h.success) {
+                    // Not an error: no published campaign listens for this goal yet.
+                    tracing::info!(
+                        webhook_id,
+                        goal = format!("{integration}/{call_name}"),
+                        "goal achieved but no campaign listens for it"
+                    );
+                }
+            }
+            Action::AddNote { title, body } => {
+                self.crm.create_note(contact, title, body).await?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// A winning contact text value.
+fn winner_text(winners: &BTreeMap<String, Winner>, attr: ContactAttr) -> Option<&str> {
+    match winners
+        .get(&Target::Contact(attr).key())
+        .map(|w| &w.desired)
+    {
+        Some(Desired::Text(text)) => Some(text),
+        _ => None,
+    }
+}
+
+/// Stable name of a goal or note step: its place in the plan and what it does.
+pub fn step_key(index: usize, action: &Action) -> String {
+    match action {
+        Action::AchieveGoal {
+            integration,
+            call_name,
+        } => format!("{index}:goal:{integration}/{call_name}"),
+        Action::AddNote { .. } => format!("{index}:note"),
+        other => format!("{index}:{other:?}"),
+    }
+}
+
+/// The marker a step's intent is recorded under, before its Keap call.
+pub fn intent_key(step: &str) -> String {
+    format!("intent:{step}")
+}

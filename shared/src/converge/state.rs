@@ -1,0 +1,138 @@
+//! What the identity map keeps per Chargify customer.
+
+use super::target::{Held, Version};
+use crate::keap::ContactId;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use time::OffsetDateTime;
+
+/// One customer as the identity map knows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CustomerState {
+    /// The Keap contact kept in step with this customer.
+    pub contact_id: Option<ContactId>,
+    /// Target key → the version of the change that last decided its value.
+    pub clocks: BTreeMap<String, Version>,
+    /// Target key → what Keap holds, as far as known (absent: unknown).
+    pub mirror: BTreeMap<String, Held>,
+    /// Subscription id → the newest `updated_at` applied: the reconciler skips a subscription
+    /// already at its Chargify `updated_at`.
+    pub subscriptions: BTreeMap<String, OffsetDateTime>,
+    /// When the mirror was last read back from Keap in full.
+    pub mirror_read_at: Option<OffsetDateTime>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("stored customer state is unreadable ({0}); inspect the identity map item")]
+pub struct StateError(String);
+
+/// The stored form: compact JSON, times as integers.
+#[derive(Serialize, Deserialize)]
+struct Wire {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    clocks: BTreeMap<String, Version>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    mirror: BTreeMap<String, Held>,
+    /// Nanoseconds since the epoch.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    subscriptions: BTreeMap<String, i64>,
+    /// Seconds since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mirror_read_at: Option<i64>,
+}
+
+fn nanos(at: OffsetDateTime) -> i64 {
+    i64::try_from(at.unix_timestamp_nanos()).unwrap_or(i64::MAX)
+}
+
+impl CustomerState {
+    /// Everything but the contact id, which adapters store in its own attribute (operators
+    /// and older readers look it up there).
+    pub fn to_json(&self) -> String {
+        let wire = Wire {
+            clocks: self.clocks.clone(),
+            mirror: self.mirror.clone(),
+            subscriptions: self
+                .subscriptions
+                .iter()
+                .map(|(s, at)| (s.clone(), nanos(*at)))
+                .collect(),
+            mirror_read_at: self.mirror_read_at.map(|t| t.unix_timestamp()),
+        };
+        // A map of strings and integers always serialises.
+        serde_json::to_string(&wire).unwrap_or_else(|_| "{}".into())
+    }
+
+    /// [`Self::to_json`] read back, with `contact_id` from its own attribute.
+    pub fn from_json(contact_id: Option<ContactId>, text: &str) -> Result<Self, StateError> {
+        let wire: Wire = serde_json::from_str(text).map_err(|e| StateError(e.to_string()))?;
+        let mut subscriptions = BTreeMap::new();
+        for (id, ns) in wire.subscriptions {
+            let at = OffsetDateTime::from_unix_timestamp_nanos(i128::from(ns))
+                .map_err(|e| StateError(format!("subscription {id}: {e}")))?;
+            subscriptions.insert(id, at);
+        }
+        let mirror_read_at = wire
+            .mirror_read_at
+            .map(OffsetDateTime::from_unix_timestamp)
+            .transpose()
+            .map_err(|e| StateError(e.to_string()))?;
+        Ok(Self {
+            contact_id,
+            clocks: wire.clocks,
+            mirror: wire.mirror,
+            subscriptions,
+            mirror_read_at,
+        })
+    }
+
+    /// Whether subscription `id` was applied as of `updated_at` or later.
+    pub fn has_applied(&self, subscription: &str, updated_at: OffsetDateTime) -> bool {
+        self.subscriptions
+            .get(subscription)
+            .is_some_and(|at| *at >= updated_at)
+    }
+
+    /// Moves subscription `id`'s clock to `updated_at` if that is newer.
+    pub fn note_subscription(&mut self, subscription: &str, updated_at: OffsetDateTime) {
+        let at = self
+            .subscriptions
+            .entry(subscription.to_owned())
+            .or_insert(updated_at);
+        if *at < updated_at {
+            *at = updated_at;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_through_json_to_the_nanosecond() {
+        let at = OffsetDateTime::from_unix_timestamp_nanos(1_790_000_000_123_456_789).unwrap();
+        let mut state = CustomerState {
+            contact_id: Some(7),
+            ..CustomerState::default()
+        };
+        state
+            .clocks
+            .insert("tag:A".into(), Version::new(Some(at), "12"));
+        state.mirror.insert("tag:A".into(), Held::Tags(vec![3]));
+        state
+            .mirror
+            .insert("field:P".into(), Held::Digest("ab".into()));
+        state.note_subscription("s1", at);
+        state.mirror_read_at = Some(OffsetDateTime::from_unix_timestamp(1_790_000_000).unwrap());
+        let back = CustomerState::from_json(Some(7), &state.to_json()).unwrap();
+        assert_eq!(back, state);
+        assert!(back.has_applied("s1", at));
+        assert!(!back.has_applied("s1", at + time::Duration::nanoseconds(1)));
+        assert_eq!(
+            CustomerState::from_json(None, "{}").unwrap(),
+            CustomerState::default()
+        );
+        assert!(CustomerState::from_json(None, "[").is_err());
+    }
+}
