@@ -433,17 +433,19 @@ async fn processed_when(
     }
 }
 
-/// One customer's Keap calls go wrong while the others' do not: first they hang (a slow
-/// answer that ends when the test says), then every one gets a spike-arrest 429 for as long
-/// as the burst lasts. Each time serve's other workers keep applying the other customers'
+/// One customer's Keap calls go wrong while the others' do not: first one new customer's
+/// calls hang (a slow answer that ends when the test says), then every call of another new
+/// customer gets a spike-arrest 429 for as long as the burst lasts. A new customer's first
+/// call carries its email (it is looked up or created by email), so matching the email holds
+/// the customer. Each time serve's other workers keep applying the other customers'
 /// webhooks, and the held customer's webhooks are applied, in order, once its trouble ends.
 /// Prints the throughput of the other customers without and during each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_customers_slow_or_throttled_keap_calls_hold_only_that_customer() {
     const OTHERS: u32 = 8;
     const EACH: u32 = 5;
-    const HELD: u32 = 9;
-    const HELD_EMAIL: &str = "customer9@example.com";
+    const SLOW_EMAIL: &str = "customer9@example.com";
+    const THROTTLED_EMAIL: &str = "customer10@example.com";
     let keap = KeapStandIn::start().await;
     let rules = shared::rules::RuleSet::default_rules().expect("rules");
     keap.add_custom_fields(rules.custom_field_labels(), 100);
@@ -478,7 +480,14 @@ async fn one_customers_slow_or_throttled_keap_calls_hold_only_that_customer() {
             .flat_map(|i| per.iter().map(move |w| w[i].clone()))
             .collect()
     };
-    let is_held = |id: &str| id.starts_with(&HELD.to_string());
+    let slow = customer_webhooks(9, 1, 1);
+    let throttled = customer_webhooks(10, 1, 4);
+    let held_ids: Vec<String> = slow
+        .iter()
+        .chain(&throttled)
+        .map(|(id, _)| id.clone())
+        .collect();
+    let is_held = |id: &str| held_ids.iter().any(|h| h == id);
     // Applied, or applied as stale (an older state than one already applied).
     let done = |outcome: &str| outcome == "applied" || outcome == "stale";
     let others_done = |seen: &[(String, String)]| {
@@ -492,8 +501,6 @@ async fn one_customers_slow_or_throttled_keap_calls_hold_only_that_customer() {
             .map(|(id, _)| id.clone())
             .collect()
     };
-    let held = customer_webhooks(HELD, 1, 4);
-    let held_ids: Vec<String> = held.iter().map(|(id, _)| id.clone()).collect();
 
     // Nothing wrong.
     let calm = others(1);
@@ -505,10 +512,10 @@ async fn one_customers_slow_or_throttled_keap_calls_hold_only_that_customer() {
     // The held customer's calls hang; its webhook arrives first, so it has a worker.
     keap.state()
         .sticky_faults
-        .push((HELD_EMAIL.into(), Fault::Slow(Duration::from_secs(90))));
+        .push((SLOW_EMAIL.into(), Fault::Slow(Duration::from_secs(90))));
     let round = others(2);
     let started = Instant::now();
-    post_all(&server, &held[..1]).await;
+    post_all(&server, &slow).await;
     post_all(&server, &round).await;
     let target = calm.len() + round.len();
     let (seen, _) = processed_when(&server, |seen| others_done(seen) >= target).await;
@@ -523,7 +530,7 @@ async fn one_customers_slow_or_throttled_keap_calls_hold_only_that_customer() {
         .filter(|c| {
             c.body
                 .as_ref()
-                .is_some_and(|b| b.to_string().contains(HELD_EMAIL))
+                .is_some_and(|b| b.to_string().contains(SLOW_EMAIL))
                 || c.query
                     .as_deref()
                     .is_some_and(|q| q.contains("customer9%40example.com"))
@@ -539,18 +546,18 @@ async fn one_customers_slow_or_throttled_keap_calls_hold_only_that_customer() {
     // A 429 burst on the held customer's calls.
     keap.state()
         .sticky_faults
-        .push((HELD_EMAIL.into(), Fault::SpikeArrest));
+        .push((THROTTLED_EMAIL.into(), Fault::SpikeArrest));
     let round = others(3);
     let started = Instant::now();
-    post_all(&server, &held[1..]).await;
+    post_all(&server, &throttled).await;
     post_all(&server, &round).await;
     let target = target + round.len();
     let (seen, _) = processed_when(&server, |seen| others_done(seen) >= target).await;
     let burst_rate = round.len() as f64 / started.elapsed().as_secs_f64();
     assert_eq!(
         held_done(&seen),
-        held_ids[..1],
-        "while the burst lasts the held customer applies nothing more"
+        held_ids[..slow.len()],
+        "while the burst lasts the throttled customer applies nothing"
     );
     assert!(keap.state().throttled > 0, "the burst was served");
     println!(
