@@ -32,10 +32,11 @@ free_port() {
 }
 
 # Starts moto on 127.0.0.1:$1 in the background and waits (at most 30 s) until it answers.
-# Sets MOTO_PID and exports MOTO_ENDPOINT.
+# Sets MOTO_PID and exports MOTO_ENDPOINT. moto runs behind .ci/moto_locked.py, which serves
+# DynamoDB requests one at a time, so conditional writes are atomic as in DynamoDB.
 start_moto() {
   local port="$1" logfile="${2:-/tmp/chargify-keap-sync-moto-$1.log}"
-  "$CKS_VENV/bin/moto_server" -H 127.0.0.1 -p "$port" >"$logfile" 2>&1 &
+  "$CKS_VENV/bin/python" "$CKS_ROOT/.ci/moto_locked.py" 127.0.0.1 "$port" >"$logfile" 2>&1 &
   MOTO_PID=$!
   export MOTO_ENDPOINT="http://127.0.0.1:$port"
   for _ in $(seq 1 60); do

@@ -92,8 +92,6 @@ pub enum BackfillCliError {
     Db(#[from] DbError),
     #[error(transparent)]
     Backfill(#[from] BackfillError),
-    #[error("Keap: {0}; nothing was written yet, run again")]
-    Keap(#[from] shared::keap::KeapError),
     #[error("--updated-since `{0}` is not an RFC 3339 time (2026-01-31T00:00:00-05:00)")]
     BadTime(String),
     #[error("no Keap credentials (KEAP_API_KEY, KEAP_API_KEY_SECRET_ARN or the OAuth variables): set them, or pass --dry-run to count the calls without sending any")]
@@ -156,9 +154,6 @@ pub async fn run(args: BackfillArgs) -> Result<ExitCode, BackfillCliError> {
     };
     let stores = Stores::open(&args, &aws).await?;
     let directory = Directory::new(stores.locks.clone());
-    // Every company of the account in one paged list: a name it lacks is created with no
-    // look-up (a backfill meets many companies once each).
-    directory.load_companies(crm).await?;
     let mode = if args.dry_run {
         "DRY RUN: nothing is sent to Keap or written to the stores; the calls are counted"
             .to_owned()

@@ -237,13 +237,22 @@ mod tests {
     }
 
     #[test]
-    fn signup_shows_the_goal_as_not_repeatable() {
+    fn signup_shows_the_goal_as_a_step_and_values_with_their_clock() {
         let text = render(&plan_of(fixtures::SIGNUP_SUCCESS));
         let goal = text
             .lines()
             .find(|l| l.contains("achieve_goal"))
             .expect("a goal row");
-        assert!(goal.contains("no (recorded once done)"), "{goal}");
+        assert!(
+            goal.contains("step, once (stale: fire; uncertain: skip)"),
+            "{goal}"
+        );
+        let tag = text
+            .lines()
+            .find(|l| l.contains("keep_one_tag"))
+            .expect("a tag row");
+        assert!(tag.contains("subscription.updated_at"), "{tag}");
+        assert!(tag.contains("value (newest wins)"), "{tag}");
         assert!(text.contains("rule  "), "header row: {text}");
     }
 }

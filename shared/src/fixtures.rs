@@ -2,6 +2,7 @@
 //! compiled in so tests, benchmarks and local samples share one copy.
 
 pub mod history;
+pub mod kill;
 
 pub const TEST: &str = include_str!("../fixtures/chargify/test.txt");
 pub const SIGNUP_SUCCESS: &str = include_str!("../fixtures/chargify/signup_success.txt");

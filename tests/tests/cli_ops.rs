@@ -372,8 +372,9 @@ async fn ops_commands_on_a_stack_filled_by_a_real_run() {
     );
     assert!(forced.contains("1 record(s)"), "{forced}");
 
-    // A forced replay of 5 reopens it and applies it again: Keap is written again, but the
-    // goal, a step already done, does not fire twice.
+    // A forced replay of 5 reopens it and applies it again: the contact is read back from
+    // Keap and whatever differs is written again, but the goal, a step already done, does
+    // not fire twice.
     let calls = pipeline.keap.state().calls.len();
     let forced = run_ok(with_stack(&["replay", "5", "--force"])).await;
     assert!(

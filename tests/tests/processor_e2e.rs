@@ -317,7 +317,31 @@ async fn a_keap_429_is_retried_later_and_a_400_lands_in_the_dead_letter_queue() 
 #[tokio::test]
 async fn a_fifo_group_stops_at_its_first_failure() {
     let stack = stack().await;
-    // Customer 15: signup fails transiently, so its later payment failure must wait.
+    // Customer 99 is known already: its next webhook updates its contact by id.
+    let other = |id: &str, event: &str, state: &str| {
+        fixtures::derive(
+            fixtures::SIGNUP_SUCCESS,
+            id,
+            event,
+            &[
+                ("payload[subscription][customer][id]", "99"),
+                (
+                    "payload[subscription][customer][email]",
+                    "other%40example.com",
+                ),
+                ("payload[subscription][state]", state),
+                (
+                    "payload[subscription][updated_at]",
+                    "2012-09-10%2011%3A38%3A33%20-0400",
+                ),
+            ],
+        )
+    };
+    stack.post(&other("62", "signup_success", "active")).await;
+    assert!(stack.drain_through_processor().await.is_empty());
+    // Customer 15: the upsert of its new contact fails transiently (both attempts), so its
+    // later payment failure must wait. Customer 99's webhook, in the same batch, is not held
+    // up (it makes no upsert, so the faults are all customer 15's).
     stack
         .keap
         .inject_on("PUT", "/v1/contacts", Fault::Status(503));
@@ -327,19 +351,7 @@ async fn a_fifo_group_stops_at_its_first_failure() {
     stack.post(fixtures::SIGNUP_SUCCESS).await;
     let payment_failure = fixtures::derive(fixtures::SIGNUP_SUCCESS, "61", "payment_failure", &[]);
     stack.post(&payment_failure).await;
-    // Another customer's webhook is not held up.
-    let other = fixtures::derive(
-        fixtures::SIGNUP_SUCCESS,
-        "62",
-        "signup_success",
-        &[
-            ("payload[subscription][customer][id]", "99"),
-            (
-                "payload[subscription][customer][email]",
-                "other%40example.com",
-            ),
-        ],
-    );
+    let other = other("63", "subscription_state_change", "canceled");
     stack.post(&other).await;
     let event = receive_as_lambda_event(&stack.sqs, &stack.queue_url, 60).await;
     assert_eq!(event.records.len(), 3, "moto hands the whole batch over");
@@ -378,8 +390,8 @@ async fn a_fifo_group_stops_at_its_first_failure() {
         .all(|g| *g == Some("acme-test:cus:15".into())));
     assert_eq!(
         stack.goals(),
-        ["chargify/signup"],
-        "customer 99's signup went through"
+        ["chargify/signup", "chargify/canceled"],
+        "customer 99's cancellation went through"
     );
     stack.assert_no_violations();
 }

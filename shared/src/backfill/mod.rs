@@ -298,6 +298,16 @@ impl Backfill<'_> {
             self.cursors.save(&key, &cursor.to_json()).await?;
         }
         let mut run = Totals::default();
+        // Every company of the account in one paged list: each name it lacks is then created
+        // with no look-up (a backfill meets many companies once each).
+        let before = self.meter.calls();
+        self.directory.load_companies(self.crm).await?;
+        let preload = Totals {
+            keap_calls: self.meter.calls().saturating_sub(before),
+            ..Totals::default()
+        };
+        run.add(&preload);
+        cursor.totals.add(&preload);
         let expected = self.count_remaining(&cursor).await;
         self.progress.started(expected, &cursor.totals);
         let mut quota_warned = false;

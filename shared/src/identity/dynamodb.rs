@@ -129,10 +129,12 @@ impl CustomerStore for DynamoDbCustomerStore {
         state: &CustomerState,
         release: bool,
     ) -> Result<(), StoreError> {
-        let mut expression = format!("SET {STATE} = :state");
+        // `state` is one of DynamoDB's reserved words: named through `#state`.
+        let mut expression = "SET #state = :state".to_owned();
         let mut update = self
             .table
             .update(key.storage_key())
+            .expression_attribute_names("#state", STATE)
             .condition_expression("lease_holder = :holder")
             .expression_attribute_values(":holder", string(holder))
             .expression_attribute_values(":state", string(state.to_json()));

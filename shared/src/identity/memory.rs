@@ -121,6 +121,18 @@ impl InMemoryNameLocks {
     pub fn new() -> Self {
         Self::default()
     }
+
+    /// Test support: the time passing after a crash, so every lock has expired.
+    pub fn expire_leases(&self) {
+        for lease in self
+            .locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values_mut()
+        {
+            lease.until = OffsetDateTime::UNIX_EPOCH;
+        }
+    }
 }
 
 #[async_trait]

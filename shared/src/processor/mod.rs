@@ -242,4 +242,6 @@ impl Processor {
 }
 
 #[cfg(test)]
+mod convergence_tests;
+#[cfg(test)]
 mod tests;

@@ -235,7 +235,10 @@ impl Processor {
                     now - at > time::Duration::try_from(max).unwrap_or(time::Duration::MAX)
                 })
             });
-            if stale_mirror && working.contact_id.is_some() {
+            // A retry (after a failure, a crash or an operator's forced replay) reads the
+            // contact back first: what Keap holds may have changed since the mirror was set.
+            let retry = started.iter().any(|s| s.lease.attempt > 1);
+            if (stale_mirror || retry) && working.contact_id.is_some() {
                 writer.refresh(&mut working, &fold.winners, now).await?;
             }
             let email = newest_email(started);

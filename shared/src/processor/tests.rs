@@ -516,7 +516,10 @@ async fn a_snapshot_creates_the_contact_with_its_state_and_plan_tags_and_no_goal
     assert_eq!(outcome.outcome(), "applied");
     let contact = contact_of(&world);
     assert_eq!(billing_tags(&world, contact), ["Billing: Past Due"]);
-    assert!(world.crm.tag_names(contact).contains("Plan: basic"));
+    assert!(world
+        .crm
+        .tag_names(contact)
+        .contains("Plan: handle_6a9273b8a"));
     assert!(world.crm.state().goals.is_empty());
     // The same subscription snapshotted again (a resumed backfill): a duplicate, no Keap call.
     let calls = world.crm.state().calls.len();
