@@ -234,6 +234,8 @@ pub const RECORD_TTL_DAYS: &str = "RECORD_TTL_DAYS";
 pub const MAX_LEASE_SECONDS: &str = "MAX_LEASE_SECONDS";
 pub const MAX_WEBHOOK_AGE_DAYS: &str = "MAX_WEBHOOK_AGE_DAYS";
 pub const MIRROR_MAX_AGE_DAYS: &str = "MIRROR_MAX_AGE_DAYS";
+pub const MAX_EVENT_AGE_DAYS: &str = "MAX_EVENT_AGE_DAYS";
+pub const SEEN_MARKER_DAYS: &str = "SEEN_MARKER_DAYS";
 
 /// Settings of the processor function (the Keap credentials are read by
 /// [`crate::keap::settings`], the rules by [`crate::rules::RuleSet::from_env`]).
@@ -250,6 +252,10 @@ pub struct ProcessorConfig {
     pub max_webhook_age: Duration,
     /// A contact's tags are read back from Keap when last read longer ago; `None`: never.
     pub mirror_max_age: Option<Duration>,
+    /// Webhooks older than this by their event time are not applied; `None`: no bound.
+    pub max_event_age: Option<Duration>,
+    /// How long a seen marker of each webhook id is kept.
+    pub seen_marker_ttl: Duration,
 }
 
 impl ProcessorConfig {
@@ -307,6 +313,12 @@ impl ProcessorConfig {
                 0 => None,
                 days => Some(Duration::from_secs(days * DAY)),
             },
+            // Unset or 0: no bound (the stack sets it; see ProcessorSettings::max_event_age).
+            max_event_age: match number(MAX_EVENT_AGE_DAYS, 0, 0..=3650)? {
+                0 => None,
+                days => Some(Duration::from_secs(days * DAY)),
+            },
+            seen_marker_ttl: Duration::from_secs(number(SEEN_MARKER_DAYS, 400, 1..=3650)? * DAY),
         })
     }
 

@@ -55,6 +55,7 @@ async fn keeps_the_idempotency_contract() {
     contract::lease_lifecycle(&store, &IdempotencyKey::new("acme", "1")).await;
     contract::release_and_retake(&store, &IdempotencyKey::new("acme", "2")).await;
     contract::reopen_for_a_forced_replay(&store, &IdempotencyKey::new("acme", "3")).await;
+    contract::seen_markers(&store, &IdempotencyKey::new("acme", "4")).await;
 }
 
 #[tokio::test]

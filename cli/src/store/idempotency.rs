@@ -263,6 +263,41 @@ impl IdempotencyStore for SqliteIdempotencyStore {
             .map_err(|detail| StoreError::Unavailable { detail })?
     }
 
+    async fn mark_seen(
+        &self,
+        key: &IdempotencyKey,
+        now: OffsetDateTime,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let key = key.storage_key();
+        let until = to_ns(later(now, ttl));
+        self.db
+            .write(move |tx| {
+                tx.execute(
+                    "INSERT OR REPLACE INTO seen (key, expires_at_ns) VALUES (?1, ?2)",
+                    params![key, until],
+                )
+            })
+            .await
+            .map_err(|detail| StoreError::Unavailable { detail })?;
+        Ok(())
+    }
+
+    async fn seen(&self, key: &IdempotencyKey, now: OffsetDateTime) -> Result<bool, StoreError> {
+        let key = key.storage_key();
+        let now = to_ns(now);
+        self.db
+            .write(move |tx| {
+                tx.query_row(
+                    "SELECT COUNT(*) > 0 FROM seen WHERE key = ?1 AND expires_at_ns > ?2",
+                    params![key, now],
+                    |r| r.get::<_, bool>(0),
+                )
+            })
+            .await
+            .map_err(|detail| StoreError::Unavailable { detail })
+    }
+
     async fn reopen(&self, key: &IdempotencyKey, note: &str) -> Result<bool, StoreError> {
         let key = key.clone();
         let note = note.to_owned();
@@ -301,6 +336,7 @@ mod tests {
         contract::lease_lifecycle(&store, &key).await;
         contract::release_and_retake(&store, &IdempotencyKey::new("acme", "2")).await;
         contract::reopen_for_a_forced_replay(&store, &IdempotencyKey::new("acme", "3")).await;
+        contract::seen_markers(&store, &IdempotencyKey::new("acme", "4")).await;
 
         let reopened = SqliteIdempotencyStore::new(
             Db::open(&dir.path().join("nested/local.sqlite3")).expect("reopen"),

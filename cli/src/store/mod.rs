@@ -67,6 +67,10 @@ CREATE TABLE IF NOT EXISTS idempotency (
     received_at_ns INTEGER,
     envelope TEXT
 );
+CREATE TABLE IF NOT EXISTS seen (
+    key TEXT PRIMARY KEY,
+    expires_at_ns INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS customers (
     key TEXT PRIMARY KEY,
     site TEXT NOT NULL,

@@ -298,16 +298,9 @@ impl Backfill<'_> {
             self.cursors.save(&key, &cursor.to_json()).await?;
         }
         let mut run = Totals::default();
-        // Every company of the account in one paged list: each name it lacks is then created
-        // with no look-up (a backfill meets many companies once each).
-        let before = self.meter.calls();
-        self.directory.load_companies(self.crm).await?;
-        let preload = Totals {
-            keap_calls: self.meter.calls().saturating_sub(before),
-            ..Totals::default()
-        };
-        run.add(&preload);
-        cursor.totals.add(&preload);
+        // Every company of the account in one paged list at the first one needed: each name
+        // it lacks is then created with no look-up (a backfill meets many companies once each).
+        self.directory.list_companies_on_first_use();
         let expected = self.count_remaining(&cursor).await;
         self.progress.started(expected, &cursor.totals);
         let mut quota_warned = false;

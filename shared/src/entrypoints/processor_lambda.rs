@@ -89,6 +89,8 @@ async fn cold_start() -> Result<(Arc<Processor>, Arc<dyn RecordControl>), Error>
             max_lease: config.max_lease,
             max_webhook_age: config.max_webhook_age,
             mirror_max_age: config.mirror_max_age,
+            max_event_age: config.max_event_age,
+            seen_marker_ttl: config.seen_marker_ttl,
             ..ProcessorSettings::default()
         },
     });

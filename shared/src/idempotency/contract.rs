@@ -227,3 +227,24 @@ pub async fn reopen_for_a_forced_replay(store: &dyn IdempotencyStore, key: &Idem
         Ok(Begin::AlreadyCompleted { .. })
     ));
 }
+
+/// A seen marker: absent until marked, present until its expiry, idempotent, and not a record
+/// (the record's own key reads nothing from it). `key` must be unused.
+pub async fn seen_markers(store: &dyn IdempotencyStore, key: &IdempotencyKey) {
+    let now = OffsetDateTime::from_unix_timestamp(1_790_000_000).expect("a time");
+    let day = Duration::from_secs(24 * 3600);
+    assert_eq!(store.seen(key, now).await, Ok(false), "no marker yet");
+    store.mark_seen(key, now, day).await.expect("mark");
+    store.mark_seen(key, now, day).await.expect("mark again");
+    assert_eq!(store.seen(key, now).await, Ok(true));
+    assert_eq!(
+        store.seen(key, now + time::Duration::hours(23)).await,
+        Ok(true)
+    );
+    assert_eq!(
+        store.seen(key, now + time::Duration::hours(25)).await,
+        Ok(false),
+        "an expired marker counts as none"
+    );
+    assert_eq!(store.get(key).await, Ok(None), "a marker is not a record");
+}

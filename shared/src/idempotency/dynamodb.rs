@@ -324,6 +324,33 @@ impl IdempotencyStore for DynamoDbIdempotencyStore {
             .transpose()
     }
 
+    /// The marker is its own item, `seen#<site>#<webhook id>`, with only the TTL attribute:
+    /// written just before the record is completed, so a completed record always has one.
+    async fn mark_seen(
+        &self,
+        key: &IdempotencyKey,
+        now: OffsetDateTime,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        self.table
+            .update(super::seen_marker_key(key))
+            .update_expression("SET expires_at = :expires_at")
+            .expression_attribute_values(":expires_at", epoch_whole_seconds(later(now, ttl)))
+            .send()
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    /// DynamoDB deletes an expired item within days, not at once: the expiry is checked too.
+    async fn seen(&self, key: &IdempotencyKey, now: OffsetDateTime) -> Result<bool, StoreError> {
+        let Some(item) = self.table.get(super::seen_marker_key(key)).await? else {
+            return Ok(false);
+        };
+        let until = ItemReader::new(&item).opt_epoch(EXPIRES_AT)?;
+        Ok(until.is_none_or(|until| until > now))
+    }
+
     async fn reopen(&self, key: &IdempotencyKey, note: &str) -> Result<bool, StoreError> {
         let note = &note[..note.floor_char_boundary(MAX_ERROR_BYTES)];
         let result = self
@@ -362,9 +389,12 @@ impl DynamoDbIdempotencyStore {
     /// `cks status` without a site; the processor never scans). Eventually consistent, which
     /// is fine for choosing what to replay: each replay is decided again by the record.
     pub async fn scan_page(&self, start: Option<Item>) -> Result<RecordPage, StoreError> {
+        // Records only: the table also holds seen markers and cursors, which have no status.
         let output = self
             .table
             .scan()
+            .filter_expression("attribute_exists(#status)")
+            .expression_attribute_names("#status", STATUS)
             .set_exclusive_start_key(start)
             .send()
             .await

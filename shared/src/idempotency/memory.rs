@@ -14,6 +14,8 @@ use time::OffsetDateTime;
 #[derive(Debug, Default)]
 pub struct InMemoryIdempotencyStore {
     records: Mutex<BTreeMap<IdempotencyKey, (IdempotencyRecord, Option<String>)>>,
+    /// Seen markers and their expiry.
+    seen: Mutex<BTreeMap<IdempotencyKey, OffsetDateTime>>,
     writes: std::sync::atomic::AtomicU64,
 }
 
@@ -34,6 +36,11 @@ impl InMemoryIdempotencyStore {
                 record.lease_expires_at = Some(OffsetDateTime::UNIX_EPOCH);
             }
         }
+    }
+
+    /// Test support: the records expire (their TTL passed); the seen markers stay.
+    pub fn expire_records(&self) {
+        self.lock().clear();
     }
 
     /// Every record, for tests that compare what was done.
@@ -144,6 +151,29 @@ impl IdempotencyStore for InMemoryIdempotencyStore {
         Ok(self.lock().get(key).map(|(r, _)| r.clone()))
     }
 
+    async fn mark_seen(
+        &self,
+        key: &IdempotencyKey,
+        now: OffsetDateTime,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        self.seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.clone(), later(now, ttl));
+        self.write();
+        Ok(())
+    }
+
+    async fn seen(&self, key: &IdempotencyKey, now: OffsetDateTime) -> Result<bool, StoreError> {
+        Ok(self
+            .seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .is_some_and(|until| *until > now))
+    }
+
     async fn reopen(&self, key: &IdempotencyKey, note: &str) -> Result<bool, StoreError> {
         let mut records = self.lock();
         match records.get_mut(key) {
@@ -170,5 +200,6 @@ mod tests {
         contract::lease_lifecycle(&store, &IdempotencyKey::new("acme", "1")).await;
         contract::release_and_retake(&store, &IdempotencyKey::new("acme", "2")).await;
         contract::reopen_for_a_forced_replay(&store, &IdempotencyKey::new("acme", "3")).await;
+        contract::seen_markers(&store, &IdempotencyKey::new("acme", "4")).await;
     }
 }

@@ -237,6 +237,30 @@ pub trait IdempotencyStore: Send + Sync {
     /// nothing, when the record is missing or not completed (then a delivery retakes it
     /// anyway, or a worker holds it).
     async fn reopen(&self, key: &IdempotencyKey, note: &str) -> Result<bool, StoreError>;
+
+    /// Leaves a slim marker that `key` was applied, kept until `now + ttl`: longer than the
+    /// record (whose TTL bounds how long its body, with personal data, is kept), so a replay
+    /// after the record expired is still known for a duplicate. The marker holds the key and
+    /// its expiry only. Idempotent.
+    async fn mark_seen(
+        &self,
+        key: &IdempotencyKey,
+        now: OffsetDateTime,
+        ttl: Duration,
+    ) -> Result<(), StoreError>;
+
+    /// Whether a marker of `key` exists (and has not expired).
+    async fn seen(&self, key: &IdempotencyKey, now: OffsetDateTime) -> Result<bool, StoreError>;
+}
+
+/// How long a seen marker is kept by default: longer than Chargify keeps webhooks it can
+/// replay (its webhook records are listed for a year in practice), after which a replay is
+/// refused by its age instead (`MAX_EVENT_AGE_DAYS`).
+pub const DEFAULT_SEEN_MARKER_TTL: Duration = Duration::from_secs(400 * 24 * 3600);
+
+/// The stored key of `key`'s seen marker.
+pub fn seen_marker_key(key: &IdempotencyKey) -> String {
+    format!("seen#{}", key.storage_key())
 }
 
 /// The arguments of [`IdempotencyStore::begin`], for [`decide_begin`].

@@ -91,6 +91,9 @@ pub struct Directory {
     companies: Mutex<HashMap<String, CompanyId>>,
     /// Every company of the account is in `companies` (a backfill listed them).
     companies_complete: Mutex<bool>,
+    /// List every company at the first name not cached, instead of looking names up one by
+    /// one (a backfill: many companies, each met once).
+    list_companies_first: std::sync::atomic::AtomicBool,
     fields: Mutex<Option<(HashMap<String, i64>, Instant)>>,
     /// Held while the tag list, a missing name or the field model is being read, so that
     /// concurrent tasks of one instance read it once.
@@ -113,6 +116,7 @@ impl Directory {
             tags: Mutex::new(Tags::default()),
             companies: Mutex::new(HashMap::new()),
             companies_complete: Mutex::new(false),
+            list_companies_first: std::sync::atomic::AtomicBool::new(false),
             fields: Mutex::new(None),
             loading: tokio::sync::Mutex::new(()),
             locks,
@@ -274,6 +278,15 @@ impl Directory {
         if let Some(id) = lock(&self.companies).get(name) {
             return Ok(*id);
         }
+        let listing = self
+            .list_companies_first
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if listing && !*lock(&self.companies_complete) {
+            self.list_companies(crm).await?;
+            if let Some(id) = lock(&self.companies).get(name) {
+                return Ok(*id);
+            }
+        }
         let complete = *lock(&self.companies_complete);
         // `find_companies_by_name` answers lowest id first.
         let found = if complete {
@@ -292,9 +305,21 @@ impl Directory {
         Ok(id)
     }
 
-    /// Reads every company of the account (one paged call), so that each name the account
-    /// lacks costs one create and no look-up.
+    /// From now on, the first company name not cached reads every company of the account
+    /// (one paged call), so that each name the account lacks then costs one create and no
+    /// look-up. A run that meets no new company makes no call for it.
+    pub fn list_companies_on_first_use(&self) {
+        self.list_companies_first
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Reads every company of the account (one paged call) now.
     pub async fn load_companies(&self, crm: &dyn Crm) -> Result<(), KeapError> {
+        let _one = self.loading.lock().await;
+        self.list_companies(crm).await
+    }
+
+    async fn list_companies(&self, crm: &dyn Crm) -> Result<(), KeapError> {
         let listed = crm.list_companies().await?;
         let mut companies = lock(&self.companies);
         let mut oldest: HashMap<String, CompanyId> = HashMap::new();

@@ -446,6 +446,7 @@ fn log_success(envelope: &WebhookEnvelope, processed: &Processed, message_id: Op
             "already applied; this replay's body differs from the first (not applied)".into()
         }
         Processed::Ignored => "no rule for this event".into(),
+        Processed::TooOld => "older than MAX_EVENT_AGE_DAYS: not applied".into(),
     };
     tracing::info!(
         message_id = message_id.unwrap_or(""),

@@ -469,7 +469,7 @@ async fn every_delivery_on_one_or_three_instances_ends_as_the_in_order_run() {
 async fn a_kill_between_any_two_external_calls_loses_nothing_and_repeats_nothing() {
     let seed = seed() + 1;
     let mut rng = Rng::new(seed);
-    let customers = count(240) / 20;
+    let customers = count(240) / 30;
     let all = histories(&mut rng, 5_000, customers.max(4));
     let (mut kills, mut points, mut uncertain) = (0, 0, 0);
     for (w, chunk) in all.chunks(4).enumerate() {

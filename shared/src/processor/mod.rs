@@ -68,6 +68,13 @@ pub struct ProcessorSettings {
     pub max_webhook_age: Duration,
     /// Message groups (customers) of one batch processed at once.
     pub group_concurrency: usize,
+    /// A webhook whose event time is older than this is acknowledged and counted, not
+    /// applied (`MAX_EVENT_AGE_DAYS`; the stack sets 365 days): a replay of a webhook from
+    /// long ago, whose record and seen marker are gone, fires no goal. `None` (the default
+    /// where the variable is unset, e.g. `cks serve` with its bundled 2012 samples): no bound.
+    pub max_event_age: Option<Duration>,
+    /// How long a seen marker outlives its record (`SEEN_MARKER_DAYS`).
+    pub seen_marker_ttl: Duration,
 }
 
 impl Default for ProcessorSettings {
@@ -78,6 +85,8 @@ impl Default for ProcessorSettings {
             mirror_max_age: Some(DEFAULT_MIRROR_MAX_AGE),
             max_webhook_age: DEFAULT_MAX_WEBHOOK_AGE,
             group_concurrency: DEFAULT_GROUP_CONCURRENCY,
+            max_event_age: None,
+            seen_marker_ttl: crate::idempotency::DEFAULT_SEEN_MARKER_TTL,
         }
     }
 }
@@ -93,6 +102,8 @@ pub enum Processed {
     },
     /// No rule asks for a Keap change: acknowledged and counted.
     Ignored,
+    /// Older than `max_event_age` by its event time: acknowledged and counted, not applied.
+    TooOld,
 }
 
 impl Processed {
@@ -108,6 +119,7 @@ impl Processed {
             Self::Applied(_) => O::Applied,
             Self::Duplicate { .. } => O::Duplicate,
             Self::Ignored => O::Ignored,
+            Self::TooOld => O::TooOld,
         }
     }
 }

@@ -63,6 +63,16 @@ impl Processor {
                 results[index] = Some(Ok(Processed::Ignored));
                 continue;
             }
+            if self.too_old(&item.plan, now) {
+                tracing::warn!(
+                    webhook_id = item.envelope.webhook_id.as_str(),
+                    event = item.envelope.event.as_str(),
+                    event_time = ?item.plan.event_time,
+                    "webhook older than MAX_EVENT_AGE_DAYS: acknowledged, not applied (a replay from long ago)"
+                );
+                results[index] = Some(Ok(Processed::TooOld));
+                continue;
+            }
             let key = IdempotencyKey::new(&item.envelope.site, &item.envelope.webhook_id);
             let begun = self
                 .idempotency
@@ -76,6 +86,27 @@ impl Processor {
                 )
                 .await;
             match begun {
+                Ok(Begin::Started(lease)) if lease.attempt == 1 => {
+                    // A new record: unless its seen marker outlived an earlier record.
+                    match self.seen_before(&key, &lease, now).await {
+                        Ok(false) => {}
+                        Ok(true) => {
+                            results[index] = Some(Ok(Processed::Duplicate { same_payload: true }));
+                            continue;
+                        }
+                        Err(e) => {
+                            results[index] = Some(Err(e));
+                            break;
+                        }
+                    }
+                    started.push(Started {
+                        index,
+                        item,
+                        lease,
+                        verdict: Verdict::default(),
+                        applied: Applied::default(),
+                    });
+                }
                 Ok(Begin::Started(lease)) => {
                     if lease.payload_differs {
                         tracing::warn!(
@@ -150,6 +181,43 @@ impl Processor {
             .collect()
     }
 
+    /// Whether the plan's event is older than the processor applies (snapshots, made from
+    /// Chargify's current state, are never too old).
+    fn too_old(&self, plan: &Plan, now: OffsetDateTime) -> bool {
+        let (Some(max), Some(at)) = (self.settings.max_event_age, plan.event_time) else {
+            return false;
+        };
+        !crate::chargify::webhook::is_internal_event(&plan.event)
+            && now - at > time::Duration::try_from(max).unwrap_or(time::Duration::MAX)
+    }
+
+    /// A record just created for a webhook whose seen marker exists: applied before, its
+    /// record since expired. Completes the new record as the duplicate it is.
+    async fn seen_before(
+        &self,
+        key: &IdempotencyKey,
+        lease: &Lease,
+        now: OffsetDateTime,
+    ) -> Result<bool, ProcessError> {
+        if !self.idempotency.seen(key, now).await? {
+            return Ok(false);
+        }
+        tracing::info!(
+            webhook_id = key.webhook_id.as_str(),
+            "applied before (its seen marker outlived its record): a duplicate"
+        );
+        self.idempotency
+            .complete(
+                lease,
+                "duplicate: applied before, its earlier record expired (seen marker)",
+                None,
+                now,
+                self.settings.record_ttl,
+            )
+            .await?;
+        Ok(true)
+    }
+
     /// Steps 2–6 for the webhooks begun.
     async fn apply_started(
         &self,
@@ -181,6 +249,10 @@ impl Processor {
         let run_size = started.len();
         for s in started.iter_mut() {
             s.applied.run_size = run_size;
+            // Before the record completes, so a completed record always has its marker.
+            self.idempotency
+                .mark_seen(&s.lease.key, now, self.settings.seen_marker_ttl)
+                .await?;
             self.idempotency
                 .complete(
                     &s.lease,

@@ -133,8 +133,8 @@ async fn a_warm_signup_costs_three_keap_calls() {
         .map(|c| c.operation)
         .collect();
     assert_eq!(made, ["upsert_contact", "apply_tags", "achieve_goal"]);
-    // Begin, the goal's intent and done, complete.
-    assert_eq!(world.idempotency.writes() - writes, 4);
+    // Begin, the goal's intent and done, the seen marker, complete.
+    assert_eq!(world.idempotency.writes() - writes, 5);
 }
 
 #[tokio::test]
@@ -642,11 +642,74 @@ async fn the_record_keeps_the_envelope_and_a_forced_replay_repeats_no_goal() {
     assert_eq!(applied.steps_done_before, 1);
     assert_eq!(
         world.crm.call_count(),
-        calls,
-        "Keap already holds every value: nothing is sent again"
+        calls + 1,
+        "the contact is read back, and Keap holds every value: nothing is sent again"
     );
     assert_eq!(world.crm.state().goals.len(), 1);
     let record = record_of(&world, &key).await;
     assert_eq!(record.status, crate::idempotency::RecordStatus::Completed);
     assert_eq!(record.attempts, 2);
+}
+
+/// A replay after its record expired is a duplicate through the seen marker; one older than
+/// `max_event_age` is acknowledged and not applied.
+#[tokio::test]
+async fn a_replay_after_the_record_expired_is_a_duplicate_and_one_too_old_is_not_applied() {
+    let world = world_with(ProcessorSettings {
+        max_event_age: Some(Duration::from_secs(365 * 24 * 3600)),
+        ..ProcessorSettings::default()
+    });
+    // A signup from this year: applied, marked seen.
+    let now = OffsetDateTime::now_utc() - time::Duration::days(40);
+    let stamp = |at: OffsetDateTime| {
+        let est = at.to_offset(time::macros::offset!(-5));
+        format!(
+            "{:04}-{:02}-{:02}%2010%3A00%3A00%20-0500",
+            est.year(),
+            u8::from(est.month()),
+            est.day()
+        )
+    };
+    let recent = fixtures::derive(
+        fixtures::SIGNUP_SUCCESS,
+        "7001",
+        "signup_success",
+        &[("payload[subscription][updated_at]", &stamp(now))],
+    );
+    assert_eq!(
+        process(&world, &recent).await.expect("applies").outcome(),
+        "applied"
+    );
+    // 35 days on, the record expires; Chargify replays the webhook.
+    world.idempotency.expire_records();
+    let calls = world.crm.call_count();
+    assert_eq!(
+        process(&world, &recent).await.expect("duplicate"),
+        Processed::Duplicate { same_payload: true }
+    );
+    assert_eq!(world.crm.call_count(), calls, "no Keap call");
+    assert_eq!(
+        world.crm.state().goals.len(),
+        1,
+        "the signup goal fired once"
+    );
+
+    // The reference body is from 2012: older than a year, whatever its id.
+    let outcome = process(&world, &with_id(fixtures::SIGNUP_SUCCESS, "7002"))
+        .await
+        .expect("acknowledged");
+    assert_eq!(outcome, Processed::TooOld);
+    assert_eq!(outcome.outcome(), "too_old");
+    assert_eq!(world.crm.call_count(), calls, "not applied");
+    // A snapshot (made from Chargify's current state) is never too old.
+    let old = snapshot("active", "2016-11-14T15:24:41-05:00");
+    assert_eq!(
+        world
+            .processor
+            .process(&old, MINUTE)
+            .await
+            .expect("applies")
+            .outcome(),
+        "applied"
+    );
 }
