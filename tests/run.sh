@@ -7,6 +7,7 @@ set -euo pipefail
 source "$(dirname "$0")/../.ci/tools.sh"
 cd "$CKS_ROOT"
 
+ensure_pinned_toolchain
 ensure_tools
 start_moto "$(free_port)"
 trap stop_moto EXIT

@@ -41,8 +41,8 @@ use tokio::sync::watch;
 /// The path Chargify is pointed at.
 pub const WEBHOOK_PATH: &str = "/webhooks/chargify";
 
-/// The demo key used when `CHARGIFY_SHARED_KEYS` is not set (also in `events/env.json`).
-pub const DEMO_SHARED_KEY: &str = "local-dev-shared-key";
+/// The demo key used when `CHARGIFY_SHARED_KEYS` is not set.
+pub use shared::fixtures::DEMO_SHARED_KEY;
 
 /// How long a received record stays hidden; a record whose worker died comes back after it.
 /// The batch's deadline (and so the idempotency lease) is the same time, as in Lambda where
@@ -104,6 +104,27 @@ pub enum ServeError {
     },
     #[error("the HTTP server stopped: {0}")]
     Server(std::io::Error),
+    #[error("refusing to listen on {addr} with the demo key {DEMO_SHARED_KEY:?}: anyone who reads this repository could post webhooks to it; set {CHARGIFY_SHARED_KEYS} to your site's Site Shared Key, or listen on 127.0.0.1")]
+    DemoKeyOffLoopback { addr: SocketAddr },
+}
+
+/// The demo key is published in this repository: a server holding it may only be reached
+/// from this machine. Checked on the parsed keys (by fingerprint), so setting the demo key
+/// explicitly is refused too.
+fn refuse_demo_key_off_loopback(keys: &SharedKeySet, listen: SocketAddr) -> Result<(), ServeError> {
+    if listen.ip().is_loopback() {
+        return Ok(());
+    }
+    let demo = SharedKeySet::parse(DEMO_SHARED_KEY)?;
+    let demo_fingerprint = demo.keys().first().map(|k| k.fingerprint().to_owned());
+    let holds_demo = keys
+        .keys()
+        .iter()
+        .any(|k| Some(k.fingerprint()) == demo_fingerprint.as_deref());
+    if holds_demo {
+        return Err(ServeError::DemoKeyOffLoopback { addr: listen });
+    }
+    Ok(())
 }
 
 struct Timing {
@@ -154,6 +175,7 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
         }
     };
     let keys = SharedKeySet::parse(&key_spec)?;
+    refuse_demo_key_off_loopback(&keys, args.listen)?;
     let rules = Arc::new(RuleSet::from_env()?);
     let (keap_settings, client) = keap_mode::client_from_env().await?;
     eprintln!(
@@ -467,5 +489,30 @@ mod tests {
                 .unwrap();
         assert_eq!(query_signatures(&uri), ["abcd", "ef"]);
         assert!(query_signatures(&"/webhooks/chargify".parse().unwrap()).is_empty());
+    }
+
+    #[test]
+    fn the_demo_key_is_refused_off_loopback_only() {
+        let any: SocketAddr = "0.0.0.0:3000".parse().expect("address");
+        let lan: SocketAddr = "192.168.1.20:3000".parse().expect("address");
+        let loopback: SocketAddr = "127.0.0.1:3000".parse().expect("address");
+        let v6_loopback: SocketAddr = "[::1]:3000".parse().expect("address");
+        let keys = |spec: &str| SharedKeySet::parse(spec).expect("keys");
+        let demo = keys(DEMO_SHARED_KEY);
+        for addr in [any, lan] {
+            assert!(matches!(
+                refuse_demo_key_off_loopback(&demo, addr),
+                Err(ServeError::DemoKeyOffLoopback { .. })
+            ));
+            // Listed beside a real key, it still opens the server to anyone.
+            let both = keys(&format!("site-key,{DEMO_SHARED_KEY}"));
+            assert!(refuse_demo_key_off_loopback(&both, addr).is_err());
+            assert!(refuse_demo_key_off_loopback(&keys("site-key"), addr).is_ok());
+        }
+        for addr in [loopback, v6_loopback] {
+            assert!(refuse_demo_key_off_loopback(&demo, addr).is_ok());
+        }
+        let message = ServeError::DemoKeyOffLoopback { addr: any }.to_string();
+        assert!(message.contains(CHARGIFY_SHARED_KEYS), "{message}");
     }
 }

@@ -56,6 +56,8 @@ pub enum ConfigError {
     Keys(#[from] KeySetError),
     #[error("could not read secret {arn} from Secrets Manager: {detail}; check the ARN and the function's secretsmanager:GetSecretValue permission")]
     SecretUnreadable { arn: String, detail: String },
+    #[error("secret {arn} has no value yet (the stack creates its secrets empty); put it with `aws secretsmanager put-secret-value --secret-id {arn} --secret-string '…'` (docs/deploy.md), then start the function again")]
+    SecretHasNoValue { arn: String },
     #[error("{set} are all set, but they choose different ways to do one thing; {fix}")]
     Conflict { set: String, fix: &'static str },
     #[error("could not set up the Keap client: {0}")]
@@ -143,11 +145,31 @@ pub async fn read_secret(arn: &str, aws: &aws_config::SdkConfig) -> Result<Strin
         .send()
         .await
         .map_err(|e| {
+            // A secret created without a value has no AWSCURRENT version: Secrets Manager
+            // answers ResourceNotFound "…can't find the specified secret value…".
+            let no_value = e.as_service_error().is_some_and(|service| {
+                service.is_resource_not_found_exception()
+                    && service
+                        .meta()
+                        .message()
+                        .is_some_and(|m| m.contains("secret value"))
+            });
+            if no_value {
+                return ConfigError::SecretHasNoValue {
+                    arn: arn.to_owned(),
+                };
+            }
             unreadable(aws_sdk_secretsmanager::error::DisplayErrorContext(&e).to_string())
         })?;
-    output.secret_string().map(str::to_owned).ok_or_else(|| {
-        unreadable("the secret has no SecretString (binary secrets are not supported)".into())
-    })
+    match output.secret_string() {
+        Some(text) if !text.trim().is_empty() => Ok(text.to_owned()),
+        Some(_) => Err(ConfigError::SecretHasNoValue {
+            arn: arn.to_owned(),
+        }),
+        None => Err(unreadable(
+            "the secret has no SecretString (binary secrets are not supported)".into(),
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -206,9 +228,7 @@ mod tests {
             (CHARGIFY_SHARED_KEYS_SECRET_ARN, "arn")
         ])
         .contains("only one"));
-        assert!(
-            msg(&[(QUEUE_URL, FIFO), (CHARGIFY_SHARED_KEYS, "acme=")]).contains("empty shared key")
-        );
+        assert!(msg(&[(QUEUE_URL, FIFO), (CHARGIFY_SHARED_KEYS, "acme=")]).contains("contains `=`"));
         assert!(msg(&[
             (QUEUE_URL, FIFO),
             (CHARGIFY_SHARED_KEYS, "a"),

@@ -3,6 +3,7 @@
 
 pub mod history;
 pub mod kill;
+pub mod view;
 
 pub const TEST: &str = include_str!("../fixtures/chargify/test.txt");
 pub const SIGNUP_SUCCESS: &str = include_str!("../fixtures/chargify/signup_success.txt");
@@ -12,6 +13,11 @@ pub const PAYMENT_FAILURE: &str = include_str!("../fixtures/chargify/payment_fai
 pub const PAYMENT_SUCCESS: &str = include_str!("../fixtures/chargify/payment_success.txt");
 pub const CUSTOMER_UPDATE: &str = include_str!("../fixtures/chargify/customer_update.txt");
 pub const STATEMENT_SETTLED: &str = include_str!("../fixtures/chargify/statement_settled.txt");
+
+/// The published demo Site Shared Key: `cks serve` and `cks send` use it when
+/// `CHARGIFY_SHARED_KEYS` is unset (serve only on loopback), and the `events/` files are signed
+/// with it. Anyone can read it here, so it must never verify anything reachable from outside.
+pub const DEMO_SHARED_KEY: &str = "local-dev-shared-key";
 
 /// Not a webhook: `{"subscription": {…}}` as Chargify's REST API returns it (the Maxio spec's
 /// example), for the API client and snapshot syncs.

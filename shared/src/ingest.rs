@@ -8,7 +8,7 @@
 //! |---|---|---|
 //! | 200 `enqueued` | verified, parsed, and SQS stored it (or already had it: FIFO dedup) | yes |
 //! | 200 `test_acknowledged` | verified Chargify `test` webhook | no |
-//! | 400 | verified, but not a form, or `id`/`event` missing or malformed | no |
+//! | 400 | verified, but not a form, `id`/`event` missing or malformed, or an `id` that is not a positive whole number | no |
 //! | 400 | verified, but a key nested deeper than [`MAX_FORM_DEPTH`](crate::chargify::MAX_FORM_DEPTH) or more than [`MAX_FORM_FIELDS`](crate::chargify::MAX_FORM_FIELDS) pairs (`body_too_deep`, `body_too_many_fields`): checked before the body is read as a tree | no |
 //! | 401 | signature missing, malformed, wrong, or a site-bound key signing for another site | no |
 //! | 405 | method other than POST | no |
@@ -222,13 +222,19 @@ impl<Q: WebhookQueue> IngestService<Q> {
             reply.outcome = Outcome::SiteMismatch;
             return Prepared::Reply(reply);
         }
-        if webhook.is_test() {
-            return Prepared::Reply(reply);
-        }
         // A snapshot is made from Chargify's API by our own side; one posted here is forged
         // or a mistake, whoever signed it.
         if crate::chargify::webhook::is_internal_event(&webhook.event) {
             reply.outcome = Outcome::BadBody(WebhookError::InternalEvent(webhook.event.clone()));
+            return Prepared::Reply(reply);
+        }
+        // Chargify numbers its webhooks; any other id was not made by Chargify, and would
+        // give the same webhook several deduplication ids (`7`, `007`).
+        if !crate::chargify::webhook::is_chargify_webhook_id(&webhook.id) {
+            reply.outcome = Outcome::BadBody(WebhookError::NotAChargifyId);
+            return Prepared::Reply(reply);
+        }
+        if webhook.is_test() {
             return Prepared::Reply(reply);
         }
         // FormBody::parse succeeded, so the body is UTF-8; the fallback is unreachable.
@@ -432,6 +438,34 @@ mod tests {
         let env = WebhookEnvelope::from_json(&messages[0].body).expect("envelope");
         assert_eq!(env.raw_body, fixtures::SIGNUP_SUCCESS);
         assert_eq!(env.verified_by.key, "*#0");
+    }
+
+    #[tokio::test]
+    async fn a_webhook_id_that_is_not_a_positive_whole_number_is_refused_with_400() {
+        let svc = service();
+        for id in ["abc", "-5", "0", "007", "12a", "99999999999999999999"] {
+            let body = fixtures::derive(fixtures::SIGNUP_SUCCESS, id, "signup_success", &[]);
+            let reply = post(&svc, body.as_bytes(), &signed_headers(body.as_bytes(), KEY)).await;
+            assert_eq!(
+                (reply.status(), reply.outcome.code()),
+                (400, "body_bad_field"),
+                "{id}: {}",
+                reply.body()
+            );
+            assert!(
+                reply.body().contains("positive whole number"),
+                "{}",
+                reply.body()
+            );
+        }
+        // Chargify's "Test" button is held to the same rule.
+        let test = fixtures::derive(fixtures::TEST, "x1", "test", &[]);
+        let reply = post(&svc, test.as_bytes(), &signed_headers(test.as_bytes(), KEY)).await;
+        assert_eq!(reply.status(), 400);
+        assert!(svc.queue().messages().is_empty());
+        let body = fixtures::derive(fixtures::SIGNUP_SUCCESS, "42", "signup_success", &[]);
+        let reply = post(&svc, body.as_bytes(), &signed_headers(body.as_bytes(), KEY)).await;
+        assert_eq!(reply.status(), 200, "{}", reply.body());
     }
 
     #[tokio::test]

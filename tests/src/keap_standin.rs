@@ -60,6 +60,10 @@ pub struct State {
     /// API goals that a published campaign listens for: `(integration, call_name)`.
     pub campaign_goals: Vec<(String, String)>,
     pub calls: Vec<Call>,
+    /// Calls that changed nothing: an apply of tags the contact had, a removal of tags it
+    /// lacked, a contact write that changed no stored value. A client that knows what Keap
+    /// holds makes none.
+    pub noop_calls: Vec<String>,
     pub faults: VecDeque<Fault>,
     /// `(method, path fragment, fault)`: served to the next request of that method whose
     /// path contains the fragment, whatever comes before it.
@@ -170,6 +174,20 @@ impl KeapStandIn {
         self.state()
             .targeted_faults
             .push((method.to_owned(), path_fragment.to_owned(), fault));
+    }
+
+    /// Calls that changed nothing (see [`State::noop_calls`]).
+    pub fn noop_calls(&self) -> Vec<String> {
+        self.state().noop_calls.clone()
+    }
+
+    /// Panics, listing them, if any request broke the contract.
+    pub fn assert_no_violations(&self) {
+        let violations = self.violations();
+        assert!(
+            violations.is_empty(),
+            "requests the spec refuses: {violations:#?}"
+        );
     }
 
     /// Requests the contract refused: a correct client makes none.
@@ -396,7 +414,11 @@ async fn serve(
             let id = id_at(3);
             match s.contacts.get(&id).cloned() {
                 Some(mut contact) => {
+                    let before = contact.clone();
                     merge_contact(&mut contact, &body);
+                    if contact == before {
+                        s.noop_calls.push(format!("PATCH /v1/contacts/{id}"));
+                    }
                     if let Some(email) = primary_email(&contact) {
                         s.email_index.insert(email, id);
                     }
@@ -468,6 +490,10 @@ async fn serve(
                 let result = apply_tag(&mut s, contact, tag);
                 results.insert(tag.to_string(), json!(result));
             }
+            if results.values().all(|r| r == "DUPLICATE") {
+                s.noop_calls
+                    .push(format!("POST /v1/contacts/{contact}/tags: all present"));
+            }
             (200, Value::Object(results))
         }
         "removeTagsFromContactUsingDELETE" => {
@@ -477,17 +503,27 @@ async fn serve(
                 .split(',')
                 .filter_map(|i| i.trim().parse().ok())
                 .collect();
-            if let Some(tags) = s.contact_tags.get_mut(&contact) {
-                ids.iter().for_each(|id| {
-                    tags.remove(id);
-                });
+            let removed = s
+                .contact_tags
+                .get_mut(&contact)
+                .map(|tags| ids.iter().filter(|id| tags.remove(id)).count())
+                .unwrap_or(0);
+            if removed == 0 {
+                s.noop_calls
+                    .push(format!("DELETE /v1/contacts/{contact}/tags: none present"));
             }
             (204, Value::Null)
         }
         "removeTagsFromContactUsingDELETE_1" => {
             let (contact, tag) = (id_at(3), id_at(5));
-            if let Some(tags) = s.contact_tags.get_mut(&contact) {
-                tags.remove(&tag);
+            let removed = s
+                .contact_tags
+                .get_mut(&contact)
+                .is_some_and(|tags| tags.remove(&tag));
+            if !removed {
+                s.noop_calls.push(format!(
+                    "DELETE /v1/contacts/{contact}/tags/{tag}: not present"
+                ));
             }
             (204, Value::Null)
         }
@@ -498,6 +534,10 @@ async fn serve(
             for contact in ids {
                 let result = apply_tag(&mut s, contact, tag);
                 results.insert(contact.to_string(), json!(result));
+            }
+            if results.values().all(|r| r == "DUPLICATE") {
+                s.noop_calls
+                    .push(format!("POST /v1/tags/{tag}/contacts: all had it"));
             }
             (200, Value::Object(results))
         }
@@ -512,10 +552,15 @@ async fn serve(
                 .filter(|(k, _)| *k == "ids")
                 .filter_map(|(_, v)| percent_decode(v).trim().parse().ok())
                 .collect();
+            let mut removed = 0;
             for contact in ids {
                 if let Some(tags) = s.contact_tags.get_mut(&contact) {
-                    tags.remove(&tag);
+                    removed += usize::from(tags.remove(&tag));
                 }
+            }
+            if removed == 0 {
+                s.noop_calls
+                    .push(format!("DELETE /v1/tags/{tag}/contacts: none had it"));
             }
             (204, Value::Null)
         }
@@ -571,7 +616,12 @@ fn upsert_contact(s: &mut State, body: &Value) -> (u16, Value) {
     }
     let id = existing.unwrap_or_else(|| s.next_id());
     let mut contact = s.contacts.get(&id).cloned().unwrap_or_default();
+    let before = existing.map(|_| contact.clone());
     merge_contact(&mut contact, body);
+    if before.as_ref() == Some(&contact) {
+        s.noop_calls
+            .push(format!("PUT /v1/contacts: contact {id} unchanged"));
+    }
     if let Some(email) = primary_email(&contact) {
         s.email_index.insert(email, id);
     }

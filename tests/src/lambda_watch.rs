@@ -127,4 +127,71 @@ impl LambdaWatch {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// The function's own JSON log lines (tracing's, with a `level`), in order: not the
+    /// watcher's text, nor the EMF documents.
+    pub fn function_lines(&self) -> Vec<serde_json::Value> {
+        self.log_text()
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line.trim()).ok())
+            .filter(|line| line.get("level").is_some() && line.get("message").is_some())
+            .collect()
+    }
+
+    /// Checks that the function's lines carry their invocation, as shared::telemetry writes
+    /// them: every line names `function` and says whether it belongs to the cold start; the
+    /// lines before the first invocation (the cold start's, `ready` among them, and the
+    /// runtime's own) say `cold_start: true` and carry no request id; every line from the first
+    /// invocation on carries its invocation's request id and X-Ray trace id; the first
+    /// invocation's lines say
+    /// `cold_start: true` and every later one's `false`. Returns the request ids, in the order
+    /// they first appear.
+    pub fn assert_lines_carry_the_invocation(&self, function: &str, ready: &str) -> Vec<String> {
+        let lines = self.function_lines();
+        let first_invocation = lines
+            .iter()
+            .position(|l| l.get("function_request_id").is_some())
+            .unwrap_or_else(|| panic!("no line carries a request id:\n{}", self.log_text()));
+        assert!(
+            lines[..first_invocation]
+                .iter()
+                .any(|l| l["message"] == ready),
+            "no `{ready}` line before the first invocation:\n{}",
+            self.log_text()
+        );
+        let mut ids: Vec<String> = Vec::new();
+        for (i, line) in lines.iter().enumerate() {
+            assert_eq!(line["function_name"], function, "{line}");
+            let cold = line["cold_start"]
+                .as_bool()
+                .unwrap_or_else(|| panic!("no cold_start flag: {line}"));
+            if i < first_invocation {
+                assert!(
+                    cold,
+                    "a line before the first invocation says it is not: {line}"
+                );
+                continue;
+            }
+            let id = line["function_request_id"]
+                .as_str()
+                .unwrap_or_else(|| panic!("a line of an invocation has no request id: {line}"));
+            if !ids.iter().any(|seen| seen == id) {
+                ids.push(id.to_owned());
+            }
+            // cargo lambda, like Lambda, sends each invocation an X-Ray trace header.
+            assert!(
+                line["xray_trace_id"]
+                    .as_str()
+                    .is_some_and(|t| t.starts_with("Root=1-")),
+                "a line of an invocation has no trace id: {line}"
+            );
+            let first = ids[0] == id;
+            assert_eq!(
+                cold, first,
+                "only the first invocation is the cold start: {line}"
+            );
+        }
+        assert!(!ids.is_empty(), "no invocation logged a line");
+        ids
+    }
 }

@@ -8,6 +8,7 @@ pub mod chargify_standin;
 pub mod emf;
 pub mod keap_contract;
 pub mod keap_standin;
+pub mod keap_view;
 pub mod lambda_watch;
 pub mod loopback;
 pub mod pipeline;
@@ -215,7 +216,8 @@ pub async fn create_fifo_queue_with(
 }
 
 /// A main FIFO queue and its dead-letter FIFO queue, wired as the stack wires them (redrive
-/// after 5 receives). Returns `(main url, dead-letter url)`.
+/// after 1000 receives: the processor decides when to give up). Returns `(main url,
+/// dead-letter url)`.
 pub async fn create_fifo_queue_pair(
     client: &aws_sdk_sqs::Client,
     prefix: &str,
@@ -232,7 +234,7 @@ pub async fn create_fifo_queue_pair(
         .attributes
         .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
         .unwrap_or_else(|| panic!("no arn for {dead_letter_url}"));
-    let redrive = json!({ "deadLetterTargetArn": arn, "maxReceiveCount": 5 }).to_string();
+    let redrive = json!({ "deadLetterTargetArn": arn, "maxReceiveCount": 1000 }).to_string();
     let main_url = create_fifo_queue_with(
         client,
         prefix,

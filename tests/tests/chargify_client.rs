@@ -283,6 +283,30 @@ async fn not_found_is_none_and_a_refused_query_is_a_422_with_chargifys_reason() 
 }
 
 #[tokio::test]
+async fn an_answer_that_does_not_fit_is_an_error_that_quotes_no_personal_data() {
+    let standin = ChargifyStandIn::start().await;
+    let id = add(&standin, 1, "active")[0];
+    // A record whose id is a customer's name and address: serde's own message would quote it.
+    let odd = serde_json::json!("Jane Doe <jane.doe@example.com>");
+    if let Some(subscription) = standin.state().subscriptions.get_mut(&id) {
+        subscription["id"] = odd;
+    }
+    let err = client(&standin)
+        .subscription(id)
+        .await
+        .expect_err("not a subscription");
+    let ChargifyApiError::Unreadable { detail, .. } = &err else {
+        panic!("{err:?}");
+    };
+    let text = err.to_string();
+    for personal in ["Jane", "jane.doe", "example.com"] {
+        assert!(!text.contains(personal), "{text}");
+    }
+    assert!(detail.contains("invalid type: string"), "{detail}");
+    assert!(detail.contains("expected i64"), "{detail}");
+}
+
+#[tokio::test]
 async fn webhooks_list_by_status_and_replays_go_in_chunks_of_a_thousand() {
     let standin = ChargifyStandIn::start().await;
     let ids = add(&standin, 2, "active");

@@ -50,10 +50,34 @@ async fn an_unreadable_or_invalid_secret_is_a_clear_start_error() {
     let err = load_shared_keys(&KeySource::Secret { arn }, &config)
         .await
         .expect_err("bad spec");
-    assert!(err.to_string().contains("empty shared key"), "{err}");
+    assert!(err.to_string().contains("contains `=`"), "{err}");
     assert!(
         !err.to_string().contains("acme="),
         "the secret text is not echoed: {err}"
+    );
+}
+
+#[tokio::test]
+async fn a_secret_the_stack_created_empty_says_how_to_fill_it() {
+    let config = aws_config_for(&moto_endpoint()).await;
+    // As CloudFormation creates it: a secret with no value (no AWSCURRENT version).
+    let client = aws_sdk_secretsmanager::Client::new(&config);
+    let arn = client
+        .create_secret()
+        .name(format!("empty-{}", std::process::id()))
+        .send()
+        .await
+        .expect("create an empty secret")
+        .arn
+        .expect("arn");
+    let err = load_shared_keys(&KeySource::Secret { arn: arn.clone() }, &config)
+        .await
+        .expect_err("no value yet");
+    assert!(matches!(err, ConfigError::SecretHasNoValue { .. }), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!("put-secret-value --secret-id {arn}")),
+        "{text}"
     );
 }
 

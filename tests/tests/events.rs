@@ -1,6 +1,6 @@
 //! `events/` holds the HTTP API events for `sam local invoke IngestFunction -e events/<file>`.
 //! This test (1) checks each file is exactly what the generator below makes from the bundled
-//! Chargify bodies and the demo key in `events/env.json` (run with `UPDATE_EVENTS=1` to
+//! Chargify bodies and the demo key (`shared::fixtures::DEMO_SHARED_KEY`; run with `UPDATE_EVENTS=1` to
 //! rewrite them), and (2) feeds every file to the real handler, with SQS in moto, and checks
 //! the answer documented in `events/README.md`.
 //!
@@ -29,14 +29,10 @@ struct EventCase {
     enqueues: bool,
 }
 
+/// The key the event files are signed with: the demo key, which `events/README.md` puts in the
+/// emulator's Secrets Manager for `sam local invoke`.
 fn local_key() -> String {
-    let path = repo_root().join("events/env.json");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let env: serde_json::Value = serde_json::from_str(&text).expect("env.json is JSON");
-    env["IngestFunction"]["CHARGIFY_SHARED_KEYS"]
-        .as_str()
-        .expect("env.json sets IngestFunction.CHARGIFY_SHARED_KEYS")
-        .to_owned()
+    fixtures::DEMO_SHARED_KEY.to_owned()
 }
 
 fn cases(key: &str) -> Vec<EventCase> {

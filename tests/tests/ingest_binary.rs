@@ -6,7 +6,7 @@
 use integration_tests::emf;
 use integration_tests::lambda_watch::LambdaWatch;
 use integration_tests::{
-    create_fifo_queue, create_secret, drain, http_request, moto_endpoint, repo_root, sqs_client,
+    create_fifo_queue, create_secret, drain, http_request, moto_endpoint, sqs_client,
 };
 use shared::chargify::signature::sign;
 use shared::envelope::WebhookEnvelope;
@@ -172,6 +172,11 @@ async fn the_built_binary_enqueues_signed_webhooks_and_refuses_the_rest() {
         0.0
     );
 
+    // Each request's line carries its invocation: the first one's is the cold start, and the
+    // request ids are those cargo lambda gave (one per invocation).
+    let ids = watch.assert_lines_carry_the_invocation("ingest", "ingest ready");
+    assert!(ids.len() >= 6, "one request id per invocation: {ids:?}");
+
     let messages = drain(&client, &queue_url).await;
     assert_eq!(messages.len(), 1, "{messages:?}");
     let envelope = WebhookEnvelope::from_json(&messages[0].body).expect("envelope");
@@ -188,14 +193,8 @@ async fn the_built_binary_reads_its_key_from_secrets_manager_and_answers_the_eve
     let endpoint = moto_endpoint();
     let client = sqs_client(&endpoint).await;
     let queue_url = create_fifo_queue(&client, "binary-events").await;
-    // The demo key the event files are signed with (events/env.json).
-    let env: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(repo_root().join("events/env.json")).expect("env.json"),
-    )
-    .expect("env.json is JSON");
-    let demo_key = env["IngestFunction"]["CHARGIFY_SHARED_KEYS"]
-        .as_str()
-        .expect("demo key");
+    // The demo key the event files are signed with.
+    let demo_key = fixtures::DEMO_SHARED_KEY;
     // This function reads the key from Secrets Manager at cold start, as in AWS.
     let arn = create_secret("binary-demo-key", demo_key).await;
     let watch = start_watcher(&queue_url, &endpoint, Keys::SecretArn(&arn), Region::Unset);

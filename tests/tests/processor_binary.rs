@@ -89,6 +89,10 @@ async fn the_built_binary_applies_queued_webhooks_to_keap() {
     let log = watch.log_text();
     assert!(log.contains("\"webhook processed\""), "{log}");
     assert!(!log.contains("john@example.com") && !log.contains("john%40example.com"));
+    // Every line of both invocations carries its request id (the records' lines too, logged
+    // from their own tasks); the first invocation is the cold start.
+    let ids = watch.assert_lines_carry_the_invocation("processor", "processor ready");
+    assert!(ids.len() >= 2, "{ids:?}");
     // The metrics it wrote are valid EMF, with the catalogue's dimensions.
     let metrics = emf::extract(&emf::documents(&log));
     let processed = |event, outcome| {

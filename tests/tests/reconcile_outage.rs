@@ -607,6 +607,9 @@ async fn the_built_reconciler_binary_recovers_a_failed_webhook_on_its_scheduled_
     assert!(pipeline.drain_through_processor().await.is_empty());
     assert_all_completed(&pipeline, &[webhook]).await;
     assert!(keap_view(&pipeline).contains_key("customer301@example.com"));
+    // The run's lines carry its request id and say it is the cold start.
+    let ids = watch.assert_lines_carry_the_invocation("reconciler", "reconciler ready");
+    assert!(!ids.is_empty());
     let metrics = emf::extract(&emf::documents(&watch.log_text()));
     assert_eq!(
         emf::total(

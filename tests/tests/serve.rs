@@ -593,3 +593,28 @@ fn tempfile_dir(name: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir
 }
+
+#[test]
+fn serve_refuses_the_demo_key_on_a_non_loopback_address() {
+    let dir = std::env::temp_dir().join(format!("cks-serve-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let output = Command::new(cks())
+        .args(["serve", "--listen", "0.0.0.0:0", "--db"])
+        .arg(dir.join("local.sqlite3"))
+        .env_remove("CHARGIFY_SHARED_KEYS")
+        .env_remove("KEAP_API_KEY")
+        .env_remove("KEAP_API_KEY_SECRET_ARN")
+        .env_remove("KEAP_CLIENT_ID")
+        .env_remove("KEAP_OAUTH_CLIENT_SECRET_ARN")
+        .stdin(Stdio::null())
+        .output()
+        .expect("cks runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("refusing to listen on 0.0.0.0:0 with the demo key"),
+        "{stderr}"
+    );
+    // It stopped before opening anything.
+    assert!(!dir.join("local.sqlite3").exists());
+}

@@ -513,7 +513,8 @@ fn functions_log_json_with_retention_and_optional_tracing() {
         tracing.contains("UseTracing") && tracing.contains("Active"),
         "{tracing}"
     );
-    assert_eq!(parameter_default(&template, "EnableTracing"), "false");
+    // Active tracing unless turned off: the trace id is on every log line.
+    assert_eq!(parameter_default(&template, "EnableTracing"), "true");
 }
 
 #[test]
@@ -538,6 +539,7 @@ fn outputs_carry_what_operators_and_cks_need() {
         "ProcessorLogGroupName",
         "ReconcilerFunctionName",
         "ReconcilerLogGroupName",
+        "WebhookApiAccessLogGroupName",
     ] {
         assert!(
             !text(&template["Outputs"][output]["Value"]).is_empty(),
@@ -568,4 +570,267 @@ fn the_samconfig_example_sets_only_real_parameters() {
             "samconfig example sets {name}, which the template does not declare"
         );
     }
+}
+
+/// The statements of a function's inline policy, with `!If [condition, a, b]` opened: each
+/// statement with the condition it exists under (`None`: always; `Some("UseOAuth")`: only
+/// then). A branch that is `!Ref AWS::NoValue` is no statement.
+fn statements(function: &Value) -> Vec<(Option<String>, Value)> {
+    let mut out = Vec::new();
+    for statement in function["Properties"]["Policies"][0]["Statement"]
+        .as_sequence()
+        .expect("statements")
+    {
+        match statement {
+            Value::Tagged(tagged) if tagged.tag == "!If" => {
+                let parts = tagged.value.as_sequence().expect("!If takes a list");
+                let condition = text(&parts[0]);
+                for (branch, under) in [
+                    (&parts[1], condition.clone()),
+                    (&parts[2], format!("!{condition}")),
+                ] {
+                    if text(branch) != "${AWS::NoValue}" {
+                        out.push((Some(under), branch.clone()));
+                    }
+                }
+            }
+            other => out.push((None, other.clone())),
+        }
+    }
+    out
+}
+
+fn actions(statement: &Value) -> BTreeSet<String> {
+    match &statement["Action"] {
+        Value::Sequence(list) => list.iter().map(text).collect(),
+        one => [text(one)].into(),
+    }
+}
+
+/// Every resource a statement names, as text (`!If` branches included).
+fn resources_of(statement: &Value) -> String {
+    format!("{:?}", statement["Resource"])
+}
+
+#[test]
+fn no_secret_value_is_a_parameter_or_an_environment_variable() {
+    let template = template();
+    let parameters = template["Parameters"].as_mapping().expect("Parameters");
+    for (name, parameter) in parameters {
+        let name = text(name);
+        assert!(
+            parameter.get("NoEcho").is_none(),
+            "{name}: a NoEcho parameter is a secret passed through CloudFormation"
+        );
+        let secret_like = ["Key", "Secret", "Password", "Token"]
+            .iter()
+            .any(|word| name.contains(word));
+        assert!(
+            !secret_like || name.ends_with("SecretArn"),
+            "{name} looks like a secret value; take the ARN of a secret instead"
+        );
+    }
+    // The stack creates its secrets empty: no value goes through CloudFormation.
+    let secrets = of_type(&template, "AWS::SecretsManager::Secret");
+    assert!(secrets.len() >= 3, "{}", secrets.len());
+    for (id, secret) in &secrets {
+        let p = &secret["Properties"];
+        assert!(
+            p.get("SecretString").is_none() && p.get("GenerateSecretString").is_none(),
+            "{id} is created with a value"
+        );
+        assert!(
+            text(&secret["Condition"]).starts_with("Create"),
+            "{id}: created only when no existing secret ARN is given"
+        );
+    }
+    // Keys and client secret reach the functions only as secret ARNs.
+    const INLINE: &[&str] = &[
+        "CHARGIFY_SHARED_KEYS",
+        "CHARGIFY_API_KEY",
+        "KEAP_API_KEY",
+        "KEAP_CLIENT_ID",
+        "KEAP_CLIENT_SECRET",
+    ];
+    for (id, function) in of_type(&template, "AWS::Serverless::Function") {
+        let env = &function["Properties"]["Environment"]["Variables"];
+        for name in INLINE {
+            assert!(
+                env.get(*name).is_none(),
+                "{id} declares {name}: keys are read from Secrets Manager only"
+            );
+        }
+        if let Some(vars) = env.as_mapping() {
+            for (name, value) in vars {
+                if text(name).ends_with("_SECRET_ARN") {
+                    let value = format!("{value:?}");
+                    assert!(
+                        value.contains("Secret") && value.contains("Existing"),
+                        "{id}: {} is the stack's secret or the given one: {value}",
+                        text(name)
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn token_table_access_exists_only_in_oauth_mode_under_a_stack_key() {
+    let template = template();
+    let table = &template["Resources"]["KeapTokenTable"];
+    assert_eq!(text(&table["Condition"]), "UseOAuth");
+    let sse = &table["Properties"]["SSESpecification"];
+    assert_eq!(text(&sse["SSEType"]), "KMS");
+    assert_eq!(text(&sse["KMSMasterKeyId"]), "${KeapTokenKey}");
+    let key = &template["Resources"]["KeapTokenKey"];
+    assert_eq!(text(&key["Condition"]), "UseOAuth");
+    assert_eq!(key["Properties"]["EnableKeyRotation"].as_bool(), Some(true));
+    for (id, function) in of_type(&template, "AWS::Serverless::Function") {
+        let env = format!("{:?}", function["Properties"]["Environment"]);
+        for (condition, statement) in statements(function) {
+            let resources = resources_of(&statement);
+            if resources.contains("KeapTokenTable") || resources.contains("KeapTokenKey") {
+                assert_eq!(
+                    condition.as_deref(),
+                    Some("UseOAuth"),
+                    "{id}: token table access outside OAuth mode: {statement:?}"
+                );
+                assert_eq!(id, "ProcessorFunction", "only the processor reads tokens");
+            }
+        }
+        if id != "ProcessorFunction" {
+            assert!(!env.contains("KeapTokenTable"), "{id}");
+        }
+    }
+    let processor = &template["Resources"]["ProcessorFunction"];
+    let oauth: Vec<BTreeSet<String>> = statements(processor)
+        .into_iter()
+        .filter(|(c, _)| c.as_deref() == Some("UseOAuth"))
+        .map(|(_, s)| actions(&s))
+        .collect();
+    assert!(
+        oauth.iter().any(|a| a.contains("dynamodb:UpdateItem")),
+        "{oauth:?}"
+    );
+    assert!(oauth.iter().any(|a| a.contains("kms:Decrypt")), "{oauth:?}");
+    assert_eq!(
+        text(&template["Outputs"]["KeapTokenTableName"]["Condition"]),
+        "UseOAuth"
+    );
+}
+
+#[test]
+fn the_processor_may_write_exactly_what_its_stores_need() {
+    let template = template();
+    let processor = &template["Resources"]["ProcessorFunction"];
+    let on = |table: &str| -> BTreeSet<String> {
+        statements(processor)
+            .into_iter()
+            .filter(|(_, s)| resources_of(s).contains(&format!("\"{table}.Arn\"")))
+            .flat_map(|(_, s)| actions(&s))
+            .collect()
+    };
+    let set = |items: &[&str]| {
+        items
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect::<BTreeSet<_>>()
+    };
+    assert_eq!(
+        on("IdempotencyTable"),
+        set(&[
+            "dynamodb:DeleteItem",
+            "dynamodb:GetItem",
+            "dynamodb:PutItem",
+            "dynamodb:UpdateItem"
+        ])
+    );
+    assert_eq!(
+        on("CustomersTable"),
+        set(&["dynamodb:GetItem", "dynamodb:UpdateItem"])
+    );
+}
+
+#[test]
+fn the_identity_map_survives_stack_deletion_and_replacement() {
+    let template = template();
+    let customers = &template["Resources"]["CustomersTable"];
+    assert_eq!(text(&customers["DeletionPolicy"]), "Retain");
+    assert_eq!(text(&customers["UpdateReplacePolicy"]), "Retain");
+}
+
+#[test]
+fn the_http_api_writes_json_access_logs_kept_as_long_as_the_function_logs() {
+    let template = template();
+    let settings = &template["Resources"]["WebhookApi"]["Properties"]["AccessLogSettings"];
+    let group = text(&settings["DestinationArn"]);
+    let group = group
+        .trim_start_matches("${")
+        .trim_end_matches('}')
+        .trim_end_matches(".Arn");
+    assert_eq!(
+        text(&template["Resources"][group]["Properties"]["RetentionInDays"]),
+        "${LogRetentionDays}"
+    );
+    let format: serde_json::Value = serde_json::from_str(&text(&settings["Format"]))
+        .unwrap_or_else(|e| panic!("access log format is not JSON: {e}"));
+    let values: BTreeSet<String> = format
+        .as_object()
+        .expect("a JSON object")
+        .values()
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .collect();
+    for wanted in [
+        "$context.requestId",
+        "$context.integration.requestId",
+        "$context.status",
+        "$context.responseLatency",
+        "$context.identity.sourceIp",
+    ] {
+        assert!(values.contains(wanted), "access log lacks {wanted}");
+    }
+    // The query string can carry the signature; the body carries personal data.
+    let all = format.to_string();
+    for never in ["$context.path", "querystring", "$request.body"] {
+        assert!(!all.contains(never), "access log records {never}");
+    }
+}
+
+#[test]
+fn ingest_has_reserved_concurrency_from_a_parameter() {
+    let template = template();
+    let ingest = &template["Resources"]["IngestFunction"]["Properties"];
+    let reserved = format!("{:?}", ingest["ReservedConcurrentExecutions"]);
+    assert!(
+        reserved.contains("IngestReservedConcurrency")
+            && reserved.contains("ReserveIngestConcurrency"),
+        "{reserved}"
+    );
+    assert_eq!(
+        parameter_default(&template, "IngestReservedConcurrency"),
+        "10"
+    );
+}
+
+#[test]
+fn the_processor_gets_its_age_limits_and_the_queue_leaves_giving_up_to_it() {
+    let template = template();
+    let env = &template["Resources"]["ProcessorFunction"]["Properties"]["Environment"]["Variables"];
+    for (variable, parameter, default) in [
+        ("MAX_WEBHOOK_AGE_DAYS", "MaxWebhookAgeDays", "4"),
+        ("MAX_EVENT_AGE_DAYS", "MaxEventAgeDays", "365"),
+        ("SEEN_MARKER_DAYS", "SeenMarkerDays", "400"),
+    ] {
+        assert_eq!(text(&env[variable]), format!("${{{parameter}}}"));
+        assert_eq!(parameter_default(&template, parameter), default);
+    }
+    let age = &template["Parameters"]["MaxWebhookAgeDays"];
+    // Below the queue's 14-day retention, so the processor gives up before SQS drops it.
+    assert_eq!(
+        (text(&age["MinValue"]), text(&age["MaxValue"])),
+        ("1".into(), "13".into())
+    );
+    let redrive = &template["Resources"]["WebhookQueue"]["Properties"]["RedrivePolicy"];
+    assert_eq!(text(&redrive["maxReceiveCount"]), "1000");
 }

@@ -10,7 +10,7 @@
 //! mirror is corrected from every answer that lists the contact's tags. Goals and notes are
 //! steps ([`Writer::fire_step`]), recorded by the caller.
 
-use crate::converge::{ContactAttr, CustomerState, Desired, Held, Target, Winner};
+use crate::converge::{digest, holds, ContactAttr, CustomerState, Desired, Target, Winner};
 use crate::keap::{
     Contact, ContactFields, ContactId, Crm, Directory, IfMissing, KeapError, LookupError, TagId,
 };
@@ -50,13 +50,19 @@ pub struct Report {
 pub struct TagChanges {
     pub apply: BTreeSet<TagId>,
     pub remove: BTreeSet<TagId>,
-    /// Target key → the mirror once the calls succeed.
-    pub mirror: BTreeMap<String, Held>,
 }
 
 impl TagChanges {
     pub fn is_empty(&self) -> bool {
         self.apply.is_empty() && self.remove.is_empty()
+    }
+
+    /// The contact's tags in the mirror once these calls succeeded.
+    pub fn done(&self, state: &mut CustomerState) {
+        if let Some(tags) = state.tags.as_mut() {
+            tags.extend(&self.apply);
+            tags.retain(|id| !self.remove.contains(id));
+        }
     }
 }
 
@@ -88,8 +94,7 @@ impl Writer<'_> {
             }
             match self.crm.update_contact(id, &fields).await {
                 Ok(contact) => {
-                    self.written(state, winners, &sent, &contact, now, report)
-                        .await?;
+                    self.written(state, winners, &sent, &contact, now, report);
                     return Ok(contact.id);
                 }
                 // Merged or deleted in Keap: found again by email, below.
@@ -100,6 +105,7 @@ impl Writer<'_> {
                     );
                     state.contact_id = None;
                     state.mirror.clear();
+                    state.tags = None;
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -113,14 +119,13 @@ impl Writer<'_> {
         let (fields, sent) = self.all_fields(winners, report).await?;
         let contact = self.crm.upsert_contact_by_email(email, &fields).await?;
         state.contact_id = Some(contact.id);
-        self.written(state, winners, &sent, &contact, now, report)
-            .await?;
+        self.written(state, winners, &sent, &contact, now, report);
         Ok(contact.id)
     }
 
     /// After a contact write: the mirror holds what was sent, and the contact's tags as Keap
     /// listed them.
-    async fn written(
+    fn written(
         &self,
         state: &mut CustomerState,
         winners: &BTreeMap<String, Winner>,
@@ -128,57 +133,19 @@ impl Writer<'_> {
         contact: &Contact,
         now: OffsetDateTime,
         report: &mut Report,
-    ) -> Result<(), ApplyError> {
+    ) {
         report.contact_id = Some(contact.id);
         report.contact_written = true;
         report.values_written += sent.len();
         for key in sent {
-            if let Some(winner) = winners.get(key) {
-                state
-                    .mirror
-                    .insert(key.clone(), Held::of(&winner.desired, Vec::new()));
+            if let Some(held) = winners.get(key).and_then(|w| digest(&w.desired)) {
+                state.mirror.insert(key.clone(), held);
             }
         }
         if let Some(tag_ids) = &contact.tag_ids {
-            self.read_tags(state, winners, tag_ids).await?;
+            state.tags = Some(tag_ids.iter().copied().collect());
             state.mirror_read_at = Some(now);
         }
-        Ok(())
-    }
-
-    /// Corrects the mirror of every tag target (known or winning) from the contact's tag ids
-    /// as Keap listed them.
-    pub async fn read_tags(
-        &self,
-        state: &mut CustomerState,
-        winners: &BTreeMap<String, Winner>,
-        tag_ids: &[TagId],
-    ) -> Result<(), ApplyError> {
-        self.directory.learn_ids(self.crm, tag_ids).await?;
-        let keys: BTreeSet<String> = state
-            .mirror
-            .keys()
-            .chain(winners.keys())
-            .filter(|k| k.starts_with("tag"))
-            .cloned()
-            .collect();
-        for key in keys {
-            let on_contact: Vec<TagId> = match Target::parse(&key) {
-                Some(Target::Tag(TagRef::Id(id))) => {
-                    tag_ids.iter().copied().filter(|t| *t == id).collect()
-                }
-                Some(Target::Tag(TagRef::Name(name))) => self
-                    .directory
-                    .known(&name)
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter(|id| tag_ids.contains(id))
-                    .collect(),
-                _ => continue,
-            };
-            state.mirror.insert(key, Held::Tags(on_contact));
-        }
-        Ok(())
     }
 
     /// Contact values and custom fields among the winners that Keap does not hold.
@@ -191,7 +158,7 @@ impl Writer<'_> {
         let changed: BTreeMap<&String, &Winner> = winners
             .iter()
             .filter(|(key, w)| {
-                let held = state.mirror.get(*key).is_some_and(|h| h.holds(&w.desired));
+                let held = holds(state.mirror.get(*key), &w.desired);
                 let value = !matches!(w.target, Target::Tag(_));
                 if held && value {
                     report.unchanged += 1;
@@ -279,11 +246,39 @@ impl Writer<'_> {
         Ok((fields, sent))
     }
 
+    /// The ids of tag `tag` the contact carries, from the mirror's tag list: `None` when the
+    /// list is unknown or holds an id the directory cannot name (even after reading the tag
+    /// list again: a tag created since).
+    async fn on_contact(
+        &self,
+        state: &CustomerState,
+        tag: &TagRef,
+    ) -> Result<Option<Vec<TagId>>, ApplyError> {
+        let Some(tags) = &state.tags else {
+            return Ok(None);
+        };
+        match tag {
+            TagRef::Id(id) => Ok(Some(tags.iter().copied().filter(|t| t == id).collect())),
+            TagRef::Name(name) => {
+                let ids: Vec<TagId> = tags.iter().copied().collect();
+                if !self.directory.learn_ids(self.crm, &ids).await? {
+                    return Ok(None);
+                }
+                Ok(Some(
+                    ids.into_iter()
+                        .filter(|id| self.directory.name_of(*id).as_deref() == Some(name))
+                        .collect(),
+                ))
+            }
+        }
+    }
+
     /// The tag ids to apply and remove so that the contact carries what the winning tag
-    /// targets say, given the mirror: a tag known present is not applied again, one known
-    /// absent is not removed. A name with several tags in Keap applies the lowest id and
-    /// removes the others; a tag the mirror does not know is removed blindly (Keap ignores
-    /// removing a tag a contact lacks), by every id its name has.
+    /// targets say, given the mirror's tag list: a tag known present is not applied again,
+    /// one known absent is not removed. A name with several tags in Keap applies the lowest
+    /// id and removes the others. When the contact's tags are unknown (read them first with
+    /// [`Self::refresh`]), a tag is removed blindly (Keap ignores removing a tag a contact
+    /// lacks) by every id its name has.
     pub async fn tag_changes(
         &self,
         state: &CustomerState,
@@ -296,15 +291,11 @@ impl Writer<'_> {
         } else {
             IfMissing::Fail
         };
-        for (key, winner) in winners {
+        for winner in winners.values() {
             let (Target::Tag(tag), Desired::Tag(on)) = (&winner.target, &winner.desired) else {
                 continue;
             };
-            let held = state.mirror.get(key);
-            let held_ids: Option<&[TagId]> = match held {
-                Some(Held::Tags(ids)) => Some(ids),
-                _ => None,
-            };
+            let held = self.on_contact(state, tag).await?;
             if *on {
                 let ids = match tag {
                     TagRef::Id(id) => vec![*id],
@@ -317,32 +308,34 @@ impl Writer<'_> {
                 let Some((&canonical, others)) = ids.split_first() else {
                     continue;
                 };
-                if held_ids == Some(&[canonical][..]) {
-                    report.unchanged += 1;
-                    continue;
+                match &held {
+                    Some(held) if held.as_slice() == [canonical] => {
+                        report.unchanged += 1;
+                    }
+                    Some(held) => {
+                        changes
+                            .apply
+                            .extend((!held.contains(&canonical)).then_some(canonical));
+                        changes
+                            .remove
+                            .extend(held.iter().filter(|id| **id != canonical));
+                    }
+                    None => {
+                        changes.apply.insert(canonical);
+                        changes.remove.extend(others);
+                    }
                 }
-                changes.apply.insert(canonical);
-                match held_ids {
-                    Some(held) => changes
-                        .remove
-                        .extend(others.iter().filter(|id| held.contains(id))),
-                    None => changes.remove.extend(others),
-                }
-                changes
-                    .mirror
-                    .insert(key.clone(), Held::Tags(vec![canonical]));
             } else {
-                let ids = match (held_ids, tag) {
-                    (Some([]), _) => {
+                let ids = match (held, tag) {
+                    (Some(held), _) if held.is_empty() => {
                         report.unchanged += 1;
                         continue;
                     }
-                    (Some(held), _) => held.to_vec(),
+                    (Some(held), _) => held,
                     (None, TagRef::Id(id)) => vec![*id],
                     (None, TagRef::Name(name)) => self.directory.tag_ids(self.crm, name).await?,
                 };
                 changes.remove.extend(ids);
-                changes.mirror.insert(key.clone(), Held::Tags(Vec::new()));
             }
         }
         // A tag both applied (as a name's lowest id) and removed (as another name's id):
@@ -370,16 +363,15 @@ impl Writer<'_> {
             self.crm.remove_tags(contact, &ids).await?;
             report.tags_removed += ids.len();
         }
-        state.mirror.extend(changes.mirror);
+        changes.done(state);
         Ok(())
     }
 
-    /// Reads the contact back and corrects the mirror of its tags (a periodic check for
-    /// tags changed by hand in Keap).
+    /// Reads the contact back and corrects the mirror of its tags: a retry, a periodic
+    /// check for tags changed by hand in Keap, or a contact whose tags were never listed.
     pub async fn refresh(
         &self,
         state: &mut CustomerState,
-        winners: &BTreeMap<String, Winner>,
         now: OffsetDateTime,
     ) -> Result<(), ApplyError> {
         let Some(id) = state.contact_id else {
@@ -388,7 +380,7 @@ impl Writer<'_> {
         match self.crm.get_contact(id).await {
             Ok(contact) => {
                 if let Some(tag_ids) = &contact.tag_ids {
-                    self.read_tags(state, winners, tag_ids).await?;
+                    state.tags = Some(tag_ids.iter().copied().collect());
                 }
                 state.mirror_read_at = Some(now);
                 Ok(())
@@ -396,6 +388,7 @@ impl Writer<'_> {
             // Merged or deleted: the contact write finds it again by email.
             Err(KeapError::NotFound { .. }) => {
                 state.mirror.clear();
+                state.tags = None;
                 Ok(())
             }
             Err(e) => Err(e.into()),

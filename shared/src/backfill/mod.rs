@@ -757,8 +757,7 @@ impl Backfill<'_> {
     async fn finish(&self, mut p: Pending, totals: &mut Totals) -> Result<(), BackfillError> {
         totals.contacts += 1;
         totals.applied += p.snapshots.len() as u64;
-        let mirror = std::mem::take(&mut p.changes.mirror);
-        p.working.mirror.extend(mirror);
+        p.changes.done(&mut p.working);
         if self.settings.dry_run {
             return Ok(());
         }

@@ -4,8 +4,13 @@
 //! Key must verify, and one deployment can serve several Chargify sites, each with its own
 //! keys. Nothing in the body is trusted before a key verifies; once one has, a key bound to a
 //! site must agree with the site the body names (see [`Verified::site_conflict`]).
+//!
+//! The cost of a request is bounded by the keys, not by what the request sends: each key's
+//! HMAC over the body is computed once and compared with every candidate signature, so an
+//! unauthenticated request costs at most one HMAC per configured key, however many
+//! signatures it carries.
 
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::fmt;
@@ -67,11 +72,11 @@ impl SharedKey {
         &self.fingerprint
     }
 
-    fn verifies(&self, body: &[u8], signature: &[u8]) -> bool {
+    /// HMAC-SHA256 of `body` under this key: the one pass over the body a key costs.
+    fn tag(&self, body: &[u8]) -> Tag {
         let mut mac = self.mac.clone();
         mac.update(body);
-        // verify_slice compares in constant time.
-        mac.verify_slice(signature).is_ok()
+        Tag(mac.finalize())
     }
 }
 
@@ -82,6 +87,18 @@ impl fmt::Debug for SharedKey {
             .field("label", &self.label())
             .field("fingerprint", &self.fingerprint)
             .finish()
+    }
+}
+
+/// A key's HMAC of one body, compared with candidate signatures in constant time.
+struct Tag(hmac::digest::CtOutput<HmacSha256>);
+
+impl Tag {
+    fn matches(&self, signature: &[u8]) -> bool {
+        // Decoded candidates are 32 bytes (see `decode_signature`); any other length is no
+        // match. CtOutput's equality is constant-time.
+        hmac::digest::Output::<HmacSha256>::try_from(signature)
+            .is_ok_and(|candidate| self.0 == hmac::digest::CtOutput::new(candidate))
     }
 }
 
@@ -104,6 +121,25 @@ pub enum KeySetError {
     BadSite { site: String },
     #[error("the key configuration starts with `{{` but is not valid JSON ({reason}); expected {{\"keys\":[…],\"sites\":{{\"subdomain\":[…]}}}}")]
     BadJson { reason: String },
+    #[error("entry {position} of the comma-separated key list contains `=` but is not `subdomain=key` (one `=`, a lower-case Chargify subdomain before it, a key after it); a key that itself contains `=` must be given in the JSON form {{\"keys\":[\"…\"]}}")]
+    AmbiguousEquals { position: usize },
+}
+
+/// One entry of the comma-separated form: `key` (any site) or `subdomain=key`. An entry with
+/// `=` that is not exactly that is refused: a key containing `=` (base64 padding, say) would
+/// otherwise be split into a site and a key, or silently bound to a "site" that is the key's
+/// first half. `position` counts entries from 1, for the error.
+fn site_and_key(position: usize, entry: &str) -> Result<(Option<String>, String), KeySetError> {
+    let Some((site, key)) = entry.split_once('=') else {
+        return Ok((None, entry.to_owned()));
+    };
+    let site = site.trim();
+    if key.contains('=') || key.trim().is_empty() || !is_valid_subdomain(site) {
+        return Err(KeySetError::AmbiguousEquals {
+            position: position + 1,
+        });
+    }
+    Ok((Some(site.to_owned()), key.to_owned()))
 }
 
 #[derive(Deserialize)]
@@ -139,13 +175,8 @@ impl SharedKeySet {
                 entries.extend(keys.into_iter().map(|k| (Some(site.clone()), k)));
             }
         } else {
-            for entry in spec.split(',').filter(|e| !e.trim().is_empty()) {
-                match entry.split_once('=') {
-                    Some((site, key)) => {
-                        entries.push((Some(site.trim().to_owned()), key.to_owned()))
-                    }
-                    None => entries.push((None, entry.to_owned())),
-                }
+            for (position, entry) in spec.split(',').filter(|e| !e.trim().is_empty()).enumerate() {
+                entries.push(site_and_key(position, entry)?);
             }
         }
         Self::from_entries(entries)
@@ -172,13 +203,24 @@ impl SharedKeySet {
         &self.keys
     }
 
-    /// Tries every candidate signature against every key. `site_hint` (the subdomain the
-    /// still-untrusted body claims) only orders the search; it grants nothing.
+    /// Tries every candidate signature against every key, computing each key's HMAC of the
+    /// body once. `site_hint` (the subdomain the still-untrusted body claims) only orders the
+    /// search; it grants nothing.
     pub fn verify<'a>(
         &'a self,
         body: &[u8],
         candidates: &[SignatureCandidate<'_>],
         site_hint: Option<&str>,
+    ) -> Result<Verified<'a>, SignatureError> {
+        self.verify_with(candidates, site_hint, |key| key.tag(body))
+    }
+
+    /// [`Self::verify`] with the HMAC computation passed in, so a test can count it.
+    fn verify_with<'a>(
+        &'a self,
+        candidates: &[SignatureCandidate<'_>],
+        site_hint: Option<&str>,
+        mut tag_of: impl FnMut(&SharedKey) -> Tag,
     ) -> Result<Verified<'a>, SignatureError> {
         if candidates.is_empty() {
             return Err(SignatureError::Missing);
@@ -199,8 +241,9 @@ impl SharedKeySet {
             .iter()
             .filter(|k| !(k.site.is_some() && k.site.as_deref() == site_hint));
         for key in hinted.chain(others) {
+            let tag = tag_of(key);
             for (source, signature) in &decoded {
-                if key.verifies(body, signature) {
+                if tag.matches(signature) {
                     return Ok(Verified {
                         key,
                         source: *source,
@@ -431,13 +474,13 @@ mod tests {
         assert_eq!(SharedKeySet::parse("").err(), Some(KeySetError::NoKeys));
         assert_eq!(SharedKeySet::parse(" , ").err(), Some(KeySetError::NoKeys));
         assert_eq!(
-            SharedKeySet::parse("acme=").err(),
+            SharedKeySet::parse(r#"{"sites":{"acme":[" "]}}"#).err(),
             Some(KeySetError::EmptyKey {
                 scope: "acme".into()
             })
         );
         assert_eq!(
-            SharedKeySet::parse("Bad Site=k").err(),
+            SharedKeySet::parse(r#"{"sites":{"Bad Site":["k"]}}"#).err(),
             Some(KeySetError::BadSite {
                 site: "Bad Site".into()
             })
@@ -446,6 +489,68 @@ mod tests {
             SharedKeySet::parse(r#"{"key":["a"]}"#),
             Err(KeySetError::BadJson { .. })
         ));
+    }
+
+    #[test]
+    fn an_entry_with_an_ambiguous_equals_is_refused() {
+        for (spec, position) in [
+            ("acme=", 1),
+            ("good,YWJjZA==", 2),
+            ("acme=k=ey", 1),
+            ("Bad Site=k", 1),
+            ("a,b,QUJD=", 3),
+        ] {
+            assert_eq!(
+                SharedKeySet::parse(spec).err(),
+                Some(KeySetError::AmbiguousEquals { position }),
+                "{spec}"
+            );
+        }
+        let message = KeySetError::AmbiguousEquals { position: 2 }.to_string();
+        assert!(message.contains("JSON"), "{message}");
+        // The unambiguous forms: `subdomain=key`, and any key at all in JSON.
+        let keys = SharedKeySet::parse(" acme = k1 ,k2").expect("keys");
+        let labels: Vec<String> = keys.keys().iter().map(SharedKey::label).collect();
+        assert_eq!(labels, ["acme#0", "*#0"]);
+        let keys = SharedKeySet::parse(r#"{"keys":["YWJjZA=="]}"#).expect("keys");
+        assert!(keys
+            .verify(b"x", &[header(&sign("YWJjZA==", b"x"))], None)
+            .is_ok());
+    }
+
+    #[test]
+    fn a_request_costs_at_most_one_hmac_per_key_whatever_it_sends() {
+        let keys = SharedKeySet::parse("k1,k2,acme=k3").expect("keys");
+        let body = DOC_BODY;
+        let wrong: Vec<String> = (0..4).map(|i| format!("{i:064x}")).collect();
+        let mut candidates: Vec<SignatureCandidate<'_>> = wrong.iter().map(|w| header(w)).collect();
+        let mut macs = 0;
+        let result = keys.verify_with(&candidates, None, |key| {
+            macs += 1;
+            key.tag(body)
+        });
+        assert_eq!(result.err(), Some(SignatureError::Mismatch));
+        assert_eq!(
+            macs,
+            keys.keys().len(),
+            "one HMAC per key, not per candidate"
+        );
+        // The same bound when the last candidate of the last key verifies.
+        let good = sign("k3", body);
+        candidates.push(SignatureCandidate {
+            source: SignatureSource::QueryParameter,
+            value: &good,
+        });
+        let mut macs = 0;
+        let verified = keys
+            .verify_with(&candidates, None, |key| {
+                macs += 1;
+                key.tag(body)
+            })
+            .expect("k3 verifies");
+        assert_eq!(verified.key.label(), "acme#0");
+        assert_eq!(verified.source, SignatureSource::QueryParameter);
+        assert_eq!(macs, 3);
     }
 
     #[test]

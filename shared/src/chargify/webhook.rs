@@ -96,6 +96,8 @@ pub enum WebhookError {
         "event `{0}` is made by this system from Chargify's API, never sent by Chargify; refused"
     )]
     InternalEvent(String),
+    #[error("field `id` is not a Chargify webhook id: Chargify numbers its webhooks with positive whole numbers (1 to 9223372036854775807, no leading zero)")]
+    NotAChargifyId,
 }
 
 impl WebhookError {
@@ -104,9 +106,11 @@ impl WebhookError {
         match self {
             Self::NotAForm(_) => "body_not_form",
             Self::Missing(_) => "body_missing_field",
-            Self::BadId { .. } | Self::BadEvent { .. } | Self::BadSite | Self::InternalEvent(_) => {
-                "body_bad_field"
-            }
+            Self::BadId { .. }
+            | Self::BadEvent { .. }
+            | Self::BadSite
+            | Self::InternalEvent(_)
+            | Self::NotAChargifyId => "body_bad_field",
         }
     }
 }
@@ -159,6 +163,17 @@ impl Webhook {
     pub fn is_test(&self) -> bool {
         self.event == TEST_EVENT
     }
+}
+
+/// Whether `id` is a webhook id as Chargify makes them: a positive whole number that fits
+/// Chargify's 64-bit ids, written without a sign or leading zero. Only that canonical form is
+/// accepted, so one webhook has one FIFO deduplication id (`007` and `7` would be two). The
+/// system's own snapshot ids (`snapshot-<subscription>-<time>`) are not of this form: only
+/// what arrives from the internet must be (see `IngestService::prepare`).
+pub fn is_chargify_webhook_id(id: &str) -> bool {
+    !id.starts_with('0')
+        && id.bytes().all(|b| b.is_ascii_digit())
+        && id.parse::<i64>().is_ok_and(|n| n > 0)
 }
 
 fn is_id(value: &str) -> bool {
@@ -258,6 +273,28 @@ mod tests {
             Webhook::parse(b"{\"id\":1,\"event\":\"x\"}").err(),
             Some(WebhookError::Missing("id"))
         ));
+    }
+
+    #[test]
+    fn chargify_webhook_ids_are_positive_whole_numbers_in_canonical_form() {
+        for good in ["1", "5", "176857854", "9223372036854775807"] {
+            assert!(is_chargify_webhook_id(good), "{good}");
+        }
+        for bad in [
+            "",
+            "0",
+            "-5",
+            "+5",
+            "abc",
+            "007",
+            "1.0",
+            "1e3",
+            " 5",
+            "9223372036854775808",
+            "snapshot-14-1700000000",
+        ] {
+            assert!(!is_chargify_webhook_id(bad), "{bad:?}");
+        }
     }
 
     #[test]

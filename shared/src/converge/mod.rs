@@ -17,9 +17,10 @@
 //! rule's `on_stale` (skipped by default): a late `past_due` does not start dunning for a
 //! customer who has paid since.
 //!
-//! The identity map also keeps a *mirror* of what Keap holds for each target ([`Held`]): a
-//! digest of the value last written, or the ids of a tag the contact carries. A write of what
-//! Keap already holds is skipped, so a renewal that changes nothing costs no Keap call.
+//! The identity map also keeps a *mirror* of what Keap holds: a digest of each value last
+//! written, and the contact's tag ids as Keap last listed them (kept up to date with our own
+//! tag calls). A write of what Keap already holds is skipped, so a renewal that changes
+//! nothing costs no Keap call.
 //!
 //! Everything here is pure: the processor and the backfill fold plans over a
 //! [`CustomerState`] read under the customer's lease, then make the Keap calls the result
@@ -31,4 +32,4 @@ mod target;
 
 pub use fold::{writes_of, Fold, Verdict, Winner, Write};
 pub use state::{CustomerState, StateError};
-pub use target::{digest, ContactAttr, Desired, Held, Target, Version};
+pub use target::{digest, holds, ContactAttr, Desired, Target, Version};

@@ -1,9 +1,9 @@
 //! What the identity map keeps per Chargify customer.
 
-use super::target::{Held, Version};
-use crate::keap::ContactId;
+use super::target::Version;
+use crate::keap::{ContactId, TagId};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use time::OffsetDateTime;
 
 /// One customer as the identity map knows it.
@@ -13,8 +13,11 @@ pub struct CustomerState {
     pub contact_id: Option<ContactId>,
     /// Target key → the version of the change that last decided its value.
     pub clocks: BTreeMap<String, Version>,
-    /// Target key → what Keap holds, as far as known (absent: unknown).
-    pub mirror: BTreeMap<String, Held>,
+    /// Value target key → digest of the value Keap holds, as far as known (absent: unknown).
+    pub mirror: BTreeMap<String, String>,
+    /// The contact's tag ids as Keap last listed them, with our own tag calls since; `None`:
+    /// unknown.
+    pub tags: Option<BTreeSet<TagId>>,
     /// Subscription id → the newest `updated_at` applied: the reconciler skips a subscription
     /// already at its Chargify `updated_at`.
     pub subscriptions: BTreeMap<String, OffsetDateTime>,
@@ -32,7 +35,9 @@ struct Wire {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     clocks: BTreeMap<String, Version>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    mirror: BTreeMap<String, Held>,
+    mirror: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tags: Option<BTreeSet<TagId>>,
     /// Nanoseconds since the epoch.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     subscriptions: BTreeMap<String, i64>,
@@ -52,6 +57,7 @@ impl CustomerState {
         let wire = Wire {
             clocks: self.clocks.clone(),
             mirror: self.mirror.clone(),
+            tags: self.tags.clone(),
             subscriptions: self
                 .subscriptions
                 .iter()
@@ -81,6 +87,7 @@ impl CustomerState {
             contact_id,
             clocks: wire.clocks,
             mirror: wire.mirror,
+            tags: wire.tags,
             subscriptions,
             mirror_read_at,
         })
@@ -119,10 +126,8 @@ mod tests {
         state
             .clocks
             .insert("tag:A".into(), Version::new(Some(at), "12"));
-        state.mirror.insert("tag:A".into(), Held::Tags(vec![3]));
-        state
-            .mirror
-            .insert("field:P".into(), Held::Digest("ab".into()));
+        state.tags = Some([3, 9].into());
+        state.mirror.insert("field:P".into(), "ab".into());
         state.note_subscription("s1", at);
         state.mirror_read_at = Some(OffsetDateTime::from_unix_timestamp(1_790_000_000).unwrap());
         let back = CustomerState::from_json(Some(7), &state.to_json()).unwrap();

@@ -1,7 +1,7 @@
-//! What a rule writes ([`Target`], [`Desired`]), what Keap holds ([`Held`]) and the order of
-//! changes ([`Version`]).
+//! What a rule writes ([`Target`], [`Desired`]), how the mirror tells what Keap holds
+//! ([`digest`]) and the order of changes ([`Version`]).
 
-use crate::keap::{Address, TagId};
+use crate::keap::Address;
 use crate::rules::TagRef;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -135,18 +135,9 @@ pub enum Desired {
     Tag(bool),
 }
 
-/// What Keap holds for a target, as far as this system knows.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum Held {
-    /// A value, as its [`digest`] (the identity map keeps no personal data in clear).
-    Digest(String),
-    /// The ids of the tag (or of the tags of that name) the contact carries; empty: none.
-    Tags(Vec<TagId>),
-}
-
 /// A short, stable fingerprint of a value: the first 8 bytes of its SHA-256, in hex. Enough
-/// to tell "the same value again" from "another value" for one field of one contact.
+/// to tell "the same value again" from "another value" for one field of one contact, and the
+/// identity map keeps no personal data in clear. `None` for a tag (not a value).
 pub fn digest(desired: &Desired) -> Option<String> {
     use sha2::Digest;
     let text = match desired {
@@ -167,24 +158,9 @@ pub fn digest(desired: &Desired) -> Option<String> {
     Some(hex::encode(&hash[..8]))
 }
 
-impl Held {
-    /// Whether Keap already holds `desired`. A tag counts as held with any id of its name:
-    /// which id is the right one is the directory's business (see `crate::apply`).
-    pub fn holds(&self, desired: &Desired) -> bool {
-        match (self, desired) {
-            (Self::Tags(ids), Desired::Tag(on)) => ids.is_empty() != *on,
-            (Self::Digest(d), value) => digest(value).as_deref() == Some(d.as_str()),
-            (Self::Tags(_), _) => false,
-        }
-    }
-
-    /// The mirror of `desired` once Keap holds it (tags: `ids`, the ids applied).
-    pub fn of(desired: &Desired, ids: Vec<TagId>) -> Self {
-        match digest(desired) {
-            Some(d) => Self::Digest(d),
-            None => Self::Tags(ids),
-        }
-    }
+/// Whether the mirror's digest `held` shows Keap holding `desired` already.
+pub fn holds(held: Option<&String>, desired: &Desired) -> bool {
+    held.is_some_and(|h| digest(desired).as_ref() == Some(h))
 }
 
 #[cfg(test)]
@@ -228,17 +204,12 @@ mod tests {
     }
 
     #[test]
-    fn the_mirror_holds_a_value_by_digest_and_a_tag_by_presence() {
+    fn the_mirror_holds_a_value_by_its_digest() {
         let value = Desired::Text("Pro".into());
-        let held = Held::of(&value, Vec::new());
-        assert!(held.holds(&value));
-        assert!(!held.holds(&Desired::Text("Basic".into())));
-        assert!(Held::Tags(vec![5]).holds(&Desired::Tag(true)));
-        assert!(!Held::Tags(vec![]).holds(&Desired::Tag(true)));
-        assert!(Held::Tags(vec![]).holds(&Desired::Tag(false)));
-        let json = serde_json::to_string(&[held, Held::Tags(vec![1, 2])]).unwrap();
-        let back: Vec<Held> = serde_json::from_str(&json).unwrap();
-        assert!(matches!(back[0], Held::Digest(_)));
-        assert_eq!(back[1], Held::Tags(vec![1, 2]));
+        let held = digest(&value);
+        assert!(holds(held.as_ref(), &value));
+        assert!(!holds(held.as_ref(), &Desired::Text("Basic".into())));
+        assert!(!holds(None, &value));
+        assert_eq!(digest(&Desired::Tag(true)), None);
     }
 }

@@ -28,8 +28,12 @@ pub async fn run() -> Result<(), Error> {
         .inspect_err(|e| {
             tracing::error!(error = %e, "ingest cannot start: shared keys");
         })?;
+    // Which scope each key has (`acme#0`: bound to site acme; `*#0`: any site), never the
+    // key: a key read as site-bound by mistake shows here.
+    let labels: Vec<String> = keys.keys().iter().map(|k| k.label()).collect();
     tracing::info!(
         keys = keys.keys().len(),
+        key_scopes = labels.join(",").as_str(),
         queue_url = settings.queue_url.as_str(),
         "ingest ready"
     );

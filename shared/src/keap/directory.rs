@@ -65,7 +65,8 @@ pub enum IfMissing {
 #[derive(Debug, Default)]
 struct Tags {
     by_name: HashMap<String, Vec<TagId>>,
-    known_ids: BTreeSet<TagId>,
+    /// Every id listed or looked up, with its name.
+    names: HashMap<TagId, String>,
     /// When the whole list was last read (`None`: never).
     listed_at: Option<Instant>,
     /// Names already reported as having duplicates (reported once per process).
@@ -76,7 +77,9 @@ impl Tags {
     fn put(&mut self, name: &str, mut ids: Vec<TagId>) {
         ids.sort_unstable();
         ids.dedup();
-        self.known_ids.extend(ids.iter().copied());
+        for id in &ids {
+            self.names.insert(*id, name.to_owned());
+        }
         if ids.is_empty() {
             self.by_name.remove(name);
         } else {
@@ -99,8 +102,6 @@ pub struct Directory {
     /// concurrent tasks of one instance read it once.
     loading: tokio::sync::Mutex<()>,
     locks: Arc<dyn NameLocks>,
-    /// Identifies this instance's creation locks.
-    holder: String,
 }
 
 impl Directory {
@@ -120,7 +121,6 @@ impl Directory {
             fields: Mutex::new(None),
             loading: tokio::sync::Mutex::new(()),
             locks,
-            holder: new_token(),
         }
     }
 
@@ -144,7 +144,7 @@ impl Directory {
         }
         let mut tags = lock(&self.tags);
         tags.by_name.clear();
-        tags.known_ids.clear();
+        tags.names.clear();
         for (name, ids) in by_name {
             tags.put(&name, ids);
         }
@@ -157,7 +157,7 @@ impl Directory {
     /// known.
     pub async fn learn_ids(&self, crm: &dyn Crm, ids: &[TagId]) -> Result<bool, KeapError> {
         self.load_tags(crm).await?;
-        let unknown = |tags: &Tags| ids.iter().any(|id| !tags.known_ids.contains(id));
+        let unknown = |tags: &Tags| ids.iter().any(|id| !tags.names.contains_key(id));
         {
             let tags = lock(&self.tags);
             if !unknown(&tags) {
@@ -180,6 +180,11 @@ impl Directory {
             return Ok(ids);
         }
         self.look_up(crm, name).await
+    }
+
+    /// The name of tag `id`, if the list (or a look-up) has seen it.
+    pub fn name_of(&self, id: TagId) -> Option<String> {
+        lock(&self.tags).names.get(&id).cloned()
     }
 
     /// The ids of `name` the list knows, without any call.
@@ -227,12 +232,15 @@ impl Directory {
             });
         }
         let lock_name = tag_creation_lock(name);
+        // One holder per attempt, not per process: two tasks of one instance exclude each
+        // other too.
+        let holder = new_token();
         let started = Instant::now();
         loop {
             let now = OffsetDateTime::now_utc();
             match self
                 .locks
-                .try_lock(&lock_name, &self.holder, now, CREATION_LOCK)
+                .try_lock(&lock_name, &holder, now, CREATION_LOCK)
                 .await?
             {
                 None => break,
@@ -263,7 +271,7 @@ impl Directory {
             Ok::<_, KeapError>(vec![tag.id])
         }
         .await;
-        if let Err(e) = self.locks.unlock(&lock_name, &self.holder).await {
+        if let Err(e) = self.locks.unlock(&lock_name, &holder).await {
             tracing::warn!(error = %e, "could not release the tag-creation lock; it expires by itself");
         }
         Ok(created?)
@@ -424,7 +432,7 @@ mod tests {
         );
     }
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn two_directories_sharing_the_lock_create_a_missing_tag_once() {
         let crm = Arc::new(InMemoryCrm::new());
         let locks: Arc<dyn NameLocks> = Arc::new(InMemoryNameLocks::new());

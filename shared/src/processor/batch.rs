@@ -24,6 +24,7 @@ use futures::StreamExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use time::OffsetDateTime;
+use tracing::Instrument;
 
 /// Records are not started with less time than this left: a record cut off by the Lambda
 /// timeout would hold its lease until it expires.
@@ -238,7 +239,10 @@ async fn run_isolated(
     let count = items.len();
     let task = {
         let processor = Arc::clone(processor);
-        tokio::spawn(async move { processor.process_run(&items, remaining).await })
+        // In the invocation's span, so the run's log lines carry its request id.
+        tokio::spawn(
+            async move { processor.process_run(&items, remaining).await }.in_current_span(),
+        )
     };
     match task.await {
         Ok(results) => results,

@@ -74,6 +74,13 @@ impl Processor {
                 continue;
             }
             let key = IdempotencyKey::new(&item.envelope.site, &item.envelope.webhook_id);
+            // The same webhook twice in one run (a redelivery queued behind the first): the
+            // first copy applies it, this one is its duplicate.
+            if let Some(first) = started.iter().find(|s| s.lease.key == key) {
+                let same_payload = first.item.envelope.raw_body == item.envelope.raw_body;
+                results[index] = Some(Ok(Processed::Duplicate { same_payload }));
+                continue;
+            }
             let begun = self
                 .idempotency
                 .begin(
@@ -310,8 +317,15 @@ impl Processor {
             // A retry (after a failure, a crash or an operator's forced replay) reads the
             // contact back first: what Keap holds may have changed since the mirror was set.
             let retry = started.iter().any(|s| s.lease.attempt > 1);
-            if (stale_mirror || retry) && working.contact_id.is_some() {
-                writer.refresh(&mut working, &fold.winners, now).await?;
+            // A contact whose tags were never listed (mapped before the mirror existed):
+            // listed once, rather than removing tags blindly.
+            let tags_unknown = working.tags.is_none()
+                && fold
+                    .winners
+                    .values()
+                    .any(|w| matches!(w.target, crate::converge::Target::Tag(_)));
+            if (stale_mirror || retry || tags_unknown) && working.contact_id.is_some() {
+                writer.refresh(&mut working, now).await?;
             }
             let email = newest_email(started);
             let id = writer

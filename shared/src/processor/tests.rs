@@ -713,3 +713,26 @@ async fn a_replay_after_the_record_expired_is_a_duplicate_and_one_too_old_is_not
         "applied"
     );
 }
+
+/// A redelivery queued right behind the first copy, in the same batch: a duplicate, not a
+/// failure waiting for its own lease.
+#[tokio::test]
+async fn the_same_webhook_twice_in_one_batch_is_applied_once_and_acknowledged_twice() {
+    let world = world();
+    let control = Arc::new(InMemoryRecordControl::new());
+    let records = vec![
+        record("m1", "acme:cus:15", fixtures::SIGNUP_SUCCESS),
+        record("m2", "acme:cus:15", fixtures::SIGNUP_SUCCESS),
+    ];
+    let result = process_batch(
+        world.processor.clone(),
+        control.clone(),
+        records,
+        Instant::now() + MINUTE * 2,
+    )
+    .await;
+    assert_eq!(result.outcomes, ["applied", "duplicate"]);
+    assert!(result.failed.is_empty());
+    assert!(control.delays().is_empty());
+    assert_eq!(world.crm.state().goals.len(), 1);
+}

@@ -7,7 +7,11 @@
 //! without a `level` member (every EMF line) counts as INFO for Lambda's log-level filter,
 //! which is why the stack never sets `ApplicationLogLevel` above INFO (docs/deploy.md, "Logs and tracing").
 
+pub mod invocation;
 pub mod metrics;
+mod redact;
+
+pub use redact::{redact_emails, redact_serde_error};
 
 #[cfg(test)]
 pub(crate) mod capture;
@@ -21,18 +25,43 @@ static METRICS: OnceLock<Option<&'static metrics_cloudwatch_embedded::Collector>
 
 /// Installs the JSON log subscriber and the EMF metrics recorder, once per process.
 /// `RUST_LOG` sets the level (`error`, `warn`, `info`, `debug`, `trace`; default `info`).
-/// `function` becomes the `Function` metric dimension (one of [`metrics::function`]).
+/// `function` becomes the `Function` metric dimension (one of [`metrics::function`]), and the
+/// `function_name` of each log line unless Lambda names the function (`AWS_LAMBDA_FUNCTION_NAME`).
 pub fn init(function: &'static str) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
     let level = log_level(std::env::var("RUST_LOG").ok().as_deref());
-    // try_init: a second call (tests, a local server embedding both functions) is harmless.
-    let _ = tracing_subscriber::fmt()
+    let function_name = std::env::var("AWS_LAMBDA_FUNCTION_NAME")
+        .ok()
+        .filter(|name| !name.trim().is_empty())
+        .unwrap_or_else(|| function.to_owned());
+    let cold = invocation::ColdStart::default();
+    let format = tracing_subscriber::fmt::format()
         .json()
         .flatten_event(true)
         .with_current_span(false)
         .with_span_list(false)
-        .with_target(false)
-        .with_max_level(level)
+        .with_target(false);
+    // The level filters the lines written, not the runtime's invocation span: at `warn` a
+    // warning still carries its request id.
+    let lines = tracing_subscriber::fmt::layer()
+        .json()
+        .event_format(invocation::WithInvocation::new(
+            format,
+            function_name,
+            cold.clone(),
+        ))
         .with_writer(std::io::stdout)
+        .with_filter(tracing_subscriber::filter::LevelFilter::from_level(level));
+    let spans =
+        invocation::InvocationLayer::new(cold).with_filter(tracing_subscriber::filter::filter_fn(
+            |meta| meta.is_span() && meta.name() == invocation::INVOCATION_SPAN,
+        ));
+    // try_init: a second call (tests, a local server embedding both functions) is harmless.
+    let _ = tracing_subscriber::registry()
+        .with(spans)
+        .with(lines)
         .try_init();
     METRICS.get_or_init(|| {
         metrics_cloudwatch_embedded::Builder::new()
@@ -76,50 +105,5 @@ mod tests {
         assert_eq!(log_level(Some("debug")), Level::DEBUG);
         assert_eq!(log_level(Some(" WARN ")), Level::WARN);
         assert_eq!(log_level(Some("shared=debug,info")), Level::INFO);
-    }
-}
-
-/// `text` with every email address replaced by `<email>`, for log lines that carry text from
-/// outside (a Keap error message may quote the address it refused). Personal data stays out
-/// of CloudWatch; the dead-letter queue keeps the full reason for the operator.
-pub fn redact_emails(text: &str) -> String {
-    let is_boundary = |c: char| c.is_whitespace() || "\"'<>()[]{},;:".contains(c);
-    let mut out = String::with_capacity(text.len());
-    let mut word = String::new();
-    let flush = |word: &mut String, out: &mut String| {
-        let looks_like_email = word
-            .split_once('@')
-            .is_some_and(|(local, domain)| !local.is_empty() && domain.contains('.'));
-        if looks_like_email {
-            out.push_str("<email>");
-        } else {
-            out.push_str(word);
-        }
-        word.clear();
-    };
-    for c in text.chars() {
-        if is_boundary(c) {
-            flush(&mut word, &mut out);
-            out.push(c);
-        } else {
-            word.push(c);
-        }
-    }
-    flush(&mut word, &mut out);
-    out
-}
-
-#[cfg(test)]
-mod redaction_tests {
-    use super::redact_emails;
-
-    #[test]
-    fn email_addresses_are_replaced_and_the_rest_kept() {
-        assert_eq!(
-            redact_emails("Keap refused \"john.doe@example.com\" (Invalid email)"),
-            "Keap refused \"<email>\" (Invalid email)"
-        );
-        assert_eq!(redact_emails("a@b.co, c@d.org"), "<email>, <email>");
-        assert_eq!(redact_emails("no address @ here"), "no address @ here");
     }
 }

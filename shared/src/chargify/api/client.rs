@@ -14,6 +14,7 @@ use super::{
     WebhookQuery, WebhookRecord, MAX_REPLAY_IDS,
 };
 use crate::keap::transport::{jitter, without_url};
+use crate::telemetry::redact_serde_error;
 use async_trait::async_trait;
 use backon::{ExponentialBuilder, Retryable};
 use reqwest::Method;
@@ -227,7 +228,7 @@ impl ChargifyClient {
                 }
                 serde_json::from_slice(&bytes).map_err(|e| ChargifyApiError::Unreadable {
                     path,
-                    detail: e.to_string(),
+                    detail: redact_serde_error(&e),
                 })
             }
             401 => Err(ChargifyApiError::Unauthorized { path }),
@@ -267,7 +268,7 @@ impl ChargifyClient {
             Some(value) => {
                 serde_json::from_value(value).map_err(|e| ChargifyApiError::Unreadable {
                     path: path.to_owned(),
-                    detail: e.to_string(),
+                    detail: redact_serde_error(&e),
                 })
             }
         }
@@ -318,7 +319,7 @@ impl ChargifyApi for ChargifyClient {
         let item: SubscriptionItem =
             serde_json::from_value(value).map_err(|e| ChargifyApiError::Unreadable {
                 path,
-                detail: e.to_string(),
+                detail: redact_serde_error(&e),
             })?;
         Ok(Some(item.subscription))
     }
