@@ -1,7 +1,11 @@
 //! `cks serve`: the whole pipeline in one process with no AWS account. Chargify's POST goes
 //! through the same [`IngestService`] as the ingest Lambda (same checks, same answers) into
-//! the SQLite queue; a worker loop receives from it and runs the same [`process_batch`] as
-//! the processor Lambda, with the same rules, against Keap or a dry-run stand-in.
+//! the SQLite queue; a dispatcher receives from it and hands each message group (one
+//! customer) to one of `--workers` workers, which runs the same [`process_batch`] as the
+//! processor Lambda, with the same rules, against Keap or a dry-run stand-in. Groups run in
+//! parallel and each group in order, as the Lambda's concurrent invocations do with a FIFO
+//! queue; the workers share one Keap client, so one rate limit, and one customer's slow
+//! answers or throttles hold only that customer's worker.
 //!
 //! What a crash keeps: a webhook answered 200 is committed to SQLite first; a record being
 //! processed when the process dies stays hidden until its visibility timeout expires and is
@@ -55,8 +59,12 @@ pub const TEST_PAUSE_VAR: &str = "CKS_TEST_PAUSE";
 /// Sleep between polls of an empty queue.
 const POLL_INTERVAL: Duration = Duration::from_millis(200);
 
-/// Records per batch, as the SQS event source mapping's batch size.
+/// Records per batch, as the SQS event source mapping's batch size: here the most of one
+/// group a worker takes at once.
 const BATCH_SIZE: usize = 10;
+
+/// Workers when `--workers` is not given.
+const DEFAULT_WORKERS: u16 = 4;
 
 /// Bodies are read up to this size and handed to ingest, which refuses anything above
 /// [`MAX_BODY_BYTES`] with its own 413; beyond it the server answers the same 413 without
@@ -71,6 +79,10 @@ pub struct ServeArgs {
     /// The SQLite file holding the queue, the idempotency records and the identity map.
     #[arg(long, default_value = ".cks/local.sqlite3")]
     db: PathBuf,
+    /// Customers (message groups) processed at once, each in order; all share one Keap
+    /// client and so one rate limit.
+    #[arg(long, default_value_t = DEFAULT_WORKERS, value_parser = clap::value_parser!(u16).range(1..=64))]
+    workers: u16,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -218,14 +230,20 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
             tracing::warn!(error = %e, "cannot read the local queue's state")
         }
     }
+    eprintln!("Workers: {} (customers processed at once)", args.workers);
     eprintln!("Listening: POST http://{addr}{WEBHOOK_PATH}");
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let worker = tokio::spawn(worker_loop(
-        queue.clone(),
-        processor,
-        dry_run,
-        timing,
+    let worker = tokio::spawn(dispatch(
+        Arc::new(Worker {
+            queue: queue.clone(),
+            control: Arc::new(queue.clone()),
+            processor,
+            dry_run,
+            calls_shown: std::sync::Mutex::new(0),
+            timing,
+        }),
+        usize::from(args.workers),
         stop_rx.clone(),
     ));
     let app = axum::Router::new()
@@ -332,43 +350,86 @@ fn query_signatures(uri: &Uri) -> Vec<String> {
         .collect()
 }
 
-/// Polls the queue and runs what it receives through the processor, until stopped.
-async fn worker_loop(
+/// What every worker shares: the queue, one processor (so one Keap client and one rate
+/// limit) and the dry run's call log.
+struct Worker {
     queue: SqliteQueue,
+    control: Arc<dyn RecordControl>,
     processor: Arc<Processor>,
     dry_run: Option<Arc<InMemoryCrm>>,
+    /// Dry-run calls already printed.
+    calls_shown: std::sync::Mutex<usize>,
     timing: Timing,
-    mut stop: watch::Receiver<bool>,
-) {
-    let control: Arc<dyn RecordControl> = Arc::new(queue.clone());
-    let mut calls_shown = 0;
+}
+
+/// Polls the queue and hands each group's run of records to a worker, at most `workers` at
+/// once, until stopped; then waits for the runs in hand. A group is received only while a
+/// worker is free for it, so its records' visibility timeout runs while they are worked on,
+/// not while they wait for a worker.
+async fn dispatch(worker: Arc<Worker>, workers: usize, mut stop: watch::Receiver<bool>) {
+    let mut running = tokio::task::JoinSet::new();
     while !*stop.borrow() {
-        let records = match queue.receive(BATCH_SIZE, timing.visibility).await {
-            Ok(records) => records,
+        while let Some(done) = running.try_join_next() {
+            log_worker_end(done);
+        }
+        let free = workers.saturating_sub(running.len());
+        if free == 0 {
+            tokio::select! {
+                _ = stop.changed() => {}
+                Some(done) = running.join_next() => log_worker_end(done),
+            }
+            continue;
+        }
+        let runs = match worker
+            .queue
+            .receive(free, BATCH_SIZE, worker.timing.visibility)
+            .await
+        {
+            Ok(runs) => runs,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the local queue; retrying");
                 Vec::new()
             }
         };
-        if records.is_empty() {
+        if runs.is_empty() {
             tokio::select! {
                 _ = stop.changed() => {}
                 _ = tokio::time::sleep(POLL_INTERVAL) => {}
+                Some(done) = running.join_next(), if !running.is_empty() => log_worker_end(done),
             }
             continue;
         }
+        for records in runs {
+            running.spawn(Arc::clone(&worker).run(records));
+        }
+    }
+    while let Some(done) = running.join_next().await {
+        log_worker_end(done);
+    }
+}
+
+fn log_worker_end(done: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = done {
+        // A record's panic is caught inside process_batch; this is the worker's own.
+        tracing::error!(error = %e, "a worker ended abnormally; its records come back after the visibility timeout");
+    }
+}
+
+impl Worker {
+    /// One group's run of records, in order, then settled.
+    async fn run(self: Arc<Self>, records: Vec<BatchRecord>) {
         let ids: Vec<&str> = records
             .iter()
             .filter_map(|r| r.message_id.as_deref())
             .collect();
         tracing::info!(records = records.len(), message_ids = ?ids, "batch received");
-        if !timing.pause_after_receive.is_zero() {
-            tokio::time::sleep(timing.pause_after_receive).await;
+        if !self.timing.pause_after_receive.is_zero() {
+            tokio::time::sleep(self.timing.pause_after_receive).await;
         }
-        let deadline = Instant::now() + timing.visibility;
+        let deadline = Instant::now() + self.timing.visibility;
         let result = process_batch(
-            Arc::clone(&processor),
-            Arc::clone(&control),
+            Arc::clone(&self.processor),
+            Arc::clone(&self.control),
             records.clone(),
             deadline,
         )
@@ -377,15 +438,16 @@ async fn worker_loop(
         // logs, and the recorder never holds more than a batch's histogram values (it keeps
         // at most 100 and complains past that).
         shared::telemetry::flush_metrics();
-        if let Some(crm) = &dry_run {
-            calls_shown = show_dry_run_calls(crm, calls_shown);
+        if let Some(crm) = &self.dry_run {
+            let mut shown = self.calls_shown.lock().unwrap_or_else(|p| p.into_inner());
+            *shown = show_dry_run_calls(crm, *shown);
         }
         show_outcomes(&records, &result);
-        if !timing.pause_before_settle.is_zero() {
+        if !self.timing.pause_before_settle.is_zero() {
             tracing::info!("pausing before settling the batch (test knob)");
-            tokio::time::sleep(timing.pause_before_settle).await;
+            tokio::time::sleep(self.timing.pause_before_settle).await;
         }
-        if let Err(e) = queue.settle(&records, &result.failed).await {
+        if let Err(e) = self.queue.settle(&records, &result.failed).await {
             // Unsettled records come back after the visibility timeout; idempotency makes
             // their second run a no-op.
             tracing::error!(error = %e, "cannot settle the batch in the local queue");

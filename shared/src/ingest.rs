@@ -9,6 +9,7 @@
 //! | 200 `enqueued` | verified, parsed, and SQS stored it (or already had it: FIFO dedup) | yes |
 //! | 200 `test_acknowledged` | verified Chargify `test` webhook | no |
 //! | 400 | verified, but not a form, `id`/`event` missing or malformed, or an `id` that is not a positive whole number | no |
+//! | 400 | verified, but a key nested deeper than [`MAX_FORM_DEPTH`](crate::chargify::MAX_FORM_DEPTH) or more than [`MAX_FORM_FIELDS`](crate::chargify::MAX_FORM_FIELDS) pairs (`body_too_deep`, `body_too_many_fields`): checked before the body is read as a tree | no |
 //! | 401 | signature missing, malformed, wrong, or a site-bound key signing for another site | no |
 //! | 405 | method other than POST | no |
 //! | 413 | body above [`MAX_BODY_BYTES`] or an envelope above the SQS limit | no |
@@ -16,7 +17,8 @@
 
 use crate::chargify::signature::{SIGNATURE_HEADER, SIGNATURE_QUERY_PARAM};
 use crate::chargify::{
-    SharedKeySet, SignatureCandidate, SignatureError, SignatureSource, Webhook, WebhookError,
+    FormBody, FormLimitError, FormLimits, SharedKeySet, SignatureCandidate, SignatureError,
+    SignatureSource, Webhook, WebhookError,
 };
 use crate::envelope::{WebhookEnvelope, ENVELOPE_VERSION, MAX_BODY_BYTES, SQS_MAX_MESSAGE_BYTES};
 use crate::queue::{OutboundMessage, QueueError, WebhookQueue};
@@ -29,13 +31,19 @@ use time::OffsetDateTime;
 /// dimension.
 #[derive(Debug)]
 pub enum Outcome {
-    Enqueued { message_id: String },
+    Enqueued {
+        message_id: String,
+    },
     TestAcknowledged,
     MethodNotAllowed,
-    TooLarge { bytes: usize },
+    TooLarge {
+        bytes: usize,
+    },
     Unauthorized(SignatureError),
     SiteMismatch,
     BadBody(WebhookError),
+    /// Verified, but shaped like no webhook: too deep or too many fields.
+    BodyShape(FormLimitError),
     QueueFailed(QueueError),
 }
 
@@ -49,6 +57,7 @@ impl Outcome {
             Self::Unauthorized(e) => e.code(),
             Self::SiteMismatch => "signature_site_mismatch",
             Self::BadBody(e) => e.code(),
+            Self::BodyShape(e) => e.code(),
             Self::QueueFailed(e) => e.code(),
         }
     }
@@ -56,7 +65,7 @@ impl Outcome {
     pub fn status(&self) -> u16 {
         match self {
             Self::Enqueued { .. } | Self::TestAcknowledged => 200,
-            Self::BadBody(_) => 400,
+            Self::BadBody(_) | Self::BodyShape(_) => 400,
             Self::Unauthorized(_) | Self::SiteMismatch => 401,
             Self::MethodNotAllowed => 405,
             Self::TooLarge { .. } => 413,
@@ -77,6 +86,7 @@ impl Outcome {
             Self::Unauthorized(e) => e.to_string(),
             Self::SiteMismatch => "the key that signed this webhook belongs to another site".into(),
             Self::BadBody(e) => e.to_string(),
+            Self::BodyShape(e) => e.to_string(),
             Self::QueueFailed(_) => "temporarily unable to store the webhook; retry later".into(),
         }
     }
@@ -188,7 +198,15 @@ impl<Q: WebhookQueue> IngestService<Q> {
             Ok(verified) => verified,
             Err(e) => return refuse(Outcome::Unauthorized(e)),
         };
-        let webhook = match Webhook::parse(body) {
+        let form = match FormBody::parse(body) {
+            Ok(form) => form,
+            Err(e) => return refuse(Outcome::BadBody(WebhookError::NotAForm(e))),
+        };
+        // Before anything reads the form: its shape bounds every walk that follows.
+        if let Err(e) = form.check_limits(FormLimits::WEBHOOK) {
+            return refuse(Outcome::BodyShape(e));
+        }
+        let webhook = match Webhook::from_form(form) {
             Ok(webhook) => webhook,
             Err(e) => return refuse(Outcome::BadBody(e)),
         };
@@ -219,7 +237,7 @@ impl<Q: WebhookQueue> IngestService<Q> {
         if webhook.is_test() {
             return Prepared::Reply(reply);
         }
-        // Webhook::parse succeeded, so the body is UTF-8; the fallback is unreachable.
+        // FormBody::parse succeeded, so the body is UTF-8; the fallback is unreachable.
         let raw_body = std::str::from_utf8(body)
             .map(str::to_owned)
             .unwrap_or_default();
@@ -601,6 +619,53 @@ mod tests {
             200
         );
         assert_eq!(svc.queue().messages().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn bodies_shaped_like_no_webhook_are_400_and_counted_by_reason() {
+        use crate::telemetry::capture::Capture;
+        let svc = service();
+        let deep = |levels: usize| {
+            format!(
+                "id=1&event=signup_success&payload[site][subdomain]=acme&payload{}=v",
+                "[a]".repeat(levels)
+            )
+        };
+        let many = format!("id=1&event=signup_success{}", "&a".repeat(100_000));
+        let cases = [
+            (deep(5_000), "body_too_deep"),
+            (deep(20_000), "body_too_deep"),
+            (many, "body_too_many_fields"),
+        ];
+        let capture = Capture::default();
+        for (body, code) in &cases {
+            let body = body.as_bytes();
+            assert!(body.len() <= MAX_BODY_BYTES, "{code}: {} bytes", body.len());
+            let headers = signed_headers(body, KEY);
+            // The recorder is thread-local: prepare on this thread, then record as
+            // `handle` does.
+            let reply = match svc.prepare(&InboundRequest {
+                method: &Method::POST,
+                headers: &headers,
+                query_signatures: vec![],
+                body,
+            }) {
+                Prepared::Reply(reply) => reply,
+                Prepared::Send { .. } => panic!("{code}: would be enqueued"),
+            };
+            assert_eq!((reply.status(), reply.outcome.code()), (400, *code));
+            assert!(reply.body().contains("refused"), "{}", reply.body());
+            metrics::with_local_recorder(&capture, || record_metrics(&reply.outcome, ""));
+            // Through the whole handler too: nothing enqueued.
+            assert_eq!(post(&svc, body, &headers).await.status(), 400);
+        }
+        assert!(svc.queue().messages().is_empty());
+        let refused = |reason| capture.get("IngestRefused", &[("Reason", reason)]);
+        assert_eq!(refused("body_too_deep"), Some(2.0));
+        assert_eq!(refused("body_too_many_fields"), Some(1.0));
+        // Unsigned, the same body is a signature refusal: its shape is not looked at first.
+        let unsigned = post(&svc, cases[0].0.as_bytes(), &HeaderMap::new()).await;
+        assert_eq!(unsigned.outcome.code(), "signature_missing");
     }
 
     #[tokio::test]

@@ -68,6 +68,11 @@ pub struct State {
     /// `(method, path fragment, fault)`: served to the next request of that method whose
     /// path contains the fragment, whatever comes before it.
     pub targeted_faults: Vec<(String, String, Fault)>,
+    /// `(text, fault)`: served to every request whose body or a decoded query value contains
+    /// the text (one customer's email, say), until removed: a burst that hits one customer's
+    /// calls. A sticky [`Fault::Slow`] holds each answer until the entry is removed (or for
+    /// its duration at most), so a test decides when the slow calls end.
+    pub sticky_faults: Vec<(String, Fault)>,
     /// Rate-limit mode: a credential that already made this many calls in the last second
     /// gets Keap's spike-arrest 429 instead of an answer. Refused calls do not count.
     pub spike_limit: Option<usize>,
@@ -244,6 +249,8 @@ async fn serve(
         .map(str::to_owned);
     let json_body = serde_json::from_slice::<Value>(&body).ok();
     let at = Instant::now();
+    // The text of the sticky fault served, if any: a sticky slow answer lasts while it does.
+    let mut held_by: Option<String> = None;
     let fault = {
         let mut s = lock(state);
         let credential = api_key
@@ -265,8 +272,26 @@ async fn serve(
             .targeted_faults
             .iter()
             .position(|(m, fragment, _)| *m == method && path.contains(fragment.as_str()));
+        let body_text = String::from_utf8_lossy(&body);
+        let query_values: Vec<String> = query
+            .as_deref()
+            .unwrap_or_default()
+            .split('&')
+            .map(|p| percent_decode(p.split_once('=').map_or(p, |(_, v)| v)))
+            .collect();
+        let sticky = s
+            .sticky_faults
+            .iter()
+            .find(|(text, _)| {
+                body_text.contains(text.as_str())
+                    || query_values.iter().any(|v| v.contains(text.as_str()))
+            })
+            .cloned();
         if arrested {
             Some(Fault::SpikeArrest)
+        } else if let Some((text, fault)) = sticky {
+            held_by = Some(text);
+            Some(fault)
         } else if let Some(i) = targeted {
             Some(s.targeted_faults.remove(i).2)
         } else {
@@ -282,7 +307,18 @@ async fn serve(
         }
     }
     match fault {
-        Some(Fault::Slow(delay)) => tokio::time::sleep(delay).await,
+        Some(Fault::Slow(delay)) => match held_by {
+            // Held until the test removes the sticky fault, or for `delay` at most.
+            Some(text) => {
+                let until = Instant::now() + delay;
+                while Instant::now() < until
+                    && lock(state).sticky_faults.iter().any(|(t, _)| *t == text)
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            None => tokio::time::sleep(delay).await,
+        },
         Some(other) => return fault_response(state, &other),
         None => {}
     }
@@ -315,6 +351,28 @@ async fn serve(
             })
     };
     let body = json_body.unwrap_or(Value::Null);
+    // Keap leaves custom fields out of a contact it is asked for unless the request names
+    // them in `optional_properties` (comma-separated or repeated); writes answer them.
+    let asked_for_custom_fields = query
+        .as_deref()
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|p| p.split_once('='))
+        .filter(|(k, _)| *k == "optional_properties")
+        .any(|(_, v)| {
+            percent_decode(v)
+                .split(',')
+                .any(|p| p.trim() == "custom_fields")
+        });
+    let read = |s: &State, id: i64, c: &Map<String, Value>| {
+        let mut contact = contact_json(s, id, c);
+        if !asked_for_custom_fields {
+            if let Some(fields) = contact.as_object_mut() {
+                fields.remove("custom_fields");
+            }
+        }
+        contact
+    };
     let page = |items: Vec<Value>| {
         let limit = query_param("limit").and_then(|l| l.parse().ok());
         let offset = query_param("offset").and_then(|o| o.parse().ok());
@@ -338,12 +396,12 @@ async fn serve(
                         .as_deref()
                         .is_none_or(|e| primary_email(c).as_deref() == Some(e))
                 })
-                .map(|(id, c)| contact_json(&s, *id, c))
+                .map(|(id, c)| read(&s, *id, c))
                 .collect();
             (200, json!({"contacts": contacts, "count": contacts.len()}))
         }
         "getContactUsingGET" => match s.contacts.get(&id_at(3)) {
-            Some(c) => (200, contact_json(&s, id_at(3), c)),
+            Some(c) => (200, read(&s, id_at(3), c)),
             None => (404, json!({"message": "Contact not found"})),
         },
         "createOrUpdateContactUsingPUT" | "updatePropertiesOnContactUsingPATCH"

@@ -193,6 +193,24 @@ async fn retry_after_is_honoured() {
 }
 
 #[tokio::test]
+async fn retries_after_a_retry_after_are_bounded_too() {
+    let standin = ChargifyStandIn::start().await;
+    let ids = add(&standin, 1, "active");
+    for _ in 0..10 {
+        standin.inject(Fault::TooManyRequests {
+            retry_after: Some(0),
+        });
+    }
+    let api = client_with(&standin, |c| c.max_retries = 2);
+    let error = api.subscription(ids[0]).await.expect_err("still throttled");
+    assert!(
+        matches!(error, ChargifyApiError::Throttled { attempts: 3, .. }),
+        "{error:?}"
+    );
+    assert_eq!(standin.calls_total(), 3, "not one call per 429 injected");
+}
+
+#[tokio::test]
 async fn retries_are_bounded_and_the_error_says_what_to_do() {
     let standin = ChargifyStandIn::start().await;
     let ids = add(&standin, 1, "active");

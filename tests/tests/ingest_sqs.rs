@@ -315,3 +315,33 @@ async fn a_queue_that_does_not_exist_is_503() {
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("queue_refused"), "{body}");
 }
+
+#[tokio::test]
+async fn bodies_shaped_like_no_webhook_are_400_and_nothing_reaches_sqs() {
+    let h = harness("shape").await;
+    let nested = |levels: usize| {
+        format!(
+            "id=9&event=signup_success&payload[site][subdomain]=acme-test&payload{}=v",
+            "[a]".repeat(levels)
+        )
+    };
+    let cases = [
+        (nested(5_000), "body_too_deep"),
+        (nested(20_000), "body_too_deep"),
+        (
+            format!("id=9&event=signup_success{}", "&a".repeat(100_000)),
+            "body_too_many_fields",
+        ),
+    ];
+    for (body, code) in &cases {
+        assert!(body.len() <= MAX_BODY_BYTES, "{code}: {} bytes", body.len());
+        let (status, reply) = invoke(&h.service, &signed(body)).await;
+        assert_eq!(status, 400, "{code}: {reply}");
+        assert!(reply.contains(&format!(r#""outcome":"{code}""#)), "{reply}");
+    }
+    // The process is still here, and still takes a real webhook.
+    let (status, _) = invoke(&h.service, &signed(fixtures::SIGNUP_SUCCESS)).await;
+    assert_eq!(status, 200);
+    let messages = drain(&h.client, &h.queue_url).await;
+    assert_eq!(messages.len(), 1, "only the real webhook: {messages:?}");
+}

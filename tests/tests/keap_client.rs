@@ -2,8 +2,10 @@
 //! keep it, and each kind of failure handled as domain-notes says.
 
 use integration_tests::keap_standin::{Fault, KeapStandIn};
-use shared::keap::{ContactFields, Credential, Crm, KeapClient, KeapClientConfig, KeapError};
-use std::time::Duration;
+use shared::keap::{
+    deadline, ContactFields, Credential, Crm, KeapClient, KeapClientConfig, KeapError, ThrottleKind,
+};
+use std::time::{Duration, Instant};
 
 fn client(keap: &KeapStandIn) -> KeapClient {
     let mut config = KeapClientConfig::new(keap.base_url(), Credential::ApiKey("sak-test".into()));
@@ -402,6 +404,216 @@ async fn chargify_countries_reach_keap_as_alpha3_and_unknown_ones_take_the_regio
     assert_eq!(
         address(nowhere.id),
         serde_json::json!({"field": "BILLING", "locality": "Pleasantville"})
+    );
+    assert!(state.calls.iter().all(|c| c.outcome.is_ok()));
+}
+
+#[tokio::test]
+async fn a_storm_of_spike_arrests_ends_at_the_retry_count() {
+    let keap = KeapStandIn::start().await;
+    let crm = client(&keap);
+    for _ in 0..20 {
+        keap.inject(Fault::SpikeArrest);
+    }
+    let started = Instant::now();
+    let err = crm.custom_fields().await.expect_err("still throttled");
+    let elapsed = started.elapsed();
+    assert!(
+        matches!(
+            err,
+            KeapError::Throttled {
+                kind: ThrottleKind::SpikeArrest,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let attempts = keap.state().calls.len();
+    println!(
+        "429 storm of 20 spike arrests: {attempts} attempts, {:.1} s, then the error",
+        elapsed.as_secs_f64()
+    );
+    assert_eq!(attempts, 4, "1 attempt + max_retries (3), not 20");
+    assert_eq!(crm.throttled_answers(), 4);
+}
+
+#[tokio::test]
+async fn inside_a_deadline_no_wait_outlasts_the_callers_time() {
+    let keap = KeapStandIn::start().await;
+    let crm = client(&keap);
+
+    // A per-minute 429 goes back to the caller at once (it hides its record instead).
+    keap.inject(Fault::MinuteThrottle);
+    let scope = Duration::from_secs(20);
+    let started = Instant::now();
+    let err = deadline::scope(started + scope, crm.custom_fields())
+        .await
+        .expect_err("throttled");
+    let elapsed = started.elapsed();
+    println!(
+        "per-minute 429 in a {} s scope: returned after {} ms",
+        scope.as_secs(),
+        elapsed.as_millis()
+    );
+    assert!(elapsed < scope, "{elapsed:?}");
+    assert!(
+        matches!(
+            &err,
+            KeapError::Throttled {
+                kind: ThrottleKind::Minute,
+                retry_after,
+                ..
+            } if *retry_after > Duration::ZERO
+        ),
+        "{err}"
+    );
+    assert_eq!(keap.state().calls.len(), 1, "not retried in-process");
+
+    // Spike arrests with 2 s left after the reserve: at most one 1.5–2 s wait fits.
+    for _ in 0..20 {
+        keap.inject(Fault::SpikeArrest);
+    }
+    let short = deadline::RESERVE + Duration::from_secs(2);
+    let started = Instant::now();
+    let err = deadline::scope(started + short, crm.custom_fields())
+        .await
+        .expect_err("throttled");
+    let elapsed = started.elapsed();
+    assert!(elapsed < short, "{elapsed:?}");
+    assert!(err.is_transient(), "{err}");
+    assert!(keap.state().calls.len() <= 3, "one or two attempts");
+    keap.state().faults.clear();
+
+    // A slow answer is cut at the time left, not at the 20 s request timeout.
+    keap.inject(Fault::Slow(Duration::from_secs(30)));
+    let started = Instant::now();
+    let err = deadline::scope(started + short, crm.custom_fields())
+        .await
+        .expect_err("timed out");
+    let elapsed = started.elapsed();
+    println!(
+        "slow answer in a {} s scope: cut after {} ms",
+        short.as_secs(),
+        elapsed.as_millis()
+    );
+    assert!(elapsed < short, "{elapsed:?}");
+    assert!(matches!(err, KeapError::Network { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn every_5xx_is_retried() {
+    let keap = KeapStandIn::start().await;
+    let crm = client(&keap);
+    keap.inject(Fault::Status(501));
+    keap.inject(Fault::Status(599));
+    crm.custom_fields()
+        .await
+        .expect("succeeds after a 501 and a 599");
+    assert_eq!(keap.state().calls.len(), 3);
+    for _ in 0..4 {
+        keap.inject(Fault::Status(501));
+    }
+    let err = crm.custom_fields().await.expect_err("still 501");
+    assert!(
+        matches!(err, KeapError::Transient { status: 501, .. }),
+        "{err}"
+    );
+    assert_eq!(keap.state().calls.len(), 7, "1 attempt + 3 retries");
+}
+
+#[tokio::test]
+async fn every_tag_and_company_is_listed_page_by_page() {
+    let keap = KeapStandIn::start().await;
+    {
+        let mut state = keap.state();
+        for id in 1..=2345 {
+            state.tags.insert(
+                id,
+                serde_json::json!({"id": id, "name": format!("Tag {id}"), "description": null}),
+            );
+        }
+        for id in 5001..=6000 {
+            state.companies.insert(
+                id,
+                serde_json::json!({"id": id, "company_name": format!("Company {id}")}),
+            );
+        }
+    }
+    let crm = client(&keap);
+    let tags = crm.list_tags().await.expect("tags");
+    assert_eq!(tags.len(), 2345);
+    assert_eq!(tags[2344].name, "Tag 2345");
+    let ids: std::collections::BTreeSet<i64> = tags.iter().map(|t| t.id).collect();
+    assert_eq!(ids.len(), 2345, "no tag twice");
+    let companies = crm.list_companies().await.expect("companies");
+    assert_eq!(companies.len(), 1000);
+    let state = keap.state();
+    let queries = |path: &str| -> Vec<String> {
+        state
+            .calls
+            .iter()
+            .filter(|c| c.path == path)
+            .filter_map(|c| c.query.clone())
+            .collect()
+    };
+    assert_eq!(
+        queries("/v1/tags"),
+        [
+            "limit=1000&offset=0",
+            "limit=1000&offset=1000",
+            "limit=1000&offset=2000"
+        ]
+    );
+    // Exactly one full page: a second, empty page tells the list has ended.
+    assert_eq!(
+        queries("/v1/companies"),
+        ["limit=1000&offset=0", "limit=1000&offset=1000"]
+    );
+    assert!(state.calls.iter().all(|c| c.outcome.is_ok()));
+}
+
+#[tokio::test]
+async fn a_contact_is_read_back_with_its_custom_fields() {
+    let keap = KeapStandIn::start().await;
+    keap.state().custom_fields.push((7, "Plan".into()));
+    let crm = client(&keap);
+    let jane = crm
+        .upsert_contact_by_email("jane@example.com", &jane())
+        .await
+        .expect("upsert");
+    let upserted = jane.fields.expect("an upsert answers the contact");
+    assert_eq!(upserted.given_name.as_deref(), Some("Jane"));
+
+    let read = crm.get_contact(jane.id).await.expect("get");
+    let fields = read.fields.expect("fields");
+    assert_eq!(
+        fields.custom_fields,
+        [(7, serde_json::json!("pro-monthly"))]
+    );
+    assert_eq!(fields.email.as_deref(), Some("jane@example.com"));
+    assert_eq!(fields.family_name.as_deref(), Some("Doe"));
+    assert_eq!(fields.phone.as_deref(), Some("555-555-1234"));
+    let address = fields.address.expect("billing address");
+    assert_eq!(address.region.as_deref(), Some("NC"));
+    assert_eq!(address.country_code.as_deref(), Some("USA"));
+
+    // A search does not ask for custom fields, and Keap (the stand-in) leaves them out.
+    let found = crm
+        .find_contacts_by_email("jane@example.com")
+        .await
+        .expect("find");
+    let found = found[0].fields.clone().expect("fields");
+    assert!(found.custom_fields.is_empty());
+    assert_eq!(found.given_name.as_deref(), Some("Jane"));
+    let state = keap.state();
+    let get = state
+        .calls
+        .iter()
+        .find(|c| c.method == "GET" && c.path == format!("/v1/contacts/{}", jane.id))
+        .expect("the get");
+    assert_eq!(
+        get.query.as_deref(),
+        Some("optional_properties=custom_fields")
     );
     assert!(state.calls.iter().all(|c| c.outcome.is_ok()));
 }

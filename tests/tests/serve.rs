@@ -1,9 +1,11 @@
 //! `cks serve` end to end on 127.0.0.1 with its embedded SQLite store and a dry-run Keap:
 //! the story is sent with `cks send` and processed; refusals match the ingest Lambda's
 //! answers byte for byte; a `kill -9` with a record in flight loses nothing and applies it
-//! once; `cks plan` prints each sample's actions. Needs no moto (the binary is built by the
-//! first test that runs it). Every wait is a bounded poll.
+//! once; `cks plan` prints each sample's actions; and, against the Keap stand-in, a 429
+//! burst on one customer's calls holds only that customer. Needs no moto (the binary is
+//! built by the first test that runs it). Every wait is a bounded poll.
 
+use integration_tests::keap_standin::{Fault, KeapStandIn};
 use integration_tests::{cks_binary as cks, http_request};
 use shared::chargify::signature::{sign, SIGNATURE_HEADER};
 use shared::chargify::SharedKeySet;
@@ -44,6 +46,18 @@ impl Server {
     /// Starts on `port` with the database at `db`; `pause` sets the test knob. Returns once
     /// it listens (bounded).
     fn start(dir: &Path, db: &Path, port: u16, run: &str, pause: Option<&str>) -> Self {
+        Self::start_with(dir, db, port, run, pause, &[])
+    }
+
+    /// [`Server::start`] with more environment (`env`) and arguments after `serve`'s own.
+    fn start_with(
+        dir: &Path,
+        db: &Path,
+        port: u16,
+        run: &str,
+        pause: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> Self {
         let stderr = dir.join(format!("serve-{run}.err"));
         let mut command = Command::new(cks());
         command
@@ -63,6 +77,7 @@ impl Server {
         if let Some(pause) = pause {
             command.env("CKS_TEST_PAUSE", pause);
         }
+        command.envs(env.iter().copied());
         let server = Self {
             child: command.spawn().expect("cks serve starts"),
             port,
@@ -345,6 +360,215 @@ fn plan_prints_each_samples_actions_and_refuses_bad_input() {
         .expect("runs");
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("not a Chargify webhook body"));
+}
+
+/// `webhooks` signup webhooks of customer `customer`, ids `<customer><n>` from `first`.
+fn customer_webhooks(customer: u32, first: u32, webhooks: u32) -> Vec<(String, String)> {
+    (first..first + webhooks)
+        .map(|n| {
+            let id = format!("{customer}{n:04}");
+            let customer_id = customer.to_string();
+            let email = format!("customer{customer}%40example.com");
+            let body = fixtures::derive(
+                fixtures::SIGNUP_SUCCESS,
+                &id,
+                "signup_success",
+                &[
+                    ("payload[subscription][customer][id]", &customer_id),
+                    ("payload[subscription][customer][email]", &email),
+                    ("payload[subscription][id]", &customer_id),
+                ],
+            );
+            (id, body)
+        })
+        .collect()
+}
+
+async fn post_all(server: &Server, webhooks: &[(String, String)]) {
+    for (id, body) in webhooks {
+        let signature = sign(KEY, body.as_bytes());
+        let (status, response) = http_request(
+            server.port,
+            "POST",
+            PATH,
+            &[(SIGNATURE_HEADER, signature.as_str())],
+            body.as_bytes(),
+        )
+        .await
+        .expect("request");
+        assert_eq!(status, 200, "{id}: {response}");
+    }
+}
+
+/// The ids of the webhooks serve reported processed, in order, with their outcome.
+fn processed(log: &str) -> Vec<(String, String)> {
+    log.lines()
+        .filter_map(|l| l.strip_prefix("processed webhook "))
+        .filter_map(|rest| {
+            let (id, rest) = rest.split_once(' ')?;
+            let (_, outcome) = rest.split_once(": ")?;
+            Some((id.to_owned(), outcome.to_owned()))
+        })
+        .collect()
+}
+
+/// Waits (at most 120 s, polling) until `done` holds for the webhooks processed so far;
+/// returns them and how long it took.
+async fn processed_when(
+    server: &Server,
+    done: impl Fn(&[(String, String)]) -> bool,
+) -> (Vec<(String, String)>, Duration) {
+    let started = Instant::now();
+    loop {
+        let seen = processed(&server.stderr());
+        if done(&seen) {
+            return (seen, started.elapsed());
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "waited 120 s; stderr:\n{}",
+            server.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One customer's Keap calls go wrong while the others' do not: first one new customer's
+/// calls hang (a slow answer that ends when the test says), then every call of another new
+/// customer gets a spike-arrest 429 for as long as the burst lasts. A new customer's first
+/// call carries its email (it is looked up or created by email), so matching the email holds
+/// the customer. Each time serve's other workers keep applying the other customers'
+/// webhooks, and the held customer's webhooks are applied, in order, once its trouble ends.
+/// Prints the throughput of the other customers without and during each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_customers_slow_or_throttled_keap_calls_hold_only_that_customer() {
+    const OTHERS: u32 = 8;
+    const EACH: u32 = 5;
+    const SLOW_EMAIL: &str = "customer9@example.com";
+    const THROTTLED_EMAIL: &str = "customer10@example.com";
+    let keap = KeapStandIn::start().await;
+    let rules = shared::rules::RuleSet::default_rules().expect("rules");
+    keap.add_custom_fields(rules.custom_field_labels(), 100);
+    // A per-minute budget that the test's few hundred calls never bring low enough for the
+    // client to pace itself: the figures compare the held customer's trouble alone.
+    keap.state().minute_budget = (1_000_000, 1_000_000);
+    let dir = tempfile_dir("held");
+    let base_url = keap.base_url();
+    let server = Server::start_with(
+        &dir,
+        &dir.join("local.sqlite3"),
+        free_port(),
+        "1",
+        None,
+        &[
+            ("KEAP_API_KEY", "sak-serve"),
+            ("KEAP_BASE_URL", base_url.as_str()),
+            ("KEAP_REQUESTS_PER_SECOND", "200"),
+        ],
+    );
+    assert!(
+        server.stderr().contains("Workers: 4"),
+        "{}",
+        server.stderr()
+    );
+    let others = |round: u32| -> Vec<(String, String)> {
+        let per: Vec<Vec<(String, String)>> = (1..=OTHERS)
+            .map(|c| customer_webhooks(c, round * EACH, EACH))
+            .collect();
+        // Interleaved, as customers' webhooks arrive.
+        (0..EACH as usize)
+            .flat_map(|i| per.iter().map(move |w| w[i].clone()))
+            .collect()
+    };
+    let slow = customer_webhooks(9, 1, 1);
+    let throttled = customer_webhooks(10, 1, 4);
+    let held_ids: Vec<String> = slow
+        .iter()
+        .chain(&throttled)
+        .map(|(id, _)| id.clone())
+        .collect();
+    let is_held = |id: &str| held_ids.iter().any(|h| h == id);
+    // Applied, or applied as stale (an older state than one already applied).
+    let done = |outcome: &str| outcome == "applied" || outcome == "stale";
+    let others_done = |seen: &[(String, String)]| {
+        seen.iter()
+            .filter(|(id, outcome)| !is_held(id) && done(outcome))
+            .count()
+    };
+    let held_done = |seen: &[(String, String)]| -> Vec<String> {
+        seen.iter()
+            .filter(|(id, outcome)| is_held(id) && done(outcome))
+            .map(|(id, _)| id.clone())
+            .collect()
+    };
+
+    // Nothing wrong.
+    let calm = others(1);
+    let started = Instant::now();
+    post_all(&server, &calm).await;
+    processed_when(&server, |seen| others_done(seen) >= calm.len()).await;
+    let calm_rate = calm.len() as f64 / started.elapsed().as_secs_f64();
+
+    // The held customer's calls hang; its webhook arrives first, so it has a worker.
+    keap.state()
+        .sticky_faults
+        .push((SLOW_EMAIL.into(), Fault::Slow(Duration::from_secs(90))));
+    let round = others(2);
+    let started = Instant::now();
+    post_all(&server, &slow).await;
+    post_all(&server, &round).await;
+    let target = calm.len() + round.len();
+    let (seen, _) = processed_when(&server, |seen| others_done(seen) >= target).await;
+    let slow_rate = round.len() as f64 / started.elapsed().as_secs_f64();
+    assert!(held_done(&seen).is_empty(), "{seen:?}");
+    // Still its first call: it hangs up to the client's 20 s request timeout, and a single
+    // worker would have had to give up on it (more calls) before serving anyone else.
+    let held_calls = keap
+        .state()
+        .calls
+        .iter()
+        .filter(|c| {
+            c.body
+                .as_ref()
+                .is_some_and(|b| b.to_string().contains(SLOW_EMAIL))
+                || c.query
+                    .as_deref()
+                    .is_some_and(|q| q.contains("customer9%40example.com"))
+        })
+        .count();
+    assert_eq!(
+        held_calls, 1,
+        "the others were all applied during the held customer's first Keap call"
+    );
+    keap.state().sticky_faults.clear();
+    processed_when(&server, |seen| !held_done(seen).is_empty()).await;
+
+    // A 429 burst on the held customer's calls.
+    keap.state()
+        .sticky_faults
+        .push((THROTTLED_EMAIL.into(), Fault::SpikeArrest));
+    let round = others(3);
+    let started = Instant::now();
+    post_all(&server, &throttled).await;
+    post_all(&server, &round).await;
+    let target = target + round.len();
+    let (seen, _) = processed_when(&server, |seen| others_done(seen) >= target).await;
+    let burst_rate = round.len() as f64 / started.elapsed().as_secs_f64();
+    assert_eq!(
+        held_done(&seen),
+        held_ids[..slow.len()],
+        "while the burst lasts the throttled customer applies nothing"
+    );
+    assert!(keap.state().throttled > 0, "the burst was served");
+    println!(
+        "serve, 4 workers, other customers' webhooks/s: {calm_rate:.1} with nothing wrong, {slow_rate:.1} while one customer's Keap calls hang, {burst_rate:.1} during a 429 burst on one customer"
+    );
+
+    // The burst ends: the held customer's webhooks are applied, in the order sent.
+    keap.state().sticky_faults.clear();
+    let (seen, _) = processed_when(&server, |seen| held_done(seen).len() >= held_ids.len()).await;
+    assert_eq!(held_done(&seen), held_ids);
+    assert!(keap.violations().is_empty(), "{:?}", keap.violations());
 }
 
 fn wait_for_file(path: &Path, text: &str) {

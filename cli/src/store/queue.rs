@@ -3,15 +3,20 @@
 //! of the SQS event source mapping.
 //!
 //! Same rules as the SQS FIFO queue the Lambdas use:
-//! - FIFO per message group: only a group's oldest message can be received, and not while
-//!   it is in flight or delayed, so one customer's webhooks are applied in order.
+//! - FIFO per message group: a receive hands out a group's leading run of visible messages,
+//!   oldest first (several of one group may come in one batch, as SQS FIFO does), and never
+//!   a message while an earlier one of its group is in flight or delayed, so one customer's
+//!   webhooks are applied in order.
 //! - Deduplication id: a message whose id was sent in the last 5 minutes is acknowledged
 //!   with the first one's message id and not stored again (SQS's window; later replays are
 //!   stopped by the idempotency records instead, exactly as in AWS).
 //! - Visibility: a received message is hidden for the visibility timeout; if the process
 //!   dies it comes back when that expires. `retry_later` hides it for the delay asked for.
 //! - After [`MAX_RECEIVES`] receives a message moves to the dead-letter table
-//!   (`max_receives_exceeded`), like the stack's redrive policy.
+//!   (`max_receives_exceeded`), like the stack's redrive policy. The limit is high on
+//!   purpose: the processor decides when a failure is permanent and dead-letters it with its
+//!   reason; a webhook waiting out Keap's throttles or an outage is received again and again.
+//!   The limit only catches a record that crashes its worker every time.
 
 use super::{now_ms, Db};
 use async_trait::async_trait;
@@ -28,7 +33,7 @@ use std::time::Duration;
 pub const DEDUP_WINDOW: Duration = Duration::from_secs(5 * 60);
 
 /// Receives before a message is dead-lettered (the stack's `maxReceiveCount`).
-pub const MAX_RECEIVES: i64 = 5;
+pub const MAX_RECEIVES: i64 = 1000;
 
 #[derive(Clone)]
 pub struct SqliteQueue {
@@ -44,6 +49,13 @@ pub struct StoredDeadLetter {
     pub code: String,
 }
 
+/// How much one receive takes.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    groups: usize,
+    per_group: usize,
+}
+
 fn unavailable(detail: String) -> QueueError {
     QueueError::Unavailable { detail }
 }
@@ -57,38 +69,80 @@ impl SqliteQueue {
         Self { db }
     }
 
-    /// Takes up to `max` messages, each the oldest of its group and visible now, and hides
-    /// them for `visibility`. Messages past [`MAX_RECEIVES`] go to the dead letters instead.
+    /// Takes the leading run of visible messages of up to `groups` groups, oldest groups
+    /// first, at most `per_group` of each, in order, and hides them for `visibility`.
+    /// Messages past [`MAX_RECEIVES`] go to the dead letters instead. A worker per run
+    /// applies the groups in parallel and each group in order.
     pub async fn receive(
         &self,
-        max: usize,
+        groups: usize,
+        per_group: usize,
         visibility: Duration,
-    ) -> Result<Vec<BatchRecord>, QueueError> {
+    ) -> Result<Vec<Vec<BatchRecord>>, QueueError> {
+        let runs = self
+            .receive_runs(Limits { groups, per_group }, visibility)
+            .await?;
+        Ok(runs.into_iter().filter(|run| !run.is_empty()).collect())
+    }
+
+    /// The leading runs within `limits`, the groups in the order of their oldest message.
+    async fn receive_runs(
+        &self,
+        limits: Limits,
+        visibility: Duration,
+    ) -> Result<Vec<Vec<BatchRecord>>, QueueError> {
+        let total = limits.groups.saturating_mul(limits.per_group);
+        if total == 0 {
+            return Ok(Vec::new());
+        }
         self.db
             .write(move |tx| {
                 let now = now_ms();
-                let mut heads = tx.prepare(
+                // Visible messages with no hidden (in flight or delayed) message before them
+                // in their group: exactly the groups' leading visible runs.
+                let mut runs = tx.prepare(
                     "SELECT m.seq, m.message_id, m.group_id, m.dedup_id, m.body, m.receive_count
                      FROM messages m
                      WHERE m.visible_at_ms <= ?1
                        AND NOT EXISTS (SELECT 1 FROM messages e
-                                       WHERE e.group_id = m.group_id AND e.seq < m.seq)
-                     ORDER BY m.seq LIMIT ?2",
+                                       WHERE e.group_id = m.group_id AND e.seq < m.seq
+                                         AND e.visible_at_ms > ?1)
+                     ORDER BY m.seq",
                 )?;
-                let rows = heads
-                    .query_map(params![now, max as i64], |r| {
-                        Ok((
-                            r.get::<_, i64>(0)?,
-                            r.get::<_, String>(1)?,
-                            r.get::<_, String>(2)?,
-                            r.get::<_, String>(3)?,
-                            r.get::<_, String>(4)?,
-                            r.get::<_, i64>(5)?,
-                        ))
-                    })?
-                    .collect::<rusqlite::Result<Vec<_>>>()?;
-                let mut records = Vec::new();
-                for (seq, message_id, group_id, dedup_id, body, receives) in rows {
+                let mut rows = runs.query(params![now])?;
+                // (run, seq, message id, group, dedup id, body, receives) per message taken.
+                type Picked = (usize, i64, String, String, String, String, i64);
+                let mut picked: Vec<Picked> = Vec::new();
+                // Each run's group and how many messages it has taken.
+                let mut taken: Vec<(String, usize)> = Vec::new();
+                while picked.len() < total {
+                    let Some(row) = rows.next()? else {
+                        break;
+                    };
+                    let group: String = row.get(2)?;
+                    let run = match taken.iter().position(|(g, _)| *g == group) {
+                        Some(run) if taken[run].1 >= limits.per_group => continue,
+                        Some(run) => run,
+                        None if taken.len() >= limits.groups => continue,
+                        None => {
+                            taken.push((group.clone(), 0));
+                            taken.len() - 1
+                        }
+                    };
+                    taken[run].1 += 1;
+                    picked.push((
+                        run,
+                        row.get(0)?,
+                        row.get(1)?,
+                        group,
+                        row.get(3)?,
+                        row.get(4)?,
+                        row.get(5)?,
+                    ));
+                }
+                drop(rows);
+                let mut out: Vec<Vec<BatchRecord>> = vec![Vec::new(); taken.len()];
+                for (run, seq, message_id, group_id, dedup_id, body, receives) in picked {
                     if receives >= MAX_RECEIVES {
                         tx.execute(
                             "INSERT INTO dead_letters (group_id, dedup_id, body, reason, code, dead_lettered_at_ms)
@@ -105,15 +159,17 @@ impl SqliteQueue {
                          receipt_handle = ?2, delayed = 0 WHERE seq = ?3",
                         params![now.saturating_add(ms(visibility)), receipt, seq],
                     )?;
-                    records.push(BatchRecord {
-                        message_id: Some(message_id),
-                        receipt_handle: Some(receipt),
-                        group_id: Some(group_id),
-                        deduplication_id: Some(dedup_id),
-                        body: Some(body),
-                    });
+                    if let Some(records) = out.get_mut(run) {
+                        records.push(BatchRecord {
+                            message_id: Some(message_id),
+                            receipt_handle: Some(receipt),
+                            group_id: Some(group_id),
+                            deduplication_id: Some(dedup_id),
+                            body: Some(body),
+                        });
+                    }
                 }
-                Ok(records)
+                Ok(out)
             })
             .await
             .map_err(unavailable)
@@ -293,6 +349,28 @@ mod tests {
 
     const VISIBILITY: Duration = Duration::from_secs(60);
 
+    fn dedups(records: &[BatchRecord]) -> Vec<String> {
+        records
+            .iter()
+            .filter_map(|r| r.deduplication_id.clone())
+            .collect()
+    }
+
+    /// One receive of every group's run (at most `per_group` each), flattened in run order.
+    async fn receive(
+        queue: &SqliteQueue,
+        per_group: usize,
+        visibility: Duration,
+    ) -> Vec<BatchRecord> {
+        queue
+            .receive(usize::MAX, per_group, visibility)
+            .await
+            .expect("receive")
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
     #[tokio::test]
     async fn one_group_is_served_in_order_and_a_duplicate_is_stored_once() {
         let (_dir, db) = temp_db();
@@ -304,18 +382,88 @@ mod tests {
         queue.send(&message("g2", "d3")).await.expect("send");
         assert_eq!(queue.depth().await.unwrap(), 3);
 
-        let batch = queue.receive(10, VISIBILITY).await.expect("receive");
-        let dedups: Vec<_> = batch
+        let head: Vec<BatchRecord> = queue
+            .receive(1, 1, VISIBILITY)
+            .await
+            .expect("receive")
+            .concat();
+        assert_eq!(dedups(&head), ["d1"], "one group, its oldest message");
+        // d1 in flight: g1's d2 is never handed out behind it; g2 is.
+        let other = receive(&queue, 10, VISIBILITY).await;
+        assert_eq!(dedups(&other), ["d3"]);
+        assert!(receive(&queue, 10, VISIBILITY).await.is_empty());
+        queue.settle(&head, &[]).await.expect("settle");
+        let next = receive(&queue, 10, VISIBILITY).await;
+        assert_eq!(dedups(&next), ["d2"]);
+    }
+
+    #[tokio::test]
+    async fn a_receive_hands_out_each_groups_leading_visible_run_in_order() {
+        let (_dir, db) = temp_db();
+        let queue = SqliteQueue::new(db);
+        for (group, dedup) in [
+            ("g1", "a1"),
+            ("g2", "b1"),
+            ("g1", "a2"),
+            ("g1", "a3"),
+            ("g2", "b2"),
+            ("g3", "c1"),
+        ] {
+            queue.send(&message(group, dedup)).await.unwrap();
+        }
+        // As SQS FIFO may: several of one group in one batch, in order.
+        let batch = receive(&queue, 10, VISIBILITY).await;
+        assert_eq!(dedups(&batch), ["a1", "a2", "a3", "b1", "b2", "c1"]);
+        // a1 and b1 succeed, a2 asks to wait an hour, a3 and b2 were held back behind it or
+        // just failed: a3 stays behind the delayed a2, b2 is g2's head again.
+        let receipt = |dedup: &str| {
+            batch
+                .iter()
+                .find(|r| r.deduplication_id.as_deref() == Some(dedup))
+                .and_then(|r| r.receipt_handle.clone())
+                .unwrap()
+        };
+        queue
+            .retry_later(&receipt("a2"), Duration::from_secs(3600))
+            .await
+            .unwrap();
+        let failed: Vec<String> = batch
             .iter()
-            .filter_map(|r| r.deduplication_id.clone())
+            .filter(|r| {
+                ["a2", "a3", "b2", "c1"].contains(&r.deduplication_id.as_deref().unwrap_or(""))
+            })
+            .filter_map(|r| r.message_id.clone())
             .collect();
-        assert_eq!(dedups, ["d1", "d3"], "group heads only");
-        // In flight: nothing of either group is served again.
-        assert!(queue.receive(10, VISIBILITY).await.unwrap().is_empty());
-        queue.settle(&batch, &[]).await.expect("settle");
-        let next = queue.receive(10, VISIBILITY).await.unwrap();
-        assert_eq!(next.len(), 1);
-        assert_eq!(next[0].deduplication_id.as_deref(), Some("d2"));
+        queue.settle(&batch, &failed).await.unwrap();
+        let again = receive(&queue, 10, VISIBILITY).await;
+        assert_eq!(dedups(&again), ["b2", "c1"], "never a3 while a2 is delayed");
+    }
+
+    #[tokio::test]
+    async fn groups_can_be_received_as_runs_within_limits() {
+        let (_dir, db) = temp_db();
+        let queue = SqliteQueue::new(db);
+        for (group, dedup) in [
+            ("g1", "a1"),
+            ("g2", "b1"),
+            ("g1", "a2"),
+            ("g1", "a3"),
+            ("g3", "c1"),
+            ("g2", "b2"),
+        ] {
+            queue.send(&message(group, dedup)).await.unwrap();
+        }
+        let runs = queue.receive(2, 2, VISIBILITY).await.unwrap();
+        let runs: Vec<Vec<String>> = runs.iter().map(|run| dedups(run)).collect();
+        assert_eq!(
+            runs,
+            [vec!["a1", "a2"], vec!["b1", "b2"]],
+            "oldest groups first"
+        );
+        // a3 waits behind a1 and a2 in flight; g3 is free.
+        let rest = queue.receive(4, 10, VISIBILITY).await.unwrap();
+        assert_eq!(rest.len(), 1);
+        assert_eq!(dedups(&rest[0]), ["c1"]);
     }
 
     #[tokio::test]
@@ -324,7 +472,7 @@ mod tests {
         let queue = SqliteQueue::new(db);
         queue.send(&message("g1", "d1")).await.unwrap();
         queue.send(&message("g2", "d2")).await.unwrap();
-        let batch = queue.receive(10, VISIBILITY).await.unwrap();
+        let batch = receive(&queue, 10, VISIBILITY).await;
         let ids: Vec<String> = batch.iter().filter_map(|r| r.message_id.clone()).collect();
         // g1's record asks to wait an hour; g2's simply failed.
         let g1 = batch
@@ -339,7 +487,7 @@ mod tests {
             .await
             .unwrap();
         queue.settle(&batch, &ids).await.unwrap();
-        let again = queue.receive(10, VISIBILITY).await.unwrap();
+        let again = receive(&queue, 10, VISIBILITY).await;
         assert_eq!(again.len(), 1);
         assert_eq!(again[0].group_id.as_deref(), Some("g2"));
         // g1's receipt still holds (it was not received again); an unknown one is refused.
@@ -368,15 +516,38 @@ mod tests {
     #[tokio::test]
     async fn an_unfinished_receive_comes_back_after_the_visibility_timeout_then_dead_letters() {
         let (_dir, db) = temp_db();
-        let queue = SqliteQueue::new(db);
+        let queue = SqliteQueue::new(db.clone());
         queue.send(&message("g1", "d1")).await.unwrap();
-        for _ in 0..MAX_RECEIVES {
-            // A zero visibility timeout stands for a worker that died holding the record.
-            assert_eq!(queue.receive(10, Duration::ZERO).await.unwrap().len(), 1);
+        queue.send(&message("g1", "d2")).await.unwrap();
+        // A zero visibility timeout stands for a worker that died holding the record.
+        for _ in 0..3 {
+            assert_eq!(receive(&queue, 1, Duration::ZERO).await.len(), 1);
         }
-        assert!(queue.receive(10, Duration::ZERO).await.unwrap().is_empty());
+        // The high limit is for a record that crashes its worker every time; rather than
+        // crash it a thousand times, the test brings its count to one below the limit.
+        db.write(|tx| {
+            tx.execute(
+                "UPDATE messages SET receive_count = ?1 WHERE dedup_id = 'd1'",
+                params![MAX_RECEIVES - 1],
+            )
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            dedups(&receive(&queue, 1, Duration::ZERO).await),
+            ["d1"],
+            "the last receive"
+        );
+        // Its next receive dead-letters it; then the next message of its group comes out.
+        assert!(receive(&queue, 1, Duration::ZERO).await.is_empty());
+        assert_eq!(dedups(&receive(&queue, 1, Duration::ZERO).await), ["d2"]);
         let letters = queue.dead_letters().await.unwrap();
+        assert_eq!(letters.len(), 1);
         assert_eq!(letters[0].code, "max_receives_exceeded");
-        assert_eq!(queue.depth().await.unwrap(), 0);
+        assert!(
+            letters[0].reason.contains("received 1000 times"),
+            "{letters:?}"
+        );
+        assert_eq!(queue.depth().await.unwrap(), 1);
     }
 }

@@ -7,6 +7,6 @@ pub mod signature;
 pub mod snapshot;
 pub mod webhook;
 
-pub use form::{FormBody, FormError};
+pub use form::{FormBody, FormError, FormLimitError, FormLimits, MAX_FORM_DEPTH, MAX_FORM_FIELDS};
 pub use signature::{SharedKey, SharedKeySet, SignatureCandidate, SignatureError, SignatureSource};
 pub use webhook::{Webhook, WebhookError};

@@ -1,127 +1,43 @@
-//! Keap REST v1 over HTTPS: the [`Crm`] adapter.
-//!
-//! Every call goes through one path ([`KeapClient::call`]): a client-side rate limit
-//! (governor) under the configured requests per second; pacing that slows down as Keap's
-//! reported per-minute budget falls, so the client eases off before Keap answers 429; the
-//! `x-keap-*` report of every answer; `x-request-id` in the log; and bounded retries with
-//! exponential backoff and jitter (backon) for transient failures, honouring the wait each
-//! kind of 429 asks for. A daily-quota 429 is never retried here: its reset is hours away,
-//! and the caller should delay the work instead.
-//!
-//! With OAuth, a 401 means the access token died early (revoked, or Keap's clock differs):
-//! the call gets one new token through the refresh lease and is retried once; a second 401
-//! is permanent.
+//! Keap REST v1: the [`Crm`] adapter. This module is the mapping only: which endpoint each
+//! `Crm` operation calls, the JSON it sends and how Keap's answers are read. How a call
+//! reaches Keap (rate limit, pacing, retries, OAuth, deadline, metrics) is [`super::transport`].
 
 use super::country::keap_country_code;
 use super::crm::{
     Address, Company, CompanyId, Contact, ContactFields, ContactId, Crm, CustomField, GoalHit, Tag,
     TagId, MAX_BULK_TAG_CONTACTS,
 };
-use super::directory::{Directory, DEFAULT_TTL};
-use super::errors::{KeapError, ThrottleKind};
-use super::oauth::OAuthTokens;
+use super::directory::Directory;
+use super::errors::KeapError;
 use super::throttle::ThrottleReport;
-use crate::telemetry::metrics::{self, CallStatus, RateLimitKind};
+use super::transport::KeapClientConfig;
+use super::transport::{Operation, Transport};
 use async_trait::async_trait;
-use backon::{ExponentialBuilder, Retryable};
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use reqwest::Method;
 use serde_json::{json, Map, Value};
-use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
-/// Keap's production base URL; paths are appended as `/v1/...`.
-pub const KEAP_BASE_URL: &str = "https://api.infusionsoft.com/crm/rest";
+/// Items per page of a v1 list (`limit`): the most Keap's list endpoints answer at once.
+const PAGE: usize = 1000;
 
-/// How the client proves who it is.
-#[derive(Clone)]
-pub enum Credential {
-    /// Service account key or personal access token, sent as `X-Keap-API-Key`.
-    ApiKey(String),
-    /// OAuth2 access token from the shared token store, sent as `Authorization: Bearer`.
-    OAuth(Arc<OAuthTokens>),
-}
-
-impl std::fmt::Debug for Credential {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::ApiKey(_) => f.write_str("ApiKey(<redacted>)"),
-            Self::OAuth(_) => f.write_str("OAuth(<redacted>)"),
-        }
-    }
-}
-
-/// The credential one call sends: the key, or the bearer token it got for this call.
-enum Auth<'a> {
-    ApiKey(&'a str),
-    Bearer(String),
-}
-
-#[derive(Debug, Clone)]
-pub struct KeapClientConfig {
-    pub base_url: String,
-    pub credential: Credential,
-    /// Client-side ceiling. A service account key may make 10 per second.
-    pub requests_per_second: NonZeroU32,
-    /// Retries after the first attempt, for transient failures.
-    pub max_retries: usize,
-    /// A throttle asking for a longer wait than this is returned to the caller instead.
-    pub max_wait: Duration,
-    pub request_timeout: Duration,
-    /// How long a name resolved to an id (tags, companies, custom fields) stays cached.
-    pub lookup_ttl: Duration,
-}
-
-impl KeapClientConfig {
-    pub fn new(base_url: impl Into<String>, credential: Credential) -> Self {
-        Self {
-            base_url: base_url.into(),
-            credential,
-            requests_per_second: NonZeroU32::MIN.saturating_add(9),
-            max_retries: 3,
-            max_wait: Duration::from_secs(65),
-            request_timeout: Duration::from_secs(20),
-            lookup_ttl: DEFAULT_TTL,
-        }
-    }
-}
+/// Pages read by one list before it stops: 100,000 tags or companies. Keap accounts hold
+/// thousands, not millions; the bound keeps a server that always answers a full page from
+/// holding the caller forever.
+const MAX_PAGES: usize = 100;
 
 pub struct KeapClient {
-    http: reqwest::Client,
-    config: KeapClientConfig,
-    limiter: DefaultDirectRateLimiter,
-    last_report: Mutex<ThrottleReport>,
-    paced_waits: AtomicU64,
-    /// Requests sent (retries included: each one counts against Keap's quota).
-    requests_sent: AtomicU64,
-    /// 429 answers received, of any kind.
-    throttled_answers: AtomicU64,
+    transport: Transport,
     directory: Directory,
 }
 
 impl KeapClient {
     pub fn new(config: KeapClientConfig) -> Result<Self, KeapError> {
-        let http = reqwest::Client::builder()
-            .timeout(config.request_timeout)
-            .build()
-            .map_err(|e| KeapError::Network {
-                detail: e.to_string(),
-            })?;
-        let limiter = RateLimiter::direct(even_spacing(config.requests_per_second));
+        let directory = Directory::with_ttl(
+            Arc::new(crate::identity::InMemoryNameLocks::new()),
+            config.lookup_ttl,
+        );
         Ok(Self {
-            http,
-            limiter,
-            last_report: Mutex::new(ThrottleReport::default()),
-            paced_waits: AtomicU64::new(0),
-            requests_sent: AtomicU64::new(0),
-            throttled_answers: AtomicU64::new(0),
-            directory: Directory::with_ttl(
-                Arc::new(crate::identity::InMemoryNameLocks::new()),
-                config.lookup_ttl,
-            ),
-            config,
+            transport: Transport::new(config)?,
+            directory,
         })
     }
 
@@ -134,22 +50,22 @@ impl KeapClient {
 
     /// How many times the client slowed down because Keap's reported budget was low.
     pub fn paced_waits(&self) -> u64 {
-        self.paced_waits.load(Ordering::Relaxed)
+        self.transport.paced_waits()
     }
 
     /// Requests this client sent to Keap, retries included (what Keap's quota counts).
     pub fn requests_sent(&self) -> u64 {
-        self.requests_sent.load(Ordering::Relaxed)
+        self.transport.requests_sent()
     }
 
     /// 429 answers this client received (spike arrest, per-minute or daily).
     pub fn throttled_answers(&self) -> u64 {
-        self.throttled_answers.load(Ordering::Relaxed)
+        self.transport.throttled_answers()
     }
 
     /// What Keap's last answer said about the budgets (daily quota left, per-minute left).
     pub fn throttle_report(&self) -> ThrottleReport {
-        *self.last_report.lock().unwrap_or_else(|p| p.into_inner())
+        self.transport.throttle_report()
     }
 
     /// The most requests one call can send: the first, its retries, and with OAuth one more
@@ -161,181 +77,27 @@ impl KeapClient {
 
     /// The configured pace, calls per second.
     pub fn requests_per_second(&self) -> u32 {
-        self.config.requests_per_second.get()
+        self.transport.config().requests_per_second.get()
     }
 
-    /// One Keap call with limiting, pacing and bounded retries. Returns the JSON answer
-    /// (`Value::Null` for an empty body).
-    async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        query: &[(&str, String)],
-        body: Option<&Value>,
-    ) -> Result<Value, KeapError> {
-        self.call_once_authorised(method, path, query, body)
-            .await
-            .inspect_err(|e| {
-                if needs_a_person(e) {
-                    metrics::keap_reauthorisation_needed();
-                }
-            })
-    }
-
-    /// [`Self::call`] without the metric: the credential, and with OAuth one new token and
-    /// one retry after a 401.
-    async fn call_once_authorised(
-        &self,
-        method: Method,
-        path: &str,
-        query: &[(&str, String)],
-        body: Option<&Value>,
-    ) -> Result<Value, KeapError> {
-        let tokens = match &self.config.credential {
-            Credential::ApiKey(key) => {
-                return self
-                    .call_with(&Auth::ApiKey(key), method, path, query, body)
-                    .await
-            }
-            Credential::OAuth(tokens) => tokens,
-        };
-        let token = tokens.access_token().await?;
-        match self
-            .call_with(
-                &Auth::Bearer(token.clone()),
-                method.clone(),
-                path,
-                query,
-                body,
-            )
-            .await
-        {
-            Err(KeapError::Unauthorized { reason, .. }) => {
-                tracing::warn!(%reason, path, "Keap rejected the access token; refreshing once");
-                let token = tokens.replace_rejected(&token).await?;
-                self.call_with(&Auth::Bearer(token), method, path, query, body)
-                    .await
-            }
-            other => other,
-        }
-    }
-
-    /// One call with one credential: limiting, pacing and bounded retries.
-    async fn call_with(
-        &self,
-        auth: &Auth<'_>,
-        method: Method,
-        path: &str,
-        query: &[(&str, String)],
-        body: Option<&Value>,
-    ) -> Result<Value, KeapError> {
-        let max_wait = self.config.max_wait;
-        let backoff = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(200))
-            .with_max_delay(Duration::from_secs(10))
-            .with_max_times(self.config.max_retries)
-            .with_jitter();
-        (|| self.attempt(auth, method.clone(), path, query, body))
-            .retry(backoff)
-            .when(|e| retry_in_process(e, max_wait))
-            .adjust(|e, planned| match e {
-                // Keap said how long: wait that, plus jitter so parallel workers spread out.
-                KeapError::Throttled { retry_after, .. } => Some(*retry_after + jitter()),
-                _ => planned,
-            })
-            .notify(|e, wait| tracing::warn!(error = %crate::telemetry::redact_emails(&e.to_string()), wait_ms = wait.as_millis() as u64, "Keap call failed; retrying"))
-            .await
-    }
-
-    async fn attempt(
-        &self,
-        auth: &Auth<'_>,
-        method: Method,
-        path: &str,
-        query: &[(&str, String)],
-        body: Option<&Value>,
-    ) -> Result<Value, KeapError> {
-        self.limiter.until_ready().await;
-        let report = *self.last_report.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(wait) = pacing_delay(&report) {
-            self.paced_waits.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(wait_ms = wait.as_millis() as u64, "Keap budget low; pacing");
-            tokio::time::sleep(wait).await;
-        }
-        let url = format!("{}{path}", self.config.base_url);
-        let mut request = self.http.request(method.clone(), &url).query(query);
-        request = match auth {
-            Auth::ApiKey(key) => request.header("X-Keap-API-Key", *key),
-            Auth::Bearer(token) => request.bearer_auth(token),
-        };
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        let operation = operation_of(&method, path);
-        self.requests_sent.fetch_add(1, Ordering::Relaxed);
-        let response = request.send().await.map_err(|e| {
-            metrics::keap_call(operation, CallStatus::Network);
-            KeapError::Network {
-                detail: without_url(&e),
-            }
-        })?;
-        let status = response.status().as_u16();
-        metrics::keap_call(operation, CallStatus::Http(status));
-        let headers = response.headers().clone();
-        let report = ThrottleReport::from_headers(&headers);
-        if !report.is_empty() {
-            *self.last_report.lock().unwrap_or_else(|p| p.into_inner()) = report;
-        }
-        if let Some(available) = report.daily.available {
-            metrics::keap_quota(available, report.daily.limit);
-        }
-        let request_id = headers
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        tracing::debug!(%method, path, status, request_id, "Keap call");
-        let bytes = response.bytes().await.map_err(|e| KeapError::Network {
-            detail: without_url(&e),
-        })?;
-        if !(200..300).contains(&status) {
-            let error =
-                KeapError::from_response(status, &headers, &bytes, time::OffsetDateTime::now_utc());
-            if status == 429 {
-                self.throttled_answers.fetch_add(1, Ordering::Relaxed);
-                metrics::keap_rate_limited(rate_limit_kind(&error));
-            }
-            return Err(error);
-        }
-        if bytes.is_empty() {
-            return Ok(Value::Null);
-        }
-        serde_json::from_slice(&bytes).map_err(|e| KeapError::Network {
-            detail: format!("unreadable JSON from Keap ({e})"),
-        })
-    }
-}
-
-impl KeapClient {
-    /// Every item of a v1 list (the array under `items`) matching `filter` (if any), page by
-    /// page.
+    /// Every item of a v1 list (the array under `items`), page by page, at most
+    /// [`MAX_PAGES`] pages of [`PAGE`]; `filter` is an extra query parameter (a name).
     async fn list_all(
         &self,
+        operation: Operation,
         path: &str,
         items: &str,
         filter: Option<(&str, &str)>,
     ) -> Result<Vec<Value>, KeapError> {
-        const PAGE: usize = 1000;
         let mut all = Vec::new();
-        // Bounded paging: Keap accounts hold thousands of tags or companies, not millions.
-        for page in 0..100 {
-            let mut query = vec![
-                ("limit", PAGE.to_string()),
-                ("offset", (page * PAGE).to_string()),
-            ];
-            if let Some((name, value)) = filter {
-                query.push((name, value.to_owned()));
-            }
-            let mut answer = self.call(Method::GET, path, &query, None).await?;
+        for page in 0..MAX_PAGES {
+            let mut query: Vec<(&str, String)> = filter
+                .map(|(name, value)| (name, value.to_owned()))
+                .into_iter()
+                .collect();
+            query.push(("limit", PAGE.to_string()));
+            query.push(("offset", (page * PAGE).to_string()));
+            let mut answer = self.transport.call(operation, path, &query, None).await?;
             let batch = match answer.get_mut(items).map(Value::take) {
                 Some(Value::Array(batch)) => batch,
                 _ => Vec::new(),
@@ -343,9 +105,14 @@ impl KeapClient {
             let count = batch.len();
             all.extend(batch);
             if count < PAGE {
-                break;
+                return Ok(all);
             }
         }
+        tracing::warn!(
+            operation = operation.name(),
+            items = all.len(),
+            "Keap list stopped at its page bound; later items were not read"
+        );
         Ok(all)
     }
 
@@ -363,120 +130,18 @@ impl KeapClient {
     }
 
     /// A bulk tag call: Keap answers 200 with a result per item, and every item must succeed.
-    async fn post_items(&self, path: &str, body: &Value) -> Result<(), KeapError> {
-        let answer = self.call(Method::POST, path, &[], Some(body)).await?;
+    async fn post_items(
+        &self,
+        operation: Operation,
+        path: &str,
+        body: &Value,
+    ) -> Result<(), KeapError> {
+        let answer = self
+            .transport
+            .call(operation, path, &[], Some(body))
+            .await?;
         all_items_applied(&answer)
     }
-}
-
-/// `per_second` calls a second, one at a time, evenly spaced. governor's default burst is a
-/// whole second's allowance: after a pause it lets 10 calls go at once and the 11th 100 ms
-/// later, so 11 land in one second and Keap's spike arrest (10 in any second, smoothed to one
-/// per 100 ms) answers 429, which costs a 1.5 s retry wait. A burst of one never does that.
-fn even_spacing(per_second: NonZeroU32) -> Quota {
-    Quota::per_second(per_second).allow_burst(NonZeroU32::MIN)
-}
-
-/// True when no retry can succeed until a person fixes the credentials: OAuth's authorisation
-/// is gone, or Keap refused the key (API key mode) or a token just obtained (OAuth). This is
-/// what `KeapReauthorisationNeeded` counts, whatever the mode.
-fn needs_a_person(error: &KeapError) -> bool {
-    matches!(
-        error,
-        KeapError::ReauthorisationNeeded { .. } | KeapError::Unauthorized { .. }
-    )
-}
-
-/// The `Kind` of a 429, from the classification `KeapError::from_response` made.
-fn rate_limit_kind(error: &KeapError) -> RateLimitKind {
-    match error {
-        KeapError::Throttled {
-            kind: ThrottleKind::SpikeArrest,
-            ..
-        } => RateLimitKind::Spike,
-        KeapError::Throttled {
-            kind: ThrottleKind::Minute,
-            ..
-        } => RateLimitKind::Minute,
-        KeapError::DailyQuotaExhausted { .. } => RateLimitKind::Daily,
-        _ => RateLimitKind::Other,
-    }
-}
-
-/// The `Operation` dimension of a call: a fixed name per endpoint, never the ids, emails or
-/// goal names its path or query carry.
-pub fn operation_of(method: &Method, path: &str) -> &'static str {
-    let segments: Vec<&str> = path
-        .trim_start_matches("/v1/")
-        .split('/')
-        .filter(|s| !s.is_empty())
-        .collect();
-    let m = method.as_str();
-    match (m, segments.as_slice()) {
-        ("PUT", ["contacts"]) => "contact_upsert",
-        ("GET", ["contacts"]) => "contact_find",
-        ("GET", ["contacts", "model"]) => "contact_model",
-        ("GET", ["contacts", _]) => "contact_get",
-        ("PATCH", ["contacts", _]) => "contact_update",
-        ("POST", ["contacts", _, "tags"]) => "tags_apply",
-        ("DELETE", ["contacts", _, "tags"]) => "tags_remove",
-        ("GET", ["tags"]) => "tag_find",
-        ("POST", ["tags"]) => "tag_create",
-        ("POST", ["tags", _, "contacts"]) => "tag_apply_to_contacts",
-        ("DELETE", ["tags", _, "contacts"]) => "tag_remove_from_contacts",
-        ("POST", ["campaigns", "goals", ..]) => "goal_achieve",
-        ("POST", ["notes"]) => "note_create",
-        ("GET", ["companies"]) => "company_find",
-        ("POST", ["companies"]) => "company_create",
-        _ => "other",
-    }
-}
-
-fn retry_in_process(error: &KeapError, max_wait: Duration) -> bool {
-    match error {
-        KeapError::Throttled { retry_after, .. } => *retry_after <= max_wait,
-        KeapError::Transient { .. } | KeapError::Network { .. } => true,
-        _ => false,
-    }
-}
-
-/// Waits that spread the rest of a low per-minute budget over the minute: none while more
-/// than half is left, `60 s / available` below that, a whole second when it is empty.
-pub fn pacing_delay(report: &ThrottleReport) -> Option<Duration> {
-    let fraction = report.minute_fraction_left()?;
-    if fraction > 0.5 {
-        return None;
-    }
-    let available = [report.minute.available, report.tenant_minute.available]
-        .into_iter()
-        .flatten()
-        .min()?;
-    Some(match available {
-        0 => Duration::from_secs(1),
-        n => Duration::from_millis(60_000 / n).min(Duration::from_secs(1)),
-    })
-}
-
-pub(crate) fn jitter() -> Duration {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or_default();
-    Duration::from_millis(u64::from(nanos % 500))
-}
-
-/// reqwest errors print the URL, which carries emails in query strings.
-pub(crate) fn without_url(error: &reqwest::Error) -> String {
-    let kind = if error.is_timeout() {
-        "timeout"
-    } else if error.is_connect() {
-        "connection failed"
-    } else if error.is_decode() {
-        "unreadable body"
-    } else {
-        "request failed"
-    };
-    kind.to_owned()
 }
 
 fn fields_json(fields: &ContactFields) -> Map<String, Value> {
@@ -558,23 +223,86 @@ fn id_of(record: &Value, what: &str) -> Result<i64, KeapError> {
     })
 }
 
+/// A tag of a list answer; one without an id or a name is left out.
+fn tag_from(value: &Value) -> Option<Tag> {
+    Some(Tag {
+        id: value["id"].as_i64()?,
+        name: value["name"].as_str()?.to_owned(),
+    })
+}
+
+/// A company of a list answer; one without an id or a name is left out.
+fn company_from(value: &Value) -> Option<Company> {
+    Some(Company {
+        id: value["id"].as_i64()?,
+        name: value["company_name"].as_str()?.to_owned(),
+    })
+}
+
 fn contact_from(value: &Value) -> Result<Contact, KeapError> {
     let id = id_of(value, "contact")?;
-    let email = value["email_addresses"]
-        .as_array()
-        .and_then(|a| a.iter().find(|e| e["field"] == "EMAIL1").or(a.first()))
-        .and_then(|e| e["email"].as_str())
-        .map(str::to_owned);
+    let fields = fields_from(value);
     let tag_ids = value["tag_ids"]
         .as_array()
         .map(|a| a.iter().filter_map(Value::as_i64).collect());
     let company_id = value["company"]["id"].as_i64();
     Ok(Contact {
         id,
-        email,
+        email: fields.as_ref().and_then(|f| f.email.clone()),
         tag_ids,
         company_id,
+        fields,
     })
+}
+
+/// The values a contact answer carries, read leniently: a field missing or of another type
+/// is `None` (or left out of `custom_fields`), never an error. `None` when the answer carries
+/// none of them (an answer of ids only).
+fn fields_from(value: &Value) -> Option<ContactFields> {
+    let text = |v: &Value| v.as_str().map(str::to_owned);
+    // The entry of `field` (`EMAIL1`, `PHONE1`, `BILLING`), else the first.
+    let entry = |list: &str, field: &str| -> Option<Value> {
+        let items = value[list].as_array()?;
+        items
+            .iter()
+            .find(|e| e["field"] == field)
+            .or(items.first())
+            .cloned()
+    };
+    let company_id = value["company"]["id"].as_i64();
+    let company = value["company"]["company_name"]
+        .as_str()
+        .or(value["company_name"].as_str())
+        .map(str::to_owned);
+    let custom_fields: Vec<(i64, Value)> = value["custom_fields"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|f| {
+            let content = f.get("content").filter(|c| !c.is_null())?;
+            Some((f["id"].as_i64()?, content.clone()))
+        })
+        .collect();
+    let address = entry("addresses", "BILLING").map(|a| Address {
+        line1: text(&a["line1"]),
+        line2: text(&a["line2"]),
+        locality: text(&a["locality"]),
+        region: text(&a["region"]),
+        postal_code: text(&a["postal_code"]),
+        country_code: text(&a["country_code"]),
+    });
+    let fields = ContactFields {
+        email: entry("email_addresses", "EMAIL1").and_then(|e| text(&e["email"])),
+        given_name: text(&value["given_name"]),
+        family_name: text(&value["family_name"]),
+        phone: entry("phone_numbers", "PHONE1").and_then(|p| text(&p["number"])),
+        address,
+        company,
+        company_id,
+        custom_fields,
+        opt_in_reason: text(&value["opt_in_reason"]),
+    };
+    (fields != ContactFields::default()).then_some(fields)
 }
 
 /// Keap's per-item results. Documented as a list of entries, seen as a map of id → status:
@@ -627,22 +355,36 @@ impl Crm for KeapClient {
         );
         body.insert("duplicate_option".into(), json!("Email"));
         let answer = self
-            .call(Method::PUT, "/v1/contacts", &[], Some(&Value::Object(body)))
+            .transport
+            .call(
+                Operation::ContactUpsert,
+                "/v1/contacts",
+                &[],
+                Some(&Value::Object(body)),
+            )
             .await?;
         contact_from(&answer)
     }
 
     async fn get_contact(&self, id: ContactId) -> Result<Contact, KeapError> {
         let answer = self
-            .call(Method::GET, &format!("/v1/contacts/{id}"), &[], None)
+            .transport
+            .call(
+                Operation::ContactGet,
+                &format!("/v1/contacts/{id}"),
+                // Keap leaves custom fields out of a contact unless asked.
+                &[("optional_properties", "custom_fields".to_owned())],
+                None,
+            )
             .await?;
         contact_from(&answer)
     }
 
     async fn find_contacts_by_email(&self, email: &str) -> Result<Vec<Contact>, KeapError> {
         let answer = self
+            .transport
             .call(
-                Method::GET,
+                Operation::ContactFind,
                 "/v1/contacts",
                 &[("email", email.to_owned()), ("limit", "1000".into())],
                 None,
@@ -665,8 +407,9 @@ impl Crm for KeapClient {
     ) -> Result<Contact, KeapError> {
         let body = Value::Object(self.contact_body(fields).await?);
         let answer = self
+            .transport
             .call(
-                Method::PATCH,
+                Operation::ContactUpdate,
                 &format!("/v1/contacts/{id}"),
                 &[],
                 Some(&body),
@@ -675,39 +418,27 @@ impl Crm for KeapClient {
         contact_from(&answer)
     }
 
-    async fn list_tags(&self) -> Result<Vec<Tag>, KeapError> {
-        let tags = self.list_all("/v1/tags", "tags", None).await?;
-        Ok(tags
-            .iter()
-            .filter_map(|t| {
-                Some(Tag {
-                    id: t["id"].as_i64()?,
-                    name: t["name"].as_str()?.to_owned(),
-                })
-            })
-            .collect())
-    }
-
     async fn find_tags_by_name(&self, name: &str) -> Result<Vec<Tag>, KeapError> {
         let tags = self
-            .list_all("/v1/tags", "tags", Some(("name", name)))
+            .list_all(Operation::TagFind, "/v1/tags", "tags", Some(("name", name)))
             .await?;
         Ok(tags
             .iter()
-            .filter_map(|t| {
-                let tag_name = t["name"].as_str()?;
-                // Keap's name filter may match loosely; keep exact names only.
-                (tag_name == name).then(|| Tag {
-                    id: t["id"].as_i64().unwrap_or_default(),
-                    name: tag_name.to_owned(),
-                })
-            })
+            .filter_map(tag_from)
+            // Keap's name filter may match loosely; keep exact names only.
+            .filter(|t| t.name == name)
             .collect())
     }
 
     async fn create_tag(&self, name: &str) -> Result<Tag, KeapError> {
         let answer = self
-            .call(Method::POST, "/v1/tags", &[], Some(&json!({"name": name})))
+            .transport
+            .call(
+                Operation::TagCreate,
+                "/v1/tags",
+                &[],
+                Some(&json!({"name": name})),
+            )
             .await?;
         Ok(Tag {
             id: id_of(&answer, "tag")?,
@@ -720,6 +451,7 @@ impl Crm for KeapClient {
             return Ok(());
         }
         self.post_items(
+            Operation::TagsApply,
             &format!("/v1/contacts/{contact}/tags"),
             &json!({"tagIds": tags}),
         )
@@ -730,14 +462,15 @@ impl Crm for KeapClient {
         if tags.is_empty() {
             return Ok(());
         }
-        self.call(
-            Method::DELETE,
-            &format!("/v1/contacts/{contact}/tags"),
-            &[("ids", ids_csv(tags))],
-            None,
-        )
-        .await
-        .map(|_| ())
+        self.transport
+            .call(
+                Operation::TagsRemove,
+                &format!("/v1/contacts/{contact}/tags"),
+                &[("ids", ids_csv(tags))],
+                None,
+            )
+            .await
+            .map(|_| ())
     }
 
     async fn apply_tag_to_contacts(
@@ -746,8 +479,12 @@ impl Crm for KeapClient {
         contacts: &[ContactId],
     ) -> Result<(), KeapError> {
         for chunk in contacts.chunks(MAX_BULK_TAG_CONTACTS) {
-            self.post_items(&format!("/v1/tags/{tag}/contacts"), &json!({"ids": chunk}))
-                .await?;
+            self.post_items(
+                Operation::TagApplyToContacts,
+                &format!("/v1/tags/{tag}/contacts"),
+                &json!({"ids": chunk}),
+            )
+            .await?;
         }
         Ok(())
     }
@@ -762,13 +499,14 @@ impl Crm for KeapClient {
             // per-contact removal, which documents a comma-separated list.
             let query: Vec<(&str, String)> =
                 chunk.iter().map(|id| ("ids", id.to_string())).collect();
-            self.call(
-                Method::DELETE,
-                &format!("/v1/tags/{tag}/contacts"),
-                &query,
-                None,
-            )
-            .await?;
+            self.transport
+                .call(
+                    Operation::TagRemoveFromContacts,
+                    &format!("/v1/tags/{tag}/contacts"),
+                    &query,
+                    None,
+                )
+                .await?;
         }
         Ok(())
     }
@@ -781,8 +519,9 @@ impl Crm for KeapClient {
     ) -> Result<Vec<GoalHit>, KeapError> {
         let path = format!("/v1/campaigns/goals/{integration}/{call_name}");
         let answer = self
+            .transport
             .call(
-                Method::POST,
+                Operation::GoalAchieve,
                 &path,
                 &[],
                 Some(&json!({"contact_id": contact})),
@@ -809,14 +548,16 @@ impl Crm for KeapClient {
     ) -> Result<i64, KeapError> {
         let note = json!({"contact_id": contact, "title": title, "body": body, "type": "Other"});
         let answer = self
-            .call(Method::POST, "/v1/notes", &[], Some(&note))
+            .transport
+            .call(Operation::NoteCreate, "/v1/notes", &[], Some(&note))
             .await?;
         Ok(answer["id"].as_i64().unwrap_or_default())
     }
 
     async fn custom_fields(&self) -> Result<Vec<CustomField>, KeapError> {
         let answer = self
-            .call(Method::GET, "/v1/contacts/model", &[], None)
+            .transport
+            .call(Operation::ContactModel, "/v1/contacts/model", &[], None)
             .await?;
         Ok(answer["custom_fields"]
             .as_array()
@@ -831,35 +572,20 @@ impl Crm for KeapClient {
             .collect())
     }
 
-    async fn list_companies(&self) -> Result<Vec<Company>, KeapError> {
-        let companies = self.list_all("/v1/companies", "companies", None).await?;
-        Ok(companies
-            .iter()
-            .filter_map(|c| {
-                Some(Company {
-                    id: c["id"].as_i64()?,
-                    name: c["company_name"].as_str()?.to_owned(),
-                })
-            })
-            .collect())
-    }
-
     async fn find_companies_by_name(&self, name: &str) -> Result<Vec<Company>, KeapError> {
         let companies = self
-            .list_all("/v1/companies", "companies", Some(("company_name", name)))
+            .list_all(
+                Operation::CompanyFind,
+                "/v1/companies",
+                "companies",
+                Some(("company_name", name)),
+            )
             .await?;
         let mut exact: Vec<Company> = companies
             .iter()
-            .filter_map(|c| {
-                let company_name = c["company_name"].as_str()?;
-                // The spec does not say how `company_name` matches; keep exact names only.
-                (company_name == name).then(|| {
-                    Some(Company {
-                        id: c["id"].as_i64()?,
-                        name: company_name.to_owned(),
-                    })
-                })?
-            })
+            .filter_map(company_from)
+            // The spec does not say how `company_name` matches; keep exact names only.
+            .filter(|c| c.name == name)
             .collect();
         exact.sort_by_key(|c| c.id);
         Ok(exact)
@@ -868,107 +594,32 @@ impl Crm for KeapClient {
     async fn create_company(&self, name: &str) -> Result<Company, KeapError> {
         let body = json!({ "company_name": name });
         let answer = self
-            .call(Method::POST, "/v1/companies", &[], Some(&body))
+            .transport
+            .call(Operation::CompanyCreate, "/v1/companies", &[], Some(&body))
             .await?;
         Ok(Company {
             id: id_of(&answer, "company")?,
             name: name.to_owned(),
         })
     }
-}
 
+    async fn list_tags(&self) -> Result<Vec<Tag>, KeapError> {
+        let tags = self
+            .list_all(Operation::TagList, "/v1/tags", "tags", None)
+            .await?;
+        Ok(tags.iter().filter_map(tag_from).collect())
+    }
+
+    async fn list_companies(&self) -> Result<Vec<Company>, KeapError> {
+        let companies = self
+            .list_all(Operation::CompanyList, "/v1/companies", "companies", None)
+            .await?;
+        Ok(companies.iter().filter_map(company_from).collect())
+    }
+}
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keap::throttle::Budget;
-
-    #[test]
-    fn operations_name_the_endpoint_never_its_ids() {
-        let cases = [
-            (Method::PUT, "/v1/contacts", "contact_upsert"),
-            (Method::GET, "/v1/contacts", "contact_find"),
-            (Method::GET, "/v1/contacts/model", "contact_model"),
-            (Method::GET, "/v1/contacts/1007", "contact_get"),
-            (Method::PATCH, "/v1/contacts/1007", "contact_update"),
-            (Method::POST, "/v1/contacts/1007/tags", "tags_apply"),
-            (Method::DELETE, "/v1/contacts/1007/tags", "tags_remove"),
-            (Method::GET, "/v1/tags", "tag_find"),
-            (Method::POST, "/v1/tags", "tag_create"),
-            (Method::POST, "/v1/tags/5/contacts", "tag_apply_to_contacts"),
-            (
-                Method::DELETE,
-                "/v1/tags/5/contacts",
-                "tag_remove_from_contacts",
-            ),
-            (
-                Method::POST,
-                "/v1/campaigns/goals/chargify/signup",
-                "goal_achieve",
-            ),
-            (Method::POST, "/v1/notes", "note_create"),
-            (Method::GET, "/v1/companies", "company_find"),
-            (Method::POST, "/v1/companies", "company_create"),
-            (Method::DELETE, "/v1/companies/3", "other"),
-        ];
-        for (method, path, operation) in cases {
-            assert_eq!(operation_of(&method, path), operation, "{method} {path}");
-        }
-    }
-
-    #[test]
-    fn a_429_is_counted_by_the_limit_it_hit() {
-        let throttled = |kind| KeapError::Throttled {
-            kind,
-            retry_after: Duration::from_secs(1),
-            request_id: None,
-        };
-        assert_eq!(
-            rate_limit_kind(&throttled(ThrottleKind::SpikeArrest)),
-            RateLimitKind::Spike
-        );
-        assert_eq!(
-            rate_limit_kind(&throttled(ThrottleKind::Minute)),
-            RateLimitKind::Minute
-        );
-        let daily = KeapError::DailyQuotaExhausted {
-            resets_at: None,
-            request_id: None,
-        };
-        assert_eq!(rate_limit_kind(&daily), RateLimitKind::Daily);
-        assert!(needs_a_person(&KeapError::ReauthorisationNeeded {
-            reason: "gone".into()
-        }));
-        assert!(!needs_a_person(&daily));
-    }
-
-    fn minute(limit: u64, available: u64) -> ThrottleReport {
-        ThrottleReport {
-            minute: Budget {
-                limit: Some(limit),
-                available: Some(available),
-                used: None,
-            },
-            ..ThrottleReport::default()
-        }
-    }
-
-    #[test]
-    fn pacing_starts_below_half_the_budget_and_grows_as_it_falls() {
-        assert_eq!(pacing_delay(&ThrottleReport::default()), None);
-        assert_eq!(pacing_delay(&minute(240, 200)), None);
-        assert_eq!(
-            pacing_delay(&minute(240, 120)),
-            Some(Duration::from_millis(500))
-        );
-        assert_eq!(
-            pacing_delay(&minute(240, 60)),
-            Some(Duration::from_millis(1000))
-        );
-        assert_eq!(pacing_delay(&minute(240, 0)), Some(Duration::from_secs(1)));
-        let shallower = pacing_delay(&minute(1500, 700)).unwrap_or_default();
-        let deeper = pacing_delay(&minute(1500, 100)).unwrap_or_default();
-        assert!(deeper > shallower);
-    }
 
     #[test]
     fn per_item_results_are_read_in_either_shape() {
@@ -1008,18 +659,70 @@ mod tests {
     }
 
     #[test]
-    fn throttles_longer_than_the_limit_go_back_to_the_caller() {
-        let long = KeapError::Throttled {
-            kind: crate::keap::ThrottleKind::Minute,
-            retry_after: Duration::from_secs(59),
-            request_id: None,
-        };
-        assert!(retry_in_process(&long, Duration::from_secs(65)));
-        assert!(!retry_in_process(&long, Duration::from_secs(5)));
-        let daily = KeapError::DailyQuotaExhausted {
-            resets_at: None,
-            request_id: None,
-        };
-        assert!(!retry_in_process(&daily, Duration::from_secs(65)));
+    fn a_contact_answer_is_read_back_into_its_fields() {
+        let answer = json!({
+            "id": 12,
+            "given_name": "Jane",
+            "family_name": "Doe",
+            "email_addresses": [
+                {"email": "other@example.com", "field": "EMAIL2"},
+                {"email": "jane@example.com", "field": "EMAIL1"}
+            ],
+            "phone_numbers": [{"number": "555-555-1234", "field": "PHONE1"}],
+            "addresses": [
+                {"field": "SHIPPING", "line1": "1 Dock Rd"},
+                {"field": "BILLING", "line1": "123 Main St", "locality": "Pleasantville",
+                 "region": "NC", "postal_code": "12345", "country_code": "USA"}
+            ],
+            "company": {"id": 7, "company_name": "Acme, Inc."},
+            "custom_fields": [
+                {"id": 42, "content": "pro-monthly"},
+                {"id": 43, "content": null},
+                {"id": 44, "content": 99.5},
+                {"content": "no id"}
+            ],
+            "tag_ids": [1, 2]
+        });
+        let contact = contact_from(&answer).expect("a contact");
+        assert_eq!(contact.email.as_deref(), Some("jane@example.com"));
+        assert_eq!(contact.company_id, Some(7));
+        let fields = contact.fields.expect("fields read back");
+        assert_eq!(fields.given_name.as_deref(), Some("Jane"));
+        assert_eq!(fields.family_name.as_deref(), Some("Doe"));
+        assert_eq!(fields.phone.as_deref(), Some("555-555-1234"));
+        assert_eq!(fields.company.as_deref(), Some("Acme, Inc."));
+        assert_eq!(fields.company_id, Some(7));
+        let address = fields.address.expect("billing address");
+        assert_eq!(address.line1.as_deref(), Some("123 Main St"));
+        assert_eq!(address.country_code.as_deref(), Some("USA"));
+        assert_eq!(
+            fields.custom_fields,
+            [(42, json!("pro-monthly")), (44, json!(99.5))],
+            "an unset field (null) and one without an id are not values"
+        );
+    }
+
+    #[test]
+    fn an_answer_of_ids_only_carries_no_fields_and_odd_types_are_skipped() {
+        let bare = contact_from(&json!({"id": 5, "tag_ids": []})).expect("a contact");
+        assert_eq!(bare.fields, None);
+        assert_eq!(bare.tag_ids, Some(vec![]));
+        let odd = contact_from(&json!({
+            "id": 6,
+            "given_name": 3,
+            "email_addresses": "jane@example.com",
+            "company_name": "Globex",
+            "custom_fields": {"42": "x"}
+        }))
+        .expect("a contact");
+        let fields = odd.fields.expect("the company name");
+        assert_eq!(fields.given_name, None);
+        assert_eq!(fields.email, None);
+        assert_eq!(fields.company.as_deref(), Some("Globex"));
+        assert!(fields.custom_fields.is_empty());
+        assert!(
+            contact_from(&json!({"given_name": "Jane"})).is_err(),
+            "no id"
+        );
     }
 }

@@ -18,7 +18,8 @@ pub type CompanyId = i64;
 pub const MAX_BULK_TAG_CONTACTS: usize = 200;
 
 /// What we write on a contact. `None` leaves a field as it is in Keap ("only the values
-/// provided" are updated).
+/// provided" are updated). Also what a contact answer carried, read back
+/// ([`Contact::fields`]).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ContactFields {
     pub email: Option<String>,
@@ -63,6 +64,12 @@ pub struct Contact {
     /// empty list is a contact with no tags).
     pub tag_ids: Option<Vec<TagId>>,
     pub company_id: Option<CompanyId>,
+    /// The values the answer carried: email, names, phone, the billing address (else the
+    /// first), the company's name as Keap answered it, and custom field id → value (unset
+    /// fields, `null` in Keap's answer, are left out). Read leniently: a value of an
+    /// unexpected type is `None`. `None` when the answer carried none of them. Keap sends
+    /// custom fields only when asked; `get_contact` asks.
+    pub fields: Option<ContactFields>,
 }
 
 /// A tag as read back.
@@ -103,6 +110,7 @@ pub trait Crm: Send + Sync {
         email: &str,
         fields: &ContactFields,
     ) -> Result<Contact, KeapError>;
+    /// The contact with its custom fields ([`Contact::fields`]).
     async fn get_contact(&self, id: ContactId) -> Result<Contact, KeapError>;
     /// Contacts whose primary email is `email`, lowest id first: when Keap holds several
     /// (it allows duplicates), the oldest contact is the one we keep in step.
@@ -112,7 +120,7 @@ pub trait Crm: Send + Sync {
         id: ContactId,
         fields: &ContactFields,
     ) -> Result<Contact, KeapError>;
-    /// Every tag of the account, page by page.
+    /// Every tag of the account (`GET /v1/tags`), page by page up to a bound of 100,000.
     async fn list_tags(&self) -> Result<Vec<Tag>, KeapError>;
     /// Every tag whose name is exactly `name` (Keap does not keep names unique).
     async fn find_tags_by_name(&self, name: &str) -> Result<Vec<Tag>, KeapError>;
@@ -149,7 +157,7 @@ pub trait Crm: Send + Sync {
         body: &str,
     ) -> Result<i64, KeapError>;
     async fn custom_fields(&self) -> Result<Vec<CustomField>, KeapError>;
-    /// Every company of the account, page by page.
+    /// Every company of the account (`GET /v1/companies`), paged like [`Crm::list_tags`].
     async fn list_companies(&self) -> Result<Vec<Company>, KeapError>;
     /// Companies whose name is exactly `name`, lowest id first. Keap does not keep company
     /// names unique; callers link contacts to the first (oldest), like contacts by email.

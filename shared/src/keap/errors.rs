@@ -1,10 +1,11 @@
 //! Keap's failures, read leniently and classified so the caller knows what to do.
 //!
-//! Keap answers errors in three shapes (domain-notes §2.6): its own `{code, message, status,
-//! details}` (where `code` may be a number or a string), Apigee's `{"fault": {"faultstring",
-//! "detail": {"errorcode"}}}` and OAuth's `{"error", "error_description"}`; proxies may answer
-//! HTML. The classification follows the table in §2.6, and a 429 is split by §2.5 into spike
-//! arrest, per-minute throttle and daily quota, because each wants a different wait.
+//! Keap answers errors in three shapes: its own `{code, message, status, details}` (where
+//! `code` may be a number or a string), Apigee's `{"fault": {"faultstring", "detail":
+//! {"errorcode"}}}` and OAuth's `{"error", "error_description"}`; proxies may answer HTML.
+//! [`KeapError::from_response`] classifies by status (its doc lists the exact sets), and a
+//! 429 is split into spike arrest, per-minute throttle and daily quota, because each wants a
+//! different wait.
 
 use super::throttle::ThrottleReport;
 use http::HeaderMap;
@@ -153,6 +154,24 @@ impl KeapError {
     }
 
     /// Classifies a non-success response. `now` decides the wait for a per-minute throttle.
+    ///
+    /// The status sets (the docs' failure table lists the same):
+    ///
+    /// | status | error | class |
+    /// |---|---|---|
+    /// | 429 | [`Self::Throttled`] (spike arrest or per-minute) or [`Self::DailyQuotaExhausted`] | transient |
+    /// | 408, 500–599 (every 5xx, 501 and 505 included) | [`Self::Transient`] | transient |
+    /// | 401 | [`Self::Unauthorized`] | OAuth: one new token and one retry, then needs a person |
+    /// | 400 with `invalid_grant` or "invalid refresh token" | [`Self::InvalidGrant`] | needs a person (after re-reading the token store) |
+    /// | 404 | [`Self::NotFound`] | permanent for that id |
+    /// | 400, 403, 405, 406, 409, 412, 422 and any other status | [`Self::Permanent`] | permanent |
+    ///
+    /// Every 5xx is transient: Keap's v1 spec declares only 500, and a 501 or 505 from a
+    /// gateway or a deploy in progress is as likely to pass as a 503. A 5xx that never passes
+    /// is given up on by the caller's own limit (the queue's redrive policy), not here.
+    ///
+    /// A 429's wait is Keap's `Retry-After` (seconds) when it sends one; else 1.5 s for spike
+    /// arrest and the rest of the current minute, plus 250 ms, for the per-minute throttle.
     pub fn from_response(
         status: u16,
         headers: &HeaderMap,
@@ -169,6 +188,7 @@ impl KeapError {
             429 => Self::throttled(
                 &error,
                 &ThrottleReport::from_headers(headers),
+                retry_after(headers),
                 request_id,
                 now,
             ),
@@ -179,7 +199,7 @@ impl KeapError {
             }
             401 => Self::Unauthorized { reason, request_id },
             404 => Self::NotFound { reason, request_id },
-            408 | 500 | 502 | 503 | 504 => Self::Transient {
+            408 | 500..=599 => Self::Transient {
                 status,
                 reason,
                 request_id,
@@ -195,13 +215,14 @@ impl KeapError {
     fn throttled(
         error: &ErrorBody,
         report: &ThrottleReport,
+        retry_after: Option<Duration>,
         request_id: Option<String>,
         now: OffsetDateTime,
     ) -> Self {
         if error.mentions("SpikeArrest") || error.mentions("spike arrest") {
             return Self::Throttled {
                 kind: ThrottleKind::SpikeArrest,
-                retry_after: SPIKE_ARREST_WAIT,
+                retry_after: retry_after.unwrap_or(SPIKE_ARREST_WAIT),
                 request_id,
             };
         }
@@ -215,13 +236,25 @@ impl KeapError {
         }
         let into_minute = Duration::from_secs(u64::from(now.second()))
             + Duration::from_nanos(u64::from(now.nanosecond()));
+        let next_minute =
+            Duration::from_secs(60).saturating_sub(into_minute) + Duration::from_millis(250);
         Self::Throttled {
             kind: ThrottleKind::Minute,
-            retry_after: Duration::from_secs(60).saturating_sub(into_minute)
-                + Duration::from_millis(250),
+            retry_after: retry_after.unwrap_or(next_minute),
             request_id,
         }
     }
+}
+
+/// `Retry-After` in seconds, when an answer carries one. Keap does not document it; a proxy
+/// in front may send it, and it knows its own window better than our guess. The HTTP-date
+/// form is not read (the kind's own wait applies).
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    headers
+        .get(http::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
 }
 
 #[cfg(test)]
@@ -240,7 +273,7 @@ mod tests {
         map
     }
 
-    // The three 429 bodies of domain-notes §2.5, verbatim.
+    // The three 429 bodies Keap is known to send, verbatim.
     const QUOTA_EXCEEDED: &str = r#"{"code": "429", "message": "Quota Exceeded", "status": "Request Throttled", "details": null}"#;
     const QUOTA_VIOLATION: &str = r#"{"fault":{"faultstring":"Rate limit quota violation. Quota limit exceeded. Identifier : abc","detail":{"errorcode":"policies.ratelimit.QuotaViolation"}}}"#;
     const SPIKE: &str = r#"{"fault":{"faultstring":"Spike arrest violation. Allowed rate : MessageRate{messagesPerPeriod=10, periodInMicroseconds=1000000, maxBurstMessageCount=1.0}","detail":{"errorcode":"policies.ratelimit.SpikeArrestViolation"}}}"#;
@@ -322,7 +355,7 @@ mod tests {
     }
 
     #[test]
-    fn the_status_table_of_domain_notes() {
+    fn the_status_sets_of_the_classifier() {
         let classify = |status, body: &str| {
             KeapError::from_response(status, &HeaderMap::new(), body.as_bytes(), NOW)
         };
@@ -349,12 +382,18 @@ mod tests {
             KeapError::Permanent { status: 403, .. }
         ));
         assert!(matches!(classify(404, "{}"), KeapError::NotFound { .. }));
-        for status in [405, 406, 409, 412, 501] {
-            assert!(!classify(status, "{}").is_transient(), "{status}");
-        }
-        for status in [500, 502, 503, 504] {
+        for status in [400, 403, 405, 406, 409, 412, 422, 410, 418] {
             assert!(
-                classify(status, "<html>gateway</html>").is_transient(),
+                matches!(classify(status, "{}"), KeapError::Permanent { .. }),
+                "{status}"
+            );
+        }
+        for status in [408, 500, 501, 502, 503, 504, 505, 511, 599] {
+            assert!(
+                matches!(
+                    classify(status, "<html>gateway</html>"),
+                    KeapError::Transient { .. }
+                ),
                 "{status}"
             );
         }
@@ -367,6 +406,26 @@ mod tests {
                 .to_string()
                 .contains("region requires country_code"),
             "{permanent}"
+        );
+    }
+
+    #[test]
+    fn a_retry_after_on_a_429_is_the_wait() {
+        let h = headers(&[("retry-after", "30")]);
+        assert!(matches!(
+            KeapError::from_response(429, &h, SPIKE.as_bytes(), NOW),
+            KeapError::Throttled { kind: ThrottleKind::SpikeArrest, retry_after, .. } if retry_after == Duration::from_secs(30)
+        ));
+        let h = headers(&[
+            ("retry-after", "Wed, 21 Oct 2026 07:28:00 GMT"),
+            ("x-keap-product-quota-available", "20000"),
+        ]);
+        assert!(
+            matches!(
+                KeapError::from_response(429, &h, QUOTA_EXCEEDED.as_bytes(), NOW),
+                KeapError::Throttled { kind: ThrottleKind::Minute, retry_after, .. } if retry_after == Duration::from_millis(15_250)
+            ),
+            "an HTTP-date is not read; the minute's own wait applies"
         );
     }
 }

@@ -164,6 +164,7 @@ fn contact(id: ContactId, fields: &ContactFields, tags: &BTreeSet<TagId>) -> Con
         email: fields.email.clone(),
         tag_ids: Some(tags.iter().copied().collect()),
         company_id: fields.company_id,
+        fields: Some(fields.clone()),
     }
 }
 

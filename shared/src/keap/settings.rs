@@ -2,11 +2,12 @@
 //! (in AWS): an API key, or OAuth2 with the token pair in DynamoDB, or nothing at all, which
 //! the caller turns into a dry run.
 
-use super::client::{Credential, KeapClient, KeapClientConfig, KEAP_BASE_URL};
+use super::client::KeapClient;
 use super::oauth::{
     ClientCredentials, DynamoDbTokenStore, KeapTokenEndpoint, OAuthTokens, RefreshPolicy,
     KEAP_TOKEN_URL,
 };
+use super::transport::{Credential, KeapClientConfig, KEAP_BASE_URL};
 use crate::config::{read_secret, ConfigError};
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,8 +1,9 @@
-//! Keap's throttle and quota headers (domain-notes §2.5), read from every response.
+//! Keap's throttle and quota headers, read from every response.
 //!
 //! Keap sends three families, lower-case: `x-keap-product-quota-*` (daily, per credential),
 //! `x-keap-product-throttle-*` (per minute, per credential) and `x-keap-tenant-throttle-*`
-//! (per minute, per Keap account since 2026-06-08). `Retry-After` is not documented, so the
+//! (per minute, per Keap account since 2026-06-08). `Retry-After` is not documented (the
+//! client honours one on a 429 when it comes, see `KeapError::from_response`), so the
 //! client plans its pacing from these numbers instead.
 
 use http::HeaderMap;

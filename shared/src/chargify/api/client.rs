@@ -13,7 +13,7 @@ use super::{
     ChargifyApi, ChargifyApiError, Event, EventQuery, Subscription, SubscriptionQuery,
     WebhookQuery, WebhookRecord, MAX_REPLAY_IDS,
 };
-use crate::keap::client::{jitter, without_url};
+use crate::keap::transport::{jitter, without_url};
 use crate::telemetry::redact_serde_error;
 use async_trait::async_trait;
 use backon::{ExponentialBuilder, Retryable};
@@ -146,13 +146,17 @@ impl ChargifyClient {
             ChargifyApiError::Transient { .. } | ChargifyApiError::Network { .. } => true,
             _ => false,
         })
-        .adjust(|e, planned| match e {
-            // Chargify said how long: wait that, plus jitter so parallel workers spread out.
-            ChargifyApiError::Throttled {
-                retry_after: Some(wait),
-                ..
-            } => Some(*wait + jitter()),
-            _ => planned,
+        .adjust(|e, planned| {
+            // No planned wait: the retries are used up, whatever Chargify asked for.
+            let planned = planned?;
+            Some(match e {
+                // Chargify said how long: wait that, plus jitter so parallel workers spread out.
+                ChargifyApiError::Throttled {
+                    retry_after: Some(wait),
+                    ..
+                } => *wait + jitter(),
+                _ => planned,
+            })
         })
         .notify(|e, wait| {
             tracing::warn!(error = %e, wait_ms = wait.as_millis() as u64, "Chargify call failed; retrying")

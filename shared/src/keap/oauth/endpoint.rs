@@ -107,7 +107,7 @@ impl KeapTokenEndpoint {
             KeapError::Network {
                 detail: format!(
                     "Keap token endpoint: {}",
-                    super::super::client::without_url(&e)
+                    super::super::transport::without_url(&e)
                 ),
             }
         })?;
@@ -117,7 +117,7 @@ impl KeapTokenEndpoint {
         let bytes = response.bytes().await.map_err(|e| KeapError::Network {
             detail: format!(
                 "Keap token endpoint: {}",
-                super::super::client::without_url(&e)
+                super::super::transport::without_url(&e)
             ),
         })?;
         let now = OffsetDateTime::now_utc();
