@@ -83,6 +83,9 @@ pub struct State {
     pub minute_budget: (u64, u64),
     /// Daily quota reported in headers: `(limit, available)`.
     pub daily_budget: (u64, u64),
+    /// When the daily quota resets, as Keap reports it (`x-keap-product-quota-expiry-time`,
+    /// epoch milliseconds).
+    pub quota_expiry_ms: u64,
     /// The OAuth app, its tokens and how often they were refreshed.
     pub oauth: token::OAuthState,
     /// Primary email → contact id, kept by the handlers that write contacts, so an upsert
@@ -131,6 +134,7 @@ impl KeapStandIn {
         let state = Arc::new(Mutex::new(State {
             minute_budget: (240, 240),
             daily_budget: (30_000, 30_000),
+            quota_expiry_ms: 1_795_824_000_000,
             next_id: 1000,
             ..State::default()
         }));
@@ -760,13 +764,18 @@ fn fault_response(state: &Mutex<State>, fault: &Fault) -> Response<Full<Bytes>> 
 
 /// Every answer carries Keap's throttle headers and an `x-request-id`.
 fn respond(state: &Mutex<State>, status: u16, body: Value) -> Response<Full<Bytes>> {
-    let (minute, daily, request) = {
+    let (minute, daily, request, expiry) = {
         let mut s = lock(state);
         if status != 429 {
             s.minute_budget.1 = s.minute_budget.1.saturating_sub(1);
             s.daily_budget.1 = s.daily_budget.1.saturating_sub(1);
         }
-        (s.minute_budget, s.daily_budget, s.calls.len())
+        (
+            s.minute_budget,
+            s.daily_budget,
+            s.calls.len(),
+            s.quota_expiry_ms,
+        )
     };
     let text = if body.is_null() {
         String::new()
@@ -782,7 +791,7 @@ fn respond(state: &Mutex<State>, status: u16, body: Value) -> Response<Full<Byte
         .header("x-keap-product-quota-limit", daily.0.to_string())
         .header("x-keap-product-quota-available", daily.1.to_string())
         .header("x-keap-product-quota-time-unit", "day")
-        .header("x-keap-product-quota-expiry-time", "1795824000000");
+        .header("x-keap-product-quota-expiry-time", expiry.to_string());
     if !text.is_empty() {
         builder = builder.header("content-type", "application/json");
     }

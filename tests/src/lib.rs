@@ -12,6 +12,7 @@ pub mod keap_view;
 pub mod lambda_watch;
 pub mod loopback;
 pub mod pipeline;
+pub mod recording_control;
 
 use base64::Engine;
 use serde_json::{json, Value};

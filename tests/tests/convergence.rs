@@ -12,10 +12,10 @@
 //! instance, are made visible again at once (after checking the delay asked for), and a killed
 //! instance's leases are expired in the tables.
 
-use async_trait::async_trait;
 use integration_tests::keap_standin::KeapStandIn;
 use integration_tests::keap_view::standin_view;
 use integration_tests::pipeline::post_signed;
+use integration_tests::recording_control::{show, RecordingControl};
 use integration_tests::{processor_resources, receive_as_lambda_event, ProcessorResources};
 use shared::chargify::SharedKeySet;
 use shared::dynamodb::Table;
@@ -31,33 +31,13 @@ use shared::identity::{
 use shared::ingest::IngestService;
 use shared::keap::{Credential, Crm, Directory, InMemoryCrm, KeapClient, KeapClientConfig};
 use shared::processor::{Processor, ProcessorSettings};
-use shared::queue::{
-    DeadLetter, QueueError, RecordControl, SqsRecordControl, SqsWebhookQueue, MAX_VISIBILITY_DELAY,
-};
+use shared::queue::{RecordControl, SqsRecordControl, SqsWebhookQueue, MAX_VISIBILITY_DELAY};
 use shared::rules::RuleSet;
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const KEY: &str = "convergence-shared-key";
-
-/// The records' hides asked of SQS, checked against its limit, then skipped.
-struct Hides {
-    inner: SqsRecordControl,
-    asked: Mutex<Vec<Duration>>,
-}
-
-#[async_trait]
-impl RecordControl for Hides {
-    async fn retry_later(&self, receipt: &str, delay: Duration) -> Result<(), QueueError> {
-        self.asked.lock().expect("lock").push(delay);
-        self.inner.retry_later(receipt, delay).await
-    }
-
-    async fn dead_letter(&self, message: &DeadLetter) -> Result<(), QueueError> {
-        self.inner.dead_letter(message).await
-    }
-}
 
 /// The shared parts of a cluster of processor instances.
 struct Cluster {
@@ -67,7 +47,7 @@ struct Cluster {
     idempotency: Arc<DynamoDbIdempotencyStore>,
     customers: Arc<DynamoDbCustomerStore>,
     locks: Arc<DynamoDbNameLocks>,
-    control: Arc<Hides>,
+    control: Arc<RecordingControl>,
     ingest: IngestService<SqsWebhookQueue>,
 }
 
@@ -78,14 +58,11 @@ impl Cluster {
         let keap = KeapStandIn::start().await;
         keap.add_custom_fields(rules.custom_field_labels(), 100);
         let table = |name: &str| Table::new(resources.dynamodb.clone(), name);
-        let control = Arc::new(Hides {
-            inner: SqsRecordControl::new(
-                resources.sqs.clone(),
-                &resources.queue_url,
-                &resources.dead_letter_url,
-            ),
-            asked: Mutex::new(Vec::new()),
-        });
+        let control = Arc::new(RecordingControl::new(SqsRecordControl::new(
+            resources.sqs.clone(),
+            &resources.queue_url,
+            &resources.dead_letter_url,
+        )));
         let ingest = IngestService::new(
             SharedKeySet::parse(KEY).expect("key"),
             SqsWebhookQueue::new(resources.sqs.clone(), &resources.queue_url),
@@ -160,17 +137,7 @@ impl Cluster {
 
     /// Makes hidden records visible now (the wait skipped).
     async fn show(&self, receipts: &[String]) {
-        for receipt in receipts {
-            let _ = self
-                .resources
-                .sqs
-                .change_message_visibility()
-                .queue_url(&self.resources.queue_url)
-                .receipt_handle(receipt)
-                .visibility_timeout(0)
-                .send()
-                .await;
-        }
+        show(&self.resources.sqs, &self.resources.queue_url, receipts).await;
     }
 
     async fn queue_is_empty(&self) -> bool {
@@ -394,7 +361,7 @@ async fn three_instances_with_kills_end_as_the_in_order_run() {
         integration_tests::drain(&cluster.resources.sqs, &cluster.resources.dead_letter_url).await;
     assert!(letters.is_empty(), "nothing dead-lettered: {letters:?}");
     cluster.keap.assert_no_violations();
-    let asked = cluster.control.asked.lock().expect("lock").clone();
+    let asked = cluster.control.asked();
     assert!(
         asked.iter().all(|d| *d <= MAX_VISIBILITY_DELAY),
         "every hide within SQS's limit: {asked:?}"

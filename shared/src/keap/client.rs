@@ -71,8 +71,9 @@ impl KeapClient {
     /// The most requests one call can send: the first, its retries, and with OAuth one more
     /// after a refreshed token.
     pub fn max_requests_per_call(&self) -> u64 {
-        let oauth = u64::from(matches!(self.config.credential, Credential::OAuth(_)));
-        1 + self.config.max_retries as u64 + oauth
+        let config = self.transport.config();
+        let oauth = u64::from(matches!(config.credential, super::Credential::OAuth(_)));
+        1 + config.max_retries as u64 + oauth
     }
 
     /// The configured pace, calls per second.

@@ -27,6 +27,8 @@ pub enum ProcessError {
     Envelope(#[from] EnvelopeError),
     #[error("envelope holds a body that is not a Chargify webhook: {0}")]
     Body(String),
+    #[error("envelope holds a body of a shape no Chargify webhook has: {0}")]
+    BodyShape(#[from] crate::chargify::FormLimitError),
     #[error("rules could not plan this webhook: {0}")]
     Plan(#[from] PlanError),
     #[error("no Keap contact can be chosen: {0}")]
@@ -88,6 +90,7 @@ impl ProcessError {
             Self::Envelope(EnvelopeError::UnsupportedVersion { .. }) => "envelope_version",
             Self::Envelope(_) => "malformed_envelope",
             Self::Body(_) => "malformed_body",
+            Self::BodyShape(e) => e.code(),
             Self::Plan(_) => "rules_failed",
             Self::NoContact(_) => "no_contact",
             Self::Keap(e) | Self::Lookup(LookupError::Keap(e)) => keap_code(e),
@@ -126,6 +129,7 @@ impl ProcessError {
             Self::Panicked(_) => Disposition::RetryAfter(DEFAULT_RETRY_DELAY),
             Self::Envelope(_)
             | Self::Body(_)
+            | Self::BodyShape(_)
             | Self::Plan(_)
             | Self::NoContact(_)
             | Self::Lookup(_)

@@ -225,8 +225,12 @@ pub struct Processor {
 impl Processor {
     /// The plan of an envelope (pure: parse and rules).
     pub fn plan(&self, envelope: WebhookEnvelope) -> Result<Planned, ProcessError> {
-        let webhook = Webhook::parse(envelope.raw_body.as_bytes())
+        let form = crate::chargify::FormBody::parse(envelope.raw_body.as_bytes())
             .map_err(|e| ProcessError::Body(e.to_string()))?;
+        // Ingest refuses such bodies; one queued another way (a redrive, an old envelope) is
+        // dead-lettered with the reason before anything walks its tree.
+        form.check_limits(crate::chargify::FormLimits::WEBHOOK)?;
+        let webhook = Webhook::from_form(form).map_err(|e| ProcessError::Body(e.to_string()))?;
         let plan = self.rules.plan(&webhook, &envelope.site)?;
         for note in &plan.notes {
             tracing::info!(
