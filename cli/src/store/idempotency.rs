@@ -6,8 +6,8 @@ use super::Db;
 use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension, Row};
 use shared::idempotency::{
-    decide_begin, later, new_token, Begin, BeginRequest, IdempotencyKey, IdempotencyRecord,
-    IdempotencyStore, Lease, Received, RecordStatus, StoreError,
+    decide_begin, later, live_lease, new_token, Begin, BeginRequest, Deleted, IdempotencyKey,
+    IdempotencyRecord, IdempotencyStore, Lease, Received, RecordStatus, StoreError,
 };
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -318,6 +318,32 @@ impl IdempotencyStore for SqliteIdempotencyStore {
             .await
             .map_err(|detail| StoreError::Unavailable { detail })?
     }
+
+    async fn delete(
+        &self,
+        key: &IdempotencyKey,
+        now: OffsetDateTime,
+    ) -> Result<Deleted, StoreError> {
+        let key = key.clone();
+        self.db
+            .write(move |tx| {
+                let record = match load(tx, &key)? {
+                    Ok(Some(stored)) => stored.record,
+                    Ok(None) => return Ok(Ok(Deleted::Absent)),
+                    Err(e) => return Ok(Err(e)),
+                };
+                if let Some(until) = live_lease(&record, now) {
+                    return Ok(Ok(Deleted::Leased { until }));
+                }
+                tx.execute(
+                    "DELETE FROM idempotency WHERE key = ?1",
+                    params![key.storage_key()],
+                )?;
+                Ok(Ok(Deleted::Removed))
+            })
+            .await
+            .map_err(|detail| StoreError::Unavailable { detail })?
+    }
 }
 
 #[cfg(test)]
@@ -337,6 +363,7 @@ mod tests {
         contract::release_and_retake(&store, &IdempotencyKey::new("acme", "2")).await;
         contract::reopen_for_a_forced_replay(&store, &IdempotencyKey::new("acme", "3")).await;
         contract::seen_markers(&store, &IdempotencyKey::new("acme", "4")).await;
+        contract::delete_for_forget(&store, &IdempotencyKey::new("acme", "5")).await;
 
         let reopened = SqliteIdempotencyStore::new(
             Db::open(&dir.path().join("nested/local.sqlite3")).expect("reopen"),
