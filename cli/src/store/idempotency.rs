@@ -346,6 +346,37 @@ impl IdempotencyStore for SqliteIdempotencyStore {
     }
 }
 
+impl SqliteIdempotencyStore {
+    /// Every record in the file (operator commands: `cks forget --local`). A row that does
+    /// not read as a record is returned as its problem, so one bad row hides no other.
+    pub async fn all(&self) -> Result<Vec<Result<IdempotencyRecord, StoreError>>, StoreError> {
+        self.db
+            .write(|tx| {
+                let keys: Vec<String> = tx
+                    .prepare("SELECT key FROM idempotency ORDER BY key")?
+                    .query_map([], |row| row.get(0))?
+                    .collect::<rusqlite::Result<_>>()?;
+                let mut records = Vec::with_capacity(keys.len());
+                for text in keys {
+                    let Some(key) = IdempotencyKey::from_storage_key(&text) else {
+                        records.push(Err(StoreError::Corrupt {
+                            detail: format!("record key {text:?} has no '#'"),
+                        }));
+                        continue;
+                    };
+                    records.push(match load(tx, &key)? {
+                        Ok(Some(stored)) => Ok(stored.record),
+                        Ok(None) => continue,
+                        Err(e) => Err(e),
+                    });
+                }
+                Ok(records)
+            })
+            .await
+            .map_err(|detail| StoreError::Unavailable { detail })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
