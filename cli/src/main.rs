@@ -47,6 +47,8 @@ enum Group {
     /// The deployed dead-letter queue: list or redrive.
     #[command(subcommand)]
     Dlq(ops::dlq::DlqCommand),
+    /// Remove one person's records, identity-map entries and dead letters (not Keap's contact).
+    Forget(ops::forget::ForgetArgs),
     /// Sync every existing Chargify subscription to Keap (resumable, bulk tags).
     Backfill(backfill::BackfillArgs),
     /// Recover webhooks Chargify failed or paused, and events whose state never arrived.
@@ -65,6 +67,10 @@ async fn main() -> ExitCode {
         Group::Status(args) => ops::status::run(args).await.map_err(|e| e.to_string()),
         Group::Replay(args) => ops::replay::run(args).await.map_err(|e| e.to_string()),
         Group::Dlq(command) => ops::dlq::run(command).await.map_err(|e| e.to_string()),
+        // Its errors may quote a store's answer: no email reaches the terminal unredacted.
+        Group::Forget(args) => ops::forget::run(args)
+            .await
+            .map_err(|e| shared::telemetry::redact_emails(&e.to_string())),
         Group::Backfill(args) => match backfill::run(args).await {
             Ok(code) => return code,
             Err(e) => Err(e.to_string()),

@@ -5,6 +5,7 @@
 use crate::idempotency::StoreError;
 use aws_sdk_dynamodb::config::retry::RetryConfig;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::operation::delete_item::builders::DeleteItemFluentBuilder;
 use aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::AttributeValue;
@@ -85,17 +86,19 @@ impl Table {
         self.client.scan().table_name(&self.name)
     }
 
-    /// Deletes the item `pk`; `false` when there was none.
-    pub async fn delete(&self, pk: String) -> Result<bool, StoreError> {
-        let output = self
-            .client
+    /// A `DeleteItem` of the item `pk` that returns the deleted item, for the caller to add
+    /// a condition to.
+    pub fn delete_item(&self, pk: String) -> DeleteItemFluentBuilder {
+        self.client
             .delete_item()
             .table_name(&self.name)
             .key(PARTITION_KEY, string(pk))
             .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld)
-            .send()
-            .await
-            .map_err(classify)?;
+    }
+
+    /// Deletes the item `pk`; `false` when there was none.
+    pub async fn delete(&self, pk: String) -> Result<bool, StoreError> {
+        let output = self.delete_item(pk).send().await.map_err(classify)?;
         Ok(output.attributes.is_some_and(|a| !a.is_empty()))
     }
 

@@ -11,6 +11,7 @@ pub mod dynamodb;
 pub mod entrypoints;
 pub mod envelope;
 pub mod fixtures;
+pub mod forget;
 pub mod idempotency;
 pub mod identity;
 pub mod ingest;

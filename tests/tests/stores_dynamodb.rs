@@ -56,6 +56,7 @@ async fn keeps_the_idempotency_contract() {
     contract::release_and_retake(&store, &IdempotencyKey::new("acme", "2")).await;
     contract::reopen_for_a_forced_replay(&store, &IdempotencyKey::new("acme", "3")).await;
     contract::seen_markers(&store, &IdempotencyKey::new("acme", "4")).await;
+    contract::delete_for_forget(&store, &IdempotencyKey::new("acme", "5")).await;
 }
 
 #[tokio::test]

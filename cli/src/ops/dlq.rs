@@ -61,9 +61,9 @@ const REDRIVE_VISIBILITY_SECS: i32 = 60;
 const EMPTY_RECEIVES: usize = 2;
 
 /// A received dead letter and the handle to make it visible again or delete it.
-struct Received {
-    letter: DeadLetterMessage,
-    receipt: String,
+pub(super) struct Received {
+    pub(super) letter: DeadLetterMessage,
+    pub(super) receipt: String,
     sent_at_ms: Option<i64>,
     receive_count: Option<u32>,
 }
@@ -92,12 +92,16 @@ impl Pass {
     }
 }
 
-struct DeadLetterQueue {
+pub(super) struct DeadLetterQueue {
     sqs: aws_sdk_sqs::Client,
     url: String,
 }
 
 impl DeadLetterQueue {
+    pub(super) fn new(sqs: aws_sdk_sqs::Client, url: String) -> Self {
+        Self { sqs, url }
+    }
+
     fn error(&self, e: impl std::error::Error + 'static) -> OpsError {
         OpsError::Sqs {
             url: self.url.clone(),
@@ -170,7 +174,7 @@ impl DeadLetterQueue {
             .collect())
     }
 
-    async fn make_visible(&self, receipt: &str) -> Result<(), OpsError> {
+    pub(super) async fn make_visible(&self, receipt: &str) -> Result<(), OpsError> {
         self.sqs
             .change_message_visibility()
             .queue_url(&self.url)
@@ -182,7 +186,7 @@ impl DeadLetterQueue {
         Ok(())
     }
 
-    async fn delete(&self, receipt: &str) -> Result<(), OpsError> {
+    pub(super) async fn delete(&self, receipt: &str) -> Result<(), OpsError> {
         self.sqs
             .delete_message()
             .queue_url(&self.url)
@@ -193,14 +197,20 @@ impl DeadLetterQueue {
         Ok(())
     }
 
-    /// Every message (at most `max`), left visible again afterwards.
-    async fn peek_all(&self, max: usize) -> Result<Vec<Received>, OpsError> {
+    /// Every message (at most `max`), received and kept in flight for `visibility` seconds
+    /// until the caller deletes it or makes it visible again. A pass that fails midway makes
+    /// what it held visible again before it returns: a failure must not hide messages.
+    pub(super) async fn hold_all(
+        &self,
+        max: usize,
+        visibility: i32,
+    ) -> Result<Vec<Received>, OpsError> {
         let bar = progress::bar(self.approximate_count().await?, "reading dead letters");
         let mut seen: Vec<Received> = Vec::new();
         let mut pass = Pass::default();
         let outcome = async {
             while seen.len() < max {
-                let Some(batch) = pass.next(self, LIST_VISIBILITY_SECS).await? else {
+                let Some(batch) = pass.next(self, visibility).await? else {
                     break;
                 };
                 for message in batch {
@@ -212,12 +222,27 @@ impl DeadLetterQueue {
         }
         .await;
         bar.finish_and_clear();
-        // Visible again even when the pass failed midway: a listing must not hide messages.
-        for message in &seen {
+        if let Err(e) = outcome {
+            self.release(&seen).await?;
+            return Err(e);
+        }
+        let over = seen.split_off(max.min(seen.len()));
+        self.release(&over).await?;
+        Ok(seen)
+    }
+
+    /// Makes `messages` visible again.
+    pub(super) async fn release(&self, messages: &[Received]) -> Result<(), OpsError> {
+        for message in messages {
             self.make_visible(&message.receipt).await?;
         }
-        outcome?;
-        seen.truncate(max);
+        Ok(())
+    }
+
+    /// Every message (at most `max`), left visible again afterwards.
+    async fn peek_all(&self, max: usize) -> Result<Vec<Received>, OpsError> {
+        let seen = self.hold_all(max, LIST_VISIBILITY_SECS).await?;
+        self.release(&seen).await?;
         Ok(seen)
     }
 }
@@ -249,10 +274,7 @@ fn summary(message: &Received) -> serde_json::Value {
 
 async fn open(stack: StackArgs) -> Result<(Deployed, DeadLetterQueue), OpsError> {
     let deployed = Deployed::connect(stack).await?;
-    let queue = DeadLetterQueue {
-        sqs: deployed.sqs(),
-        url: deployed.dead_letter_queue_url().await?,
-    };
+    let queue = DeadLetterQueue::new(deployed.sqs(), deployed.dead_letter_queue_url().await?);
     Ok((deployed, queue))
 }
 

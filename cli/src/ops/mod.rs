@@ -1,10 +1,12 @@
-//! Operator commands against a deployed stack: `status`, `replay`, `dlq list|redrive`
-//! (docs/operations.md, "Operate: status, replay, dead letters"). The decisions are pure functions in
-//! `shared::replay`; this module and its children make the AWS calls, one module per
-//! concept: [`stack`] finds the resources, [`records`] reads idempotency records, [`status`],
-//! [`replay`] and [`dlq`] are the commands, [`progress`] draws the bars.
+//! Operator commands against a deployed stack: `status`, `replay`, `dlq list|redrive`,
+//! `forget` (docs/operations.md, "Operate: status, replay, dead letters, forget"). The
+//! decisions are pure functions in `shared::replay` and `shared::forget`; this module and its
+//! children make the AWS calls, one module per concept: [`stack`] finds the resources,
+//! [`records`] reads idempotency records, [`status`], [`replay`], [`dlq`] and [`forget`] are
+//! the commands, [`progress`] draws the bars.
 
 pub mod dlq;
+pub mod forget;
 pub mod progress;
 pub mod reconcile;
 mod records;
@@ -48,7 +50,7 @@ pub struct WebhookArgs {
 pub enum OpsError {
     #[error("no AWS credentials found ({detail}); set AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (run `aws sso login` for an SSO profile)")]
     NoCredentials { detail: String },
-    #[error("stack {stack} not found in region {region}; set --stack (or CKS_STACK) and AWS_REGION, or pass --queue-url, --dead-letter-queue-url and --idempotency-table")]
+    #[error("stack {stack} not found in region {region}; set --stack (or CKS_STACK) and AWS_REGION, or pass the resources the command needs as flags (--queue-url, --dead-letter-queue-url, --idempotency-table, --customers-table)")]
     StackNotFound { stack: String, region: String },
     #[error(
         "stack {stack} has no output {output}; deploy the current template.yaml, or pass {flag}"

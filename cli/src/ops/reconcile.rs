@@ -4,7 +4,7 @@
 //! keys from the environment (`CHARGIFY_SITE`, `CHARGIFY_API_KEY`…, `CHARGIFY_SHARED_KEYS`),
 //! else the stack's `SharedKeysSecretArn`.
 
-use super::stack::{Deployed, CUSTOMERS_OUTPUT, SHARED_KEYS_OUTPUT};
+use super::stack::{Deployed, SHARED_KEYS_OUTPUT};
 use super::{OpsError, StackArgs};
 use shared::config::{ConfigError, CHARGIFY_SHARED_KEYS, CHARGIFY_SHARED_KEYS_SECRET_ARN};
 use shared::entrypoints::reconciler_lambda::ReconcilerConfig;
@@ -69,9 +69,7 @@ pub async fn run(args: ReconcileArgs) -> Result<(), ReconcileCliError> {
         ("IDEMPOTENCY_TABLE", deployed.idempotency_table().await?),
         (
             "CUSTOMERS_TABLE",
-            deployed
-                .resource(&args.customers_table, CUSTOMERS_OUTPUT, "--customers-table")
-                .await?,
+            deployed.customers_table(&args.customers_table).await?,
         ),
     ]);
     let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());

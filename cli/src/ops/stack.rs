@@ -7,6 +7,7 @@ use aws_sdk_cloudformation::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_sqs::config::ProvideCredentials;
 use shared::dynamodb::Table;
 use shared::idempotency::DynamoDbIdempotencyStore;
+use shared::identity::DynamoDbCustomerStore;
 use std::collections::HashMap;
 use tokio::sync::OnceCell;
 
@@ -149,6 +150,24 @@ impl Deployed {
     /// The AWS configuration the stack was found with.
     pub fn aws(&self) -> &aws_config::SdkConfig {
         &self.aws
+    }
+
+    /// The identity-map table: `given` (`--customers-table`), else the stack's
+    /// `CustomersTableName` output.
+    pub async fn customers_table(&self, given: &Option<String>) -> Result<String, OpsError> {
+        self.resource(given, CUSTOMERS_OUTPUT, "--customers-table")
+            .await
+    }
+
+    /// The identity map on [`Self::customers_table`], with our DynamoDB retry policy.
+    pub async fn customers(
+        &self,
+        given: &Option<String>,
+    ) -> Result<DynamoDbCustomerStore, OpsError> {
+        let table = self.customers_table(given).await?;
+        Ok(DynamoDbCustomerStore::new(Table::from_config(
+            &self.aws, table,
+        )))
     }
 
     pub async fn idempotency_table(&self) -> Result<String, OpsError> {

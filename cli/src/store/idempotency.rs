@@ -6,8 +6,8 @@ use super::Db;
 use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension, Row};
 use shared::idempotency::{
-    decide_begin, later, new_token, Begin, BeginRequest, IdempotencyKey, IdempotencyRecord,
-    IdempotencyStore, Lease, Received, RecordStatus, StoreError,
+    decide_begin, later, live_lease, new_token, Begin, BeginRequest, Deleted, IdempotencyKey,
+    IdempotencyRecord, IdempotencyStore, Lease, Received, RecordStatus, StoreError,
 };
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -318,6 +318,63 @@ impl IdempotencyStore for SqliteIdempotencyStore {
             .await
             .map_err(|detail| StoreError::Unavailable { detail })?
     }
+
+    async fn delete(
+        &self,
+        key: &IdempotencyKey,
+        now: OffsetDateTime,
+    ) -> Result<Deleted, StoreError> {
+        let key = key.clone();
+        self.db
+            .write(move |tx| {
+                let record = match load(tx, &key)? {
+                    Ok(Some(stored)) => stored.record,
+                    Ok(None) => return Ok(Ok(Deleted::Absent)),
+                    Err(e) => return Ok(Err(e)),
+                };
+                if let Some(until) = live_lease(&record, now) {
+                    return Ok(Ok(Deleted::Leased { until }));
+                }
+                tx.execute(
+                    "DELETE FROM idempotency WHERE key = ?1",
+                    params![key.storage_key()],
+                )?;
+                Ok(Ok(Deleted::Removed))
+            })
+            .await
+            .map_err(|detail| StoreError::Unavailable { detail })?
+    }
+}
+
+impl SqliteIdempotencyStore {
+    /// Every record in the file (operator commands: `cks forget --local`). A row that does
+    /// not read as a record is returned as its problem, so one bad row hides no other.
+    pub async fn all(&self) -> Result<Vec<Result<IdempotencyRecord, StoreError>>, StoreError> {
+        self.db
+            .write(|tx| {
+                let keys: Vec<String> = tx
+                    .prepare("SELECT key FROM idempotency ORDER BY key")?
+                    .query_map([], |row| row.get(0))?
+                    .collect::<rusqlite::Result<_>>()?;
+                let mut records = Vec::with_capacity(keys.len());
+                for text in keys {
+                    let Some(key) = IdempotencyKey::from_storage_key(&text) else {
+                        records.push(Err(StoreError::Corrupt {
+                            detail: format!("record key {text:?} has no '#'"),
+                        }));
+                        continue;
+                    };
+                    records.push(match load(tx, &key)? {
+                        Ok(Some(stored)) => Ok(stored.record),
+                        Ok(None) => continue,
+                        Err(e) => Err(e),
+                    });
+                }
+                Ok(records)
+            })
+            .await
+            .map_err(|detail| StoreError::Unavailable { detail })
+    }
 }
 
 #[cfg(test)]
@@ -337,6 +394,7 @@ mod tests {
         contract::release_and_retake(&store, &IdempotencyKey::new("acme", "2")).await;
         contract::reopen_for_a_forced_replay(&store, &IdempotencyKey::new("acme", "3")).await;
         contract::seen_markers(&store, &IdempotencyKey::new("acme", "4")).await;
+        contract::delete_for_forget(&store, &IdempotencyKey::new("acme", "5")).await;
 
         let reopened = SqliteIdempotencyStore::new(
             Db::open(&dir.path().join("nested/local.sqlite3")).expect("reopen"),

@@ -245,6 +245,34 @@ impl SqliteQueue {
             .await
             .map_err(unavailable)
     }
+
+    /// Every dead letter's row id and body (the envelope), oldest first (`cks forget`).
+    pub async fn dead_letter_bodies(&self) -> Result<Vec<(i64, String)>, QueueError> {
+        self.db
+            .write(|tx| {
+                let mut query = tx.prepare("SELECT id, body FROM dead_letters ORDER BY id")?;
+                let rows = query
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect();
+                rows
+            })
+            .await
+            .map_err(unavailable)
+    }
+
+    /// Deletes the dead letters with these row ids, in one transaction; how many there were.
+    pub async fn delete_dead_letters(&self, ids: Vec<i64>) -> Result<usize, QueueError> {
+        self.db
+            .write(move |tx| {
+                let mut deleted = 0;
+                for id in ids {
+                    deleted += tx.execute("DELETE FROM dead_letters WHERE id = ?1", params![id])?;
+                }
+                Ok(deleted)
+            })
+            .await
+            .map_err(unavailable)
+    }
 }
 
 #[async_trait]

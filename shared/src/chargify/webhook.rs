@@ -176,7 +176,9 @@ pub fn is_chargify_webhook_id(id: &str) -> bool {
         && id.parse::<i64>().is_ok_and(|n| n > 0)
 }
 
-fn is_id(value: &str) -> bool {
+/// Whether `value` is an id as we carry them (webhook, customer, subscription): 1 to
+/// [`MAX_ID_LEN`] of `A–Z a–z 0–9 . _ -`.
+pub fn is_id(value: &str) -> bool {
     !value.is_empty()
         && value.len() <= MAX_ID_LEN
         && value

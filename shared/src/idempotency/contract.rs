@@ -2,7 +2,9 @@
 //! each (in-memory here, SQLite in the CLI, DynamoDB in moto). Test support: the functions
 //! panic on the first broken promise, naming it.
 
-use super::{Begin, IdempotencyKey, IdempotencyStore, Lease, Received, RecordStatus, StoreError};
+use super::{
+    Begin, Deleted, IdempotencyKey, IdempotencyStore, Lease, Received, RecordStatus, StoreError,
+};
 use crate::envelope::SQS_MAX_MESSAGE_BYTES;
 use std::time::Duration;
 use time::OffsetDateTime;
@@ -247,4 +249,55 @@ pub async fn seen_markers(store: &dyn IdempotencyStore, key: &IdempotencyKey) {
         "an expired marker counts as none"
     );
     assert_eq!(store.get(key).await, Ok(None), "a marker is not a record");
+}
+
+/// `delete` (`cks forget`) removes a record whatever its status, except while a worker holds
+/// a live lease on it; a missing record is absent; the seen marker stays. `key` must be
+/// unused.
+pub async fn delete_for_forget(store: &dyn IdempotencyStore, key: &IdempotencyKey) {
+    let now = OffsetDateTime::now_utc();
+    assert_eq!(
+        store.delete(key, now).await,
+        Ok(Deleted::Absent),
+        "no record yet"
+    );
+    let held = started(store, key, "h", now).await;
+    assert_eq!(
+        store.delete(key, now).await,
+        Ok(Deleted::Leased {
+            until: held.expires_at
+        }),
+        "a worker's live lease keeps the record"
+    );
+    assert!(store.get(key).await.expect("get").is_some());
+    let after = held.expires_at + time::Duration::seconds(1);
+    assert_eq!(
+        store.delete(key, after).await,
+        Ok(Deleted::Removed),
+        "an expired lease (the worker stopped) does not"
+    );
+    assert_eq!(store.get(key).await, Ok(None));
+
+    let failed = started(store, key, "h", now).await;
+    store.release(&failed, "Keap 400").await.expect("release");
+    assert_eq!(
+        store.delete(key, now).await,
+        Ok(Deleted::Removed),
+        "a failed record goes at once"
+    );
+
+    let done = started(store, key, "h", now).await;
+    store.mark_seen(key, now, TTL).await.expect("mark");
+    store
+        .complete(&done, "ok", None, now, TTL)
+        .await
+        .expect("complete");
+    assert_eq!(store.delete(key, now).await, Ok(Deleted::Removed));
+    assert_eq!(store.get(key).await, Ok(None), "the record is gone");
+    assert_eq!(
+        store.seen(key, now).await,
+        Ok(true),
+        "its seen marker stays: a later delivery is still a duplicate"
+    );
+    assert_eq!(store.delete(key, now).await, Ok(Deleted::Absent));
 }

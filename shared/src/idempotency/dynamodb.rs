@@ -25,16 +25,18 @@
 //! of replaying from the record without a second table or write.
 //!
 //! IAM: `dynamodb:UpdateItem`, `dynamodb:GetItem` on the table (the processor);
-//! `dynamodb:Scan` too for `cks replay --since` and `cks status` without `--site`.
+//! `dynamodb:Scan` too for `cks replay --since` and `cks status` without `--site`, and
+//! `Scan` and `DeleteItem` for `cks forget`.
 
 use super::{
-    later, new_token, Begin, IdempotencyKey, IdempotencyRecord, IdempotencyStore, Lease, Received,
-    RecordStatus, StoreError,
+    later, new_token, Begin, Deleted, IdempotencyKey, IdempotencyRecord, IdempotencyStore, Lease,
+    Received, RecordStatus, StoreError,
 };
 use crate::dynamodb::{
     classify, epoch, epoch_whole_seconds, number, refused_item, string, Item, ItemReader, Table,
 };
 use async_trait::async_trait;
+use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
 use aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
 use std::time::Duration;
@@ -349,6 +351,52 @@ impl IdempotencyStore for DynamoDbIdempotencyStore {
         };
         let until = ItemReader::new(&item).opt_epoch(EXPIRES_AT)?;
         Ok(until.is_none_or(|until| until > now))
+    }
+
+    async fn delete(
+        &self,
+        key: &IdempotencyKey,
+        now: OffsetDateTime,
+    ) -> Result<Deleted, StoreError> {
+        // One conditional delete: the record goes unless a worker's lease is live (the
+        // converse of `begin`'s retake condition); a missing item passes and returns nothing.
+        let result = self
+            .table
+            .delete_item(key.storage_key())
+            .condition_expression(
+                "attribute_not_exists(pk) OR #status <> :in_progress OR lease_expires_at < :now",
+            )
+            .expression_attribute_names("#status", STATUS)
+            .expression_attribute_values(":in_progress", string(RecordStatus::InProgress.as_str()))
+            .expression_attribute_values(":now", epoch(now))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match result {
+            Ok(output) if output.attributes.as_ref().is_some_and(|a| !a.is_empty()) => {
+                Ok(Deleted::Removed)
+            }
+            Ok(_) => Ok(Deleted::Absent),
+            Err(err) => {
+                let Some(DeleteItemError::ConditionalCheckFailedException(failed)) =
+                    err.as_service_error()
+                else {
+                    return Err(classify(err));
+                };
+                // The refusal carries the record when the store returns it; else read it
+                // (then gone since, or still held: its worker's lease said until when).
+                let held = match failed.item() {
+                    Some(item) => Some(record_from_item(key, item)?),
+                    None => self.get(key).await?,
+                };
+                Ok(match held {
+                    None => Deleted::Absent,
+                    Some(record) => Deleted::Leased {
+                        until: record.lease_expires_at.unwrap_or(now),
+                    },
+                })
+            }
+        }
     }
 
     async fn reopen(&self, key: &IdempotencyKey, note: &str) -> Result<bool, StoreError> {

@@ -2,8 +2,8 @@
 //! semantics as the DynamoDB adapter, which the integration tests check against moto.
 
 use super::{
-    decide_begin, later, new_token, Begin, BeginRequest, IdempotencyKey, IdempotencyRecord,
-    IdempotencyStore, Lease, Received, RecordStatus, StoreError,
+    decide_begin, later, live_lease, new_token, Begin, BeginRequest, Deleted, IdempotencyKey,
+    IdempotencyRecord, IdempotencyStore, Lease, Received, RecordStatus, StoreError,
 };
 use async_trait::async_trait;
 use std::collections::BTreeMap;
@@ -187,6 +187,23 @@ impl IdempotencyStore for InMemoryIdempotencyStore {
             _ => Ok(false),
         }
     }
+
+    async fn delete(
+        &self,
+        key: &IdempotencyKey,
+        now: OffsetDateTime,
+    ) -> Result<Deleted, StoreError> {
+        let mut records = self.lock();
+        let Some((record, _)) = records.get(key) else {
+            return Ok(Deleted::Absent);
+        };
+        if let Some(until) = live_lease(record, now) {
+            return Ok(Deleted::Leased { until });
+        }
+        records.remove(key);
+        self.write();
+        Ok(Deleted::Removed)
+    }
 }
 
 #[cfg(test)]
@@ -201,5 +218,6 @@ mod tests {
         contract::release_and_retake(&store, &IdempotencyKey::new("acme", "2")).await;
         contract::reopen_for_a_forced_replay(&store, &IdempotencyKey::new("acme", "3")).await;
         contract::seen_markers(&store, &IdempotencyKey::new("acme", "4")).await;
+        contract::delete_for_forget(&store, &IdempotencyKey::new("acme", "5")).await;
     }
 }

@@ -17,6 +17,8 @@
 //! - [`IdempotencyStore::reopen`] is the operator's forced replay: a `COMPLETED` record becomes
 //!   `FAILED` again, keeping its steps, so the next delivery applies the webhook once more
 //!   without repeating a goal or a note. Normal redeliveries never reopen anything.
+//! - [`IdempotencyStore::delete`] is the operator's erasure of one person (`cks forget`): the
+//!   record goes, its seen marker (no personal data) stays.
 
 pub mod contract;
 mod dynamodb;
@@ -170,6 +172,17 @@ pub enum Begin {
     InProgress { lease_expires_at: OffsetDateTime },
 }
 
+/// What [`IdempotencyStore::delete`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deleted {
+    /// The record is gone, and the envelope it kept with it.
+    Removed,
+    /// There was no record.
+    Absent,
+    /// Kept: a worker holds a live lease on it until then.
+    Leased { until: OffsetDateTime },
+}
+
 /// The store failed. All kinds are transient for the record (it is retried), except a lost
 /// lease, which means another worker took over and this one must stop.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -251,6 +264,18 @@ pub trait IdempotencyStore: Send + Sync {
 
     /// Whether a marker of `key` exists (and has not expired).
     async fn seen(&self, key: &IdempotencyKey, now: OffsetDateTime) -> Result<bool, StoreError>;
+
+    /// Operator action (`cks forget`): deletes the record, and with it the envelope it keeps
+    /// (the webhook's body: personal data), unless a worker holds a live lease on it at `now`
+    /// (see [`live_lease`]): deleting under a worker would fail its next write and let the
+    /// redelivery apply the webhook again from the start, goals included. The seen marker
+    /// stays: it holds the key and an expiry only, and keeps a later delivery of the webhook
+    /// from being applied again.
+    async fn delete(
+        &self,
+        key: &IdempotencyKey,
+        now: OffsetDateTime,
+    ) -> Result<Deleted, StoreError>;
 }
 
 /// How long a seen marker is kept by default: longer than Chargify keeps webhooks it can
@@ -305,8 +330,8 @@ pub fn decide_begin(
                 };
                 return (answer, None);
             }
-            RecordStatus::InProgress => match record.lease_expires_at {
-                Some(at) if at >= request.now => {
+            _ => match live_lease(record, request.now) {
+                Some(at) => {
                     return (
                         Begin::InProgress {
                             lease_expires_at: at,
@@ -314,9 +339,8 @@ pub fn decide_begin(
                         None,
                     )
                 }
-                _ => record.clone(),
+                None => record.clone(),
             },
-            _ => record.clone(),
         },
     };
     record.status = RecordStatus::InProgress;
@@ -333,6 +357,15 @@ pub fn decide_begin(
         payload_differs: record.payload_hash != request.payload_hash,
     };
     (Begin::Started(lease), Some(record))
+}
+
+/// When a worker holds `record` at `now`: the expiry of its live lease (`IN_PROGRESS` and
+/// not yet expired), the rule by which `begin` refuses and `delete` keeps a record.
+pub fn live_lease(record: &IdempotencyRecord, now: OffsetDateTime) -> Option<OffsetDateTime> {
+    match (record.status, record.lease_expires_at) {
+        (RecordStatus::InProgress, Some(at)) if at >= now => Some(at),
+        _ => None,
+    }
 }
 
 /// A fresh random lease token (128 bits, hex).

@@ -11,7 +11,7 @@ pub mod invocation;
 pub mod metrics;
 mod redact;
 
-pub use redact::{redact_emails, redact_serde_error};
+pub use redact::{is_word_boundary, redact_emails, redact_serde_error};
 
 #[cfg(test)]
 pub(crate) mod capture;

@@ -5,7 +5,6 @@
 /// outside (a Keap error message may quote the address it refused). Personal data stays out
 /// of CloudWatch; the dead-letter queue keeps the full reason for the operator.
 pub fn redact_emails(text: &str) -> String {
-    let is_boundary = |c: char| c.is_whitespace() || "\"'<>()[]{},;:".contains(c);
     let mut out = String::with_capacity(text.len());
     let mut word = String::new();
     let flush = |word: &mut String, out: &mut String| {
@@ -20,7 +19,7 @@ pub fn redact_emails(text: &str) -> String {
         word.clear();
     };
     for c in text.chars() {
-        if is_boundary(c) {
+        if is_word_boundary(c) {
             flush(&mut word, &mut out);
             out.push(c);
         } else {
@@ -29,6 +28,12 @@ pub fn redact_emails(text: &str) -> String {
     }
     flush(&mut word, &mut out);
     out
+}
+
+/// Whether `c` ends a word that may be an email address: whitespace, quotes, brackets and
+/// list punctuation (`a@x.com, b@y.com`, `<a@x.com>`, `"a@x.com"`).
+pub fn is_word_boundary(c: char) -> bool {
+    c.is_whitespace() || "\"'<>()[]{},;:".contains(c)
 }
 
 /// A serde_json error about JSON from outside, without the values it quotes. serde's
