@@ -7,8 +7,11 @@
 //! upsert by email) and writes, in one call, every winning contact value and custom field
 //! the mirror does not show as held; [`Writer::tag_changes`] works out the tag ids to apply
 //! and remove (one call each, [`Writer::write_tags`], or the backfill's bulk calls); the
-//! mirror is corrected from every answer that lists the contact's tags. Goals and notes are
+//! mirror is corrected from every answer that lists the contact's tags or values
+//! ([`readback`]). Goals and notes are
 //! steps ([`Writer::fire_step`]), recorded by the caller.
+
+mod readback;
 
 use crate::converge::{digest, holds, ContactAttr, CustomerState, Desired, Target, Winner};
 use crate::keap::{
@@ -145,6 +148,36 @@ impl Writer<'_> {
         if let Some(tag_ids) = &contact.tag_ids {
             state.tags = Some(tag_ids.iter().copied().collect());
             state.mirror_read_at = Some(now);
+        }
+        // A write's answer carries no custom fields (they come only when asked for).
+        self.check_values(state, contact, false, sent);
+    }
+
+    /// Forgets the mirror's values `contact` shows Keap no longer holding (changed or
+    /// cleared by hand), so the next event that sets one writes it again.
+    fn check_values(
+        &self,
+        state: &mut CustomerState,
+        contact: &Contact,
+        custom_fields_listed: bool,
+        just_written: &[String],
+    ) {
+        let Some(fields) = &contact.fields else {
+            return;
+        };
+        let shown = readback::Shown {
+            fields,
+            custom_fields_listed,
+        };
+        let forgotten = readback::forget_values_not_held(state, &shown, just_written, |label| {
+            self.directory.known_custom_field_id(label)
+        });
+        if !forgotten.is_empty() {
+            tracing::info!(
+                contact_id = contact.id,
+                values = forgotten.join(",").as_str(),
+                "Keap no longer holds values this system wrote (changed by hand?); the next event that sets them writes them again"
+            );
         }
     }
 
@@ -367,8 +400,9 @@ impl Writer<'_> {
         Ok(())
     }
 
-    /// Reads the contact back and corrects the mirror of its tags: a retry, a periodic
-    /// check for tags changed by hand in Keap, or a contact whose tags were never listed.
+    /// Reads the contact back and corrects the mirror of its tags and values: a retry, a
+    /// periodic check for changes made by hand in Keap, or a contact whose tags were never
+    /// listed.
     pub async fn refresh(
         &self,
         state: &mut CustomerState,
@@ -382,6 +416,8 @@ impl Writer<'_> {
                 if let Some(tag_ids) = &contact.tag_ids {
                     state.tags = Some(tag_ids.iter().copied().collect());
                 }
+                // `get_contact` asks for the custom fields: every value can be checked.
+                self.check_values(state, &contact, true, &[]);
                 state.mirror_read_at = Some(now);
                 Ok(())
             }
