@@ -781,6 +781,7 @@ impl Backfill<'_> {
         }
         p.folded.contact_id = p.working.contact_id;
         p.folded.mirror = p.working.mirror.clone();
+        p.folded.tags = p.working.tags.clone();
         p.folded.mirror_read_at = p.working.mirror_read_at;
         let summary = format!(
             "contact {}; values sent {}, already held {}; tags +{} -{} (page bulk calls)",

@@ -348,6 +348,7 @@ impl Processor {
                 let mut midway = before.clone();
                 midway.contact_id = working.contact_id;
                 midway.mirror = working.mirror.clone();
+                midway.tags = working.tags.clone();
                 midway.mirror_read_at = working.mirror_read_at;
                 self.customers.save(key, holder, &midway, false).await?;
             }
@@ -370,6 +371,7 @@ impl Processor {
         let mut after = fold.state;
         after.contact_id = working.contact_id;
         after.mirror = working.mirror;
+        after.tags = working.tags;
         after.mirror_read_at = working.mirror_read_at;
         Ok(after)
     }
