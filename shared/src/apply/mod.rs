@@ -113,7 +113,7 @@ impl Writer<'_> {
                 Err(e) => return Err(e.into()),
             }
         }
-        let Some(email) = winner_text(winners, ContactAttr::Email).or(email) else {
+        let Some(email) = Self::upsert_email(winners, email) else {
             return Err(ApplyError::NoContact(
                 "the customer has no Keap contact yet and no webhook carries an email".into(),
             ));
@@ -122,8 +122,73 @@ impl Writer<'_> {
         let (fields, sent) = self.all_fields(winners, report).await?;
         let contact = self.crm.upsert_contact_by_email(email, &fields).await?;
         state.contact_id = Some(contact.id);
+        state.creating = None;
         self.written(state, winners, &sent, &contact, now, report);
         Ok(contact.id)
+    }
+
+    /// The email [`Self::write_contact`] finds or creates an unmapped contact by: the winning
+    /// one, else `fallback` (the newest a webhook carries).
+    fn upsert_email<'e>(
+        winners: &'e BTreeMap<String, Winner>,
+        fallback: Option<&'e str>,
+    ) -> Option<&'e str> {
+        winner_text(winners, ContactAttr::Email).or(fallback)
+    }
+
+    /// Before [`Self::write_contact`], for a customer with no contact yet: maps the contact
+    /// an interrupted attempt created ([`Self::find_interrupted_creation`]), else notes in
+    /// `state` the email the write will find or create the contact by. Returns whether the
+    /// caller must save `state` before the write: the note must be stored before Keap can
+    /// create anything, so that a crash between Keap's answer and the final save cannot lead
+    /// the customer's next email to a second contact.
+    pub async fn before_creating(
+        &self,
+        state: &mut CustomerState,
+        winners: &BTreeMap<String, Winner>,
+        email: Option<&str>,
+    ) -> Result<bool, ApplyError> {
+        if state.contact_id.is_some() {
+            return Ok(false);
+        }
+        self.find_interrupted_creation(state).await?;
+        if state.contact_id.is_some() {
+            return Ok(false);
+        }
+        let Some(email) = Self::upsert_email(winners, email) else {
+            return Ok(false);
+        };
+        state.creating = Some(email.to_owned());
+        Ok(true)
+    }
+
+    /// After an attempt stopped between an upsert and saving its answer
+    /// ([`CustomerState::creating`] set, no contact id): finds the contact that upsert may
+    /// have created, by the email it was sent with, and maps it, so the customer's next email
+    /// does not create a second contact. The mirror starts empty: everything winning is
+    /// written to it.
+    async fn find_interrupted_creation(&self, state: &mut CustomerState) -> Result<(), ApplyError> {
+        let Some(email) = state.creating.clone() else {
+            return Ok(());
+        };
+        if state.contact_id.is_some() {
+            state.creating = None;
+            return Ok(());
+        }
+        let found = self.crm.find_contacts_by_email(&email).await?;
+        // Keap's upsert by email picks an existing contact when several share it; the
+        // oldest is the one this system maps everywhere else too.
+        if let Some(id) = found.iter().map(|c| c.id).min() {
+            tracing::info!(
+                contact_id = id,
+                "found the contact an interrupted attempt created; mapping it rather than creating another"
+            );
+            state.contact_id = Some(id);
+            state.mirror.clear();
+            state.tags = None;
+        }
+        state.creating = None;
+        Ok(())
     }
 
     /// After a contact write: the mirror holds what was sent, and the contact's tags as Keap

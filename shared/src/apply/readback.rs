@@ -184,7 +184,10 @@ mod tests {
             company: None,
             custom_fields: vec![
                 (FIELD_PLAN, Value::String("Silver".into())),
-                (FIELD_SINCE, Value::String("2026-01-31T00:00:00.000Z".into())),
+                (
+                    FIELD_SINCE,
+                    Value::String("2026-01-31T00:00:00.000Z".into()),
+                ),
                 (FIELD_SEATS, serde_json::json!(5.0)),
             ],
             ..ContactFields::default()

@@ -41,7 +41,7 @@ mod tests;
 
 pub use cursor::{cursor_key, BackfillQuery, Cursor, CursorError, Totals};
 
-use crate::apply::{ApplyError, Report, TagChanges, Writer};
+use crate::apply::{Report, TagChanges, Writer};
 use crate::chargify::api::{ChargifyApi, ChargifyApiError, Subscription, SubscriptionQuery};
 use crate::chargify::snapshot::snapshot_envelope;
 use crate::chargify::Webhook;
@@ -766,6 +766,17 @@ impl Backfill<'_> {
             .rev()
             .find_map(|s| s.plan.contact.email.clone());
         let written = async {
+            // The working copy still has the versions before this fold: a retry folds the
+            // snapshots again exactly as now.
+            let save_first = writer
+                .before_creating(&mut pending.working, &winners, email.as_deref())
+                .await?;
+            if let (true, Some(key), false) = (save_first, &pending.customer, self.settings.dry_run)
+            {
+                self.customers
+                    .save(key, &pending.holder, &pending.working, false)
+                    .await?;
+            }
             let contact = writer
                 .write_contact(
                     &mut pending.working,
@@ -778,7 +789,7 @@ impl Backfill<'_> {
             let changes = writer
                 .tag_changes(&pending.working, &winners, &mut pending.report)
                 .await?;
-            Ok::<_, ApplyError>((contact, changes))
+            Ok::<_, ProcessError>((contact, changes))
         }
         .await;
         match written {
@@ -787,7 +798,7 @@ impl Backfill<'_> {
                 pending.changes = changes;
                 Ok(Step::Pending(Box::new(pending)))
             }
-            Err(error) => self.contact_failed(pending, error.into(), counts).await,
+            Err(error) => self.contact_failed(pending, error, counts).await,
         }
     }
 
