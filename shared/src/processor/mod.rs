@@ -41,8 +41,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// How often a contact's tags are read back from Keap by default, to catch a tag changed by
-/// hand: rarely enough that a monthly renewal costs no call, often enough that a hand change
-/// is corrected within a quarter (any write's answer corrects it sooner).
+/// hand: a customer whose only events are monthly renewals pays one read about every third
+/// renewal (the renewals between cost no call), and a hand change is corrected within a
+/// quarter (any write's answer corrects it sooner).
 pub const DEFAULT_MIRROR_MAX_AGE: Duration = Duration::from_secs(90 * 24 * 3600);
 
 /// How long a failing record is retried by default: well inside SQS's 14-day retention (the
