@@ -1,6 +1,8 @@
 //! Backfill: every existing Chargify subscription synced to Keap as a snapshot, the way a new
-//! installation starts (issue 7). Over ports only: [`ChargifyApi`], [`Crm`], the idempotency
-//! and identity stores, and a [`CursorStore`] (the cursor's meaning is [`cursor::Cursor`]).
+//! installation starts. Over ports only: [`ChargifyApi`], [`Crm`] and its [`KeapMeter`], the
+//! idempotency and identity stores, and a [`CursorStore`] (the cursor's meaning is
+//! [`cursor::Cursor`]). The contact writes, the tag changes and the goals and notes are the
+//! processor's own steps, shared through [`crate::apply`].
 //!
 //! **Per page** (up to 200 subscriptions, oldest change first):
 //! 1. Each subscription becomes its `subscription_snapshot` envelope (id
@@ -39,9 +41,10 @@ pub mod cursor;
 #[cfg(test)]
 mod tests;
 
+pub use crate::keap::KeapMeter;
 pub use cursor::{cursor_key, BackfillQuery, Cursor, CursorError, Totals};
 
-use crate::apply::{ApplyError, Report, TagChanges, Writer};
+use crate::apply::{fire_steps, ApplyError, Report, TagChanges, Writer};
 use crate::chargify::api::{ChargifyApi, ChargifyApiError, Subscription, SubscriptionQuery};
 use crate::chargify::snapshot::snapshot_envelope;
 use crate::chargify::Webhook;
@@ -52,8 +55,7 @@ use crate::idempotency::{
     RecordStatus, StoreError, DEFAULT_RECORD_TTL,
 };
 use crate::identity::{CustomerKey, CustomerState, CustomerStore, Locked};
-use crate::keap::{ContactId, Crm, Directory, InMemoryCrm, KeapClient, KeapError, TagId};
-use crate::processor::{Applied, Disposition, ProcessError};
+use crate::keap::{ContactId, Crm, Directory, KeapError, TagId};
 use crate::rules::{Plan, RuleSet};
 use budget::Budgeted;
 use futures::StreamExt;
@@ -74,57 +76,11 @@ pub const EPOCH: OffsetDateTime = time::macros::datetime!(2000-01-01 00:00:00 UT
 /// of the page's bulk tag calls and lookups.
 pub const ASSUMED_CALLS_PER_CONTACT: f64 = 1.1;
 
-/// What the engine reads of the Keap adapter's own count (retries included: what the quota
-/// counts) and of the budgets Keap reports.
-pub trait KeapMeter: Send + Sync {
-    /// Requests sent so far.
-    fn calls(&self) -> u64;
-    /// 429 answers so far.
-    fn throttled(&self) -> u64 {
-        0
-    }
-    /// The daily quota left, as Keap's last answer reported it.
-    fn daily_quota_left(&self) -> Option<u64> {
-        None
-    }
-    /// The client's pace, calls per second.
-    fn pace(&self) -> Option<f64> {
-        None
-    }
-    /// The most requests one call can make (its retries included).
-    fn max_requests_per_call(&self) -> u64 {
-        1
-    }
-}
-
-impl KeapMeter for KeapClient {
-    fn calls(&self) -> u64 {
-        self.requests_sent()
-    }
-    fn throttled(&self) -> u64 {
-        self.throttled_answers()
-    }
-    fn daily_quota_left(&self) -> Option<u64> {
-        self.throttle_report().daily.available
-    }
-    fn pace(&self) -> Option<f64> {
-        Some(f64::from(self.requests_per_second()))
-    }
-    fn max_requests_per_call(&self) -> u64 {
-        self.max_requests_per_call()
-    }
-}
-
-impl KeapMeter for InMemoryCrm {
-    fn calls(&self) -> u64 {
-        self.call_count() as u64
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct BackfillSettings {
     /// Plan and count only: no store is written and no cursor saved. Pass a CRM that sends
-    /// nothing (an [`InMemoryCrm`]): the engine still makes its calls to count them.
+    /// nothing (an [`InMemoryCrm`](crate::keap::InMemoryCrm)): the engine still makes its calls
+    /// to count them.
     pub dry_run: bool,
     /// Stop (resumably) before a page that would take this run past this many Keap calls.
     pub max_keap_calls: Option<u64>,
@@ -215,7 +171,7 @@ pub enum BackfillError {
     #[error("Keap: {0}; the cursor is saved at the last page done: run again with --resume (anything redone is a duplicate)")]
     Keap(#[from] KeapError),
     #[error("{0}; the cursor is saved at the last page done: fix it and run again with --resume")]
-    Stopped(ProcessError),
+    Stopped(ApplyError),
     #[error("store: {0}; the cursor is saved at the last page done: run again with --resume")]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -787,7 +743,7 @@ impl Backfill<'_> {
                 pending.changes = changes;
                 Ok(Step::Pending(Box::new(pending)))
             }
-            Err(error) => self.contact_failed(pending, error.into(), counts).await,
+            Err(error) => self.contact_failed(pending, error, counts).await,
         }
     }
 
@@ -798,16 +754,12 @@ impl Backfill<'_> {
     async fn contact_failed(
         &self,
         pending: Pending,
-        error: ProcessError,
+        error: ApplyError,
         mut counts: Counts,
     ) -> Result<Step, BackfillError> {
         self.release_all(std::slice::from_ref(&pending), &error.to_string())
             .await;
-        let per_contact = matches!(
-            error.disposition(OffsetDateTime::now_utc()),
-            Disposition::DeadLetter { .. }
-        ) && !matches!(error, ProcessError::Lookup(_));
-        if !per_contact {
+        if !error.is_permanent_for_customer() {
             return Err(BackfillError::Stopped(error));
         }
         for s in &pending.snapshots {
@@ -836,15 +788,13 @@ impl Backfill<'_> {
             let Some(lease) = s.lease.as_mut() else {
                 continue;
             };
-            let mut applied = Applied::default();
-            crate::processor::fire_steps(
+            fire_steps(
                 self.idempotency,
                 &writer,
                 Some(p.contact),
                 &s.plan,
                 &s.verdict.steps,
                 lease,
-                &mut applied,
             )
             .await
             .map_err(BackfillError::Stopped)?;

@@ -18,7 +18,7 @@ use super::failure::{Disposition, ProcessError};
 use super::run::Planned;
 use super::{Processed, Processor};
 use crate::envelope::WebhookEnvelope;
-use crate::queue::{clamp_visibility, DeadLetter, RecordControl};
+use crate::queue::{clamp_visibility, DeadLetter, QueueError, RecordControl};
 use crate::telemetry::metrics::{self, ProcessedOutcome};
 use futures::StreamExt;
 use std::sync::Arc;
@@ -116,7 +116,7 @@ pub async fn process_batch(
     endings.sort_by_key(|(r, _)| r.position);
     let mut result = BatchResult::default();
     for (record, ending) in endings {
-        settle(&control, &record, ending, received, &mut result).await;
+        settle(control.as_ref(), &record, ending, received, &mut result).await;
     }
     result
 }
@@ -298,138 +298,193 @@ fn decide_aged(
     }
 }
 
-/// Tells the queue how a record ended, logs it and counts it.
+/// Tells the queue how a record ended, then logs and counts it.
 async fn settle(
-    control: &Arc<dyn RecordControl>,
+    control: &dyn RecordControl,
     record: &Record,
     ending: Ending,
     received: Instant,
     result: &mut BatchResult,
 ) {
-    let message_id = record.message_id.clone();
-    let fail = |result: &mut BatchResult, outcome: &'static str| {
-        result.outcomes.push(outcome);
-        match &message_id {
-            Some(id) => result.failed.push(id.clone()),
-            None => result.unreportable += 1,
-        }
-    };
-    let hide = |delay: Duration| {
-        let control = Arc::clone(control);
-        let receipt = record.record.receipt_handle.clone();
-        let message_id = message_id.clone().unwrap_or_default();
-        async move {
-            let delay = clamp_visibility(delay, received.elapsed());
-            let Some(receipt) = receipt else {
-                return (message_id, delay, Ok(()));
-            };
-            let answer = control.retry_later(&receipt, delay).await;
-            (message_id, delay, answer)
-        }
-    };
-    let report_delay =
-        |result: &mut BatchResult, (id, delay, answer): (String, Duration, Result<(), _>)| {
-            match answer {
-                Ok(()) => result.delays.push((id, delay)),
-                Err(e) => {
-                    tracing::error!(
-                        message_id = id.as_str(),
-                        delay_s = delay.as_secs(),
-                        error = %e,
-                        "the queue refused to hide the record; it comes back after its visibility timeout"
-                    );
-                    metrics::record_delay_failure();
-                    result.delay_failures.push(id);
-                }
-            }
-        };
     match ending {
         Ending::Done(envelope, processed) => {
-            log_success(&envelope, &processed, message_id.as_deref());
+            log_success(&envelope, &processed, record.message_id.as_deref());
             result.outcomes.push(processed.outcome());
         }
         Ending::HeldBack(delay) => {
-            tracing::info!(
-                message_id = message_id.as_deref().unwrap_or(""),
-                group = record.record.group_id.as_deref().unwrap_or(""),
-                retry_in_s = delay.as_secs(),
-                "held back: an earlier record of its group is not applied yet"
-            );
-            let hidden = hide(delay).await;
-            report_delay(result, hidden);
-            fail(result, "held_back");
+            log_held_back(record, delay);
+            return_to_queue(control, record, delay, received, "held_back", result).await;
         }
         Ending::Retry(envelope, error, delay) => {
-            let event = envelope.as_ref().map(|e| e.event.as_str()).unwrap_or("");
-            tracing::warn!(
-                message_id = message_id.as_deref().unwrap_or(""),
-                webhook_id = envelope.as_ref().map(|e| e.webhook_id.as_str()).unwrap_or(""),
-                event,
-                code = error.code(),
-                error = %crate::telemetry::redact_emails(&error.to_string()),
-                retry_in_s = delay.as_secs(),
-                "webhook failed; retried later"
-            );
-            metrics::webhook_processed(event, ProcessedOutcome::RetryLater);
-            let hidden = hide(delay).await;
-            report_delay(result, hidden);
-            fail(result, "failed");
+            log_retry(record, envelope.as_ref(), &error, delay);
+            return_to_queue(control, record, delay, received, "failed", result).await;
         }
         Ending::DeadLetter(envelope, error, code) => {
-            let event = envelope
-                .as_ref()
-                .map(|e| e.event.clone())
-                .unwrap_or_default();
-            let webhook_id = envelope
-                .as_ref()
-                .map(|e| e.webhook_id.clone())
-                .unwrap_or_default();
-            let group = record.record.group_id.clone().unwrap_or_default();
-            let letter = DeadLetter {
-                body: record.record.body.clone().unwrap_or_default(),
-                group_id: if group.is_empty() {
-                    "unknown".into()
-                } else {
-                    group
-                },
-                deduplication_id: record
-                    .record
-                    .deduplication_id
-                    .clone()
-                    .or_else(|| message_id.clone())
-                    .unwrap_or_else(|| "unknown".into()),
-                reason: error.to_string(),
-                code: code.to_owned(),
-            };
-            match control.dead_letter(&letter).await {
-                Ok(()) => {
-                    tracing::error!(
-                        message_id = message_id.as_deref().unwrap_or(""),
-                        webhook_id = webhook_id.as_str(),
-                        event = event.as_str(),
-                        code,
-                        error = %crate::telemetry::redact_emails(&error.to_string()),
-                        "webhook cannot be applied; moved to the dead-letter queue"
-                    );
-                    metrics::webhook_processed(&event, ProcessedOutcome::DeadLettered);
-                    result.dead_lettered += 1;
-                    result.outcomes.push("dead_lettered");
-                }
-                Err(e) => {
-                    tracing::error!(
-                        message_id = message_id.as_deref().unwrap_or(""),
-                        webhook_id = webhook_id.as_str(),
-                        code,
-                        error = %crate::telemetry::redact_emails(&error.to_string()),
-                        dlq_error = %e,
-                        "webhook cannot be applied and the dead-letter queue refused it; returned to the queue"
-                    );
-                    metrics::webhook_processed(&event, ProcessedOutcome::Failed);
-                    let hidden = hide(super::failure::DEFAULT_RETRY_DELAY).await;
-                    report_delay(result, hidden);
-                    fail(result, "failed");
-                }
+            let moved = control
+                .dead_letter(&dead_letter(record, &error, code))
+                .await;
+            log_dead_letter(
+                record,
+                envelope.as_ref(),
+                &error,
+                code,
+                moved.as_ref().err(),
+            );
+            if moved.is_ok() {
+                result.dead_lettered += 1;
+                result.outcomes.push("dead_lettered");
+            } else {
+                let delay = super::failure::DEFAULT_RETRY_DELAY;
+                return_to_queue(control, record, delay, received, "failed", result).await;
             }
+        }
+    }
+}
+
+/// Leaves the record on the queue, hidden for `delay` (its group waits with it), and counts
+/// it as failed under `outcome`.
+async fn return_to_queue(
+    control: &dyn RecordControl,
+    record: &Record,
+    delay: Duration,
+    received: Instant,
+    outcome: &'static str,
+    result: &mut BatchResult,
+) {
+    let delay = clamp_visibility(delay, received.elapsed());
+    let answer = hide(control, record, delay).await;
+    result.hidden(record, delay, answer);
+    result.fail(record, outcome);
+}
+
+/// Asks the queue to hide the record for `delay`. A record without a receipt handle cannot
+/// be hidden: it comes back after its visibility timeout, as any failed record does.
+async fn hide(
+    control: &dyn RecordControl,
+    record: &Record,
+    delay: Duration,
+) -> Result<(), QueueError> {
+    match &record.record.receipt_handle {
+        Some(receipt) => control.retry_later(receipt, delay).await,
+        None => Ok(()),
+    }
+}
+
+/// The dead-letter message of a record: its body unchanged, its group and deduplication id
+/// (or stand-ins where SQS gave none), and why.
+fn dead_letter(record: &Record, error: &ProcessError, code: &'static str) -> DeadLetter {
+    let group = record.record.group_id.clone().unwrap_or_default();
+    DeadLetter {
+        body: record.record.body.clone().unwrap_or_default(),
+        group_id: if group.is_empty() {
+            "unknown".into()
+        } else {
+            group
+        },
+        deduplication_id: record
+            .record
+            .deduplication_id
+            .clone()
+            .or_else(|| record.message_id.clone())
+            .unwrap_or_else(|| "unknown".into()),
+        reason: error.to_string(),
+        code: code.to_owned(),
+    }
+}
+
+impl BatchResult {
+    /// A record left on the queue: reported failed by its message id, so Lambda does not
+    /// delete it.
+    fn fail(&mut self, record: &Record, outcome: &'static str) {
+        self.outcomes.push(outcome);
+        match &record.message_id {
+            Some(id) => self.failed.push(id.clone()),
+            None => self.unreportable += 1,
+        }
+    }
+
+    /// What the queue answered when asked to hide a record for `delay`.
+    fn hidden(&mut self, record: &Record, delay: Duration, answer: Result<(), QueueError>) {
+        let id = record.message_id.clone().unwrap_or_default();
+        match answer {
+            Ok(()) => self.delays.push((id, delay)),
+            Err(e) => {
+                tracing::error!(
+                    message_id = id.as_str(),
+                    delay_s = delay.as_secs(),
+                    error = %e,
+                    "the queue refused to hide the record; it comes back after its visibility timeout"
+                );
+                metrics::record_delay_failure();
+                self.delay_failures.push(id);
+            }
+        }
+    }
+}
+
+fn log_held_back(record: &Record, delay: Duration) {
+    tracing::info!(
+        message_id = record.message_id.as_deref().unwrap_or(""),
+        group = record.record.group_id.as_deref().unwrap_or(""),
+        retry_in_s = delay.as_secs(),
+        "held back: an earlier record of its group is not applied yet"
+    );
+}
+
+fn log_retry(
+    record: &Record,
+    envelope: Option<&WebhookEnvelope>,
+    error: &ProcessError,
+    delay: Duration,
+) {
+    let event = envelope.map(|e| e.event.as_str()).unwrap_or("");
+    tracing::warn!(
+        message_id = record.message_id.as_deref().unwrap_or(""),
+        webhook_id = envelope.map(|e| e.webhook_id.as_str()).unwrap_or(""),
+        event,
+        code = error.code(),
+        error = %crate::telemetry::redact_emails(&error.to_string()),
+        retry_in_s = delay.as_secs(),
+        "webhook failed; retried later"
+    );
+    metrics::webhook_processed(event, ProcessedOutcome::RetryLater);
+}
+
+/// A record that cannot be applied: moved to the dead-letter queue, or, when that queue
+/// `refused` it, returned to the main queue.
+fn log_dead_letter(
+    record: &Record,
+    envelope: Option<&WebhookEnvelope>,
+    error: &ProcessError,
+    code: &'static str,
+    refused: Option<&QueueError>,
+) {
+    let message_id = record.message_id.as_deref().unwrap_or("");
+    let webhook_id = envelope.map(|e| e.webhook_id.as_str()).unwrap_or("");
+    let event = envelope.map(|e| e.event.as_str()).unwrap_or("");
+    let error = crate::telemetry::redact_emails(&error.to_string());
+    match refused {
+        None => {
+            tracing::error!(
+                message_id,
+                webhook_id,
+                event,
+                code,
+                error = %error,
+                "webhook cannot be applied; moved to the dead-letter queue"
+            );
+            metrics::webhook_processed(event, ProcessedOutcome::DeadLettered);
+        }
+        Some(dlq_error) => {
+            tracing::error!(
+                message_id,
+                webhook_id,
+                code,
+                error = %error,
+                dlq_error = %dlq_error,
+                "webhook cannot be applied and the dead-letter queue refused it; returned to the queue"
+            );
+            metrics::webhook_processed(event, ProcessedOutcome::Failed);
         }
     }
 }
