@@ -1,6 +1,7 @@
 //! Real Chargify webhook bodies (see `shared/fixtures/chargify/README.md` for their sources),
 //! compiled in so tests, benchmarks and local samples share one copy.
 
+pub mod fifo;
 pub mod history;
 pub mod kill;
 pub mod view;

@@ -4,6 +4,7 @@
 //! Tests fail, rather than skip, when the emulator is not there: a skipped AWS test would
 //! let a broken adapter pass.
 
+pub mod backfill_world;
 pub mod chargify_standin;
 pub mod emf;
 pub mod keap_contract;

@@ -7,7 +7,8 @@
 //! applied to each contact exactly once. A third run with a state filter finds only
 //! duplicates and makes no Keap call. Needs no moto. Every wait is bounded.
 
-use integration_tests::chargify_standin::{ChargifyStandIn, NewSubscription};
+use integration_tests::backfill_world::{self, customer_id, state_of, state_tag, PACE};
+use integration_tests::chargify_standin::ChargifyStandIn;
 use integration_tests::cks_binary;
 use integration_tests::keap_standin::KeapStandIn;
 use serde_json::Value;
@@ -16,31 +17,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 const SUBSCRIPTIONS: i64 = 10_000;
-/// The client's pace, under the stand-in's spike limit: fast enough for a test of under a
-/// minute, and a 429 would show the pacing is wrong.
-const PACE: u32 = 400;
-const SPIKE_LIMIT: usize = 500;
 const STOP_AFTER_CALLS: u64 = 4_000;
-
-fn state_of(i: i64) -> &'static str {
-    match i % 10 {
-        0..=5 => "active",
-        6 => "past_due",
-        7 => "canceled",
-        8 => "trialing",
-        _ => "on_hold",
-    }
-}
-
-fn state_tag(state: &str) -> &'static str {
-    match state {
-        "active" => "Billing: Active",
-        "past_due" => "Billing: Past Due",
-        "canceled" => "Billing: Canceled",
-        "trialing" => "Billing: Trialing",
-        _ => "Billing: On Hold",
-    }
-}
 
 struct Run {
     code: Option<i32>,
@@ -105,21 +82,8 @@ async fn backfill(db: &Path, chargify: &ChargifyStandIn, keap: &KeapStandIn, arg
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_subscriptions_cost_at_most_1_2_keap_calls_each_and_resume_after_a_stop() {
-    let chargify = ChargifyStandIn::start().await;
-    for i in 0..SUBSCRIPTIONS {
-        chargify.add_subscription(NewSubscription::new(100_000 + i, state_of(i)));
-    }
-    let keap = KeapStandIn::start().await;
-    {
-        let mut s = keap.state();
-        s.spike_limit = Some(SPIKE_LIMIT);
-        // The per-minute budget is not what this test is about (a key's 240 a minute
-        // would make it a 40-minute test); the daily quota is a service key's.
-        s.minute_budget = (1_000_000, 1_000_000);
-        s.daily_budget = (30_000, 30_000);
-    }
-    let rules = shared::rules::RuleSet::default_rules().expect("rules");
-    keap.add_custom_fields(rules.custom_field_labels(), 500);
+    let chargify = backfill_world::chargify(SUBSCRIPTIONS, |_| None).await;
+    let keap = backfill_world::keap().await;
     let dir = std::env::temp_dir().join(format!("cks-backfill-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("temp dir");
@@ -226,7 +190,7 @@ async fn ten_thousand_subscriptions_cost_at_most_1_2_keap_calls_each_and_resume_
         }
         assert_eq!(by_email.len(), SUBSCRIPTIONS as usize);
         for i in 0..SUBSCRIPTIONS {
-            let id = by_email[&format!("customer{}@example.com", 100_000 + i)];
+            let id = by_email[&format!("customer{}@example.com", customer_id(i))];
             let names: BTreeSet<&str> = s
                 .contact_tags
                 .get(&id)

@@ -14,12 +14,15 @@
 //! upsert by email) and writes, in one call, every winning contact value and custom field
 //! the mirror does not show as held; [`Writer::tag_changes`] works out the tag ids to apply
 //! and remove (one call each, [`Writer::write_tags`], or the backfill's bulk calls); the
-//! mirror is corrected from every answer that lists the contact's tags. Then [`fire_steps`]
-//! fires each goal and note due ([`Writer::fire_step`]), recorded once each.
+//! mirror is corrected from every answer that lists the contact's tags or values
+//! ([`readback`]). Then [`fire_steps`] fires each goal and note due ([`Writer::fire_step`]),
+//! recorded once each.
 
 mod steps;
 
 pub use steps::{fire_steps, step_key, StepCounts};
+
+mod readback;
 
 use crate::converge::{digest, holds, ContactAttr, CustomerState, Desired, Target, Winner};
 use crate::idempotency::StoreError;
@@ -149,7 +152,7 @@ impl Writer<'_> {
                 Err(e) => return Err(e.into()),
             }
         }
-        let Some(email) = winner_text(winners, ContactAttr::Email).or(email) else {
+        let Some(email) = Self::upsert_email(winners, email) else {
             return Err(ApplyError::NoContact(
                 "the customer has no Keap contact yet and no webhook carries an email".into(),
             ));
@@ -158,8 +161,73 @@ impl Writer<'_> {
         let (fields, sent) = self.all_fields(winners, report).await?;
         let contact = self.crm.upsert_contact_by_email(email, &fields).await?;
         state.contact_id = Some(contact.id);
+        state.creating = None;
         self.written(state, winners, &sent, &contact, now, report);
         Ok(contact.id)
+    }
+
+    /// The email [`Self::write_contact`] finds or creates an unmapped contact by: the winning
+    /// one, else `fallback` (the newest a webhook carries).
+    fn upsert_email<'e>(
+        winners: &'e BTreeMap<String, Winner>,
+        fallback: Option<&'e str>,
+    ) -> Option<&'e str> {
+        winner_text(winners, ContactAttr::Email).or(fallback)
+    }
+
+    /// Before [`Self::write_contact`], for a customer with no contact yet: maps the contact
+    /// an interrupted attempt created ([`Self::find_interrupted_creation`]), else notes in
+    /// `state` the email the write will find or create the contact by. Returns whether the
+    /// caller must save `state` before the write: the note must be stored before Keap can
+    /// create anything, so that a crash between Keap's answer and the final save cannot lead
+    /// the customer's next email to a second contact.
+    pub async fn before_creating(
+        &self,
+        state: &mut CustomerState,
+        winners: &BTreeMap<String, Winner>,
+        email: Option<&str>,
+    ) -> Result<bool, ApplyError> {
+        if state.contact_id.is_some() {
+            return Ok(false);
+        }
+        self.find_interrupted_creation(state).await?;
+        if state.contact_id.is_some() {
+            return Ok(false);
+        }
+        let Some(email) = Self::upsert_email(winners, email) else {
+            return Ok(false);
+        };
+        state.creating = Some(email.to_owned());
+        Ok(true)
+    }
+
+    /// After an attempt stopped between an upsert and saving its answer
+    /// ([`CustomerState::creating`] set, no contact id): finds the contact that upsert may
+    /// have created, by the email it was sent with, and maps it, so the customer's next email
+    /// does not create a second contact. The mirror starts empty: everything winning is
+    /// written to it.
+    async fn find_interrupted_creation(&self, state: &mut CustomerState) -> Result<(), ApplyError> {
+        let Some(email) = state.creating.clone() else {
+            return Ok(());
+        };
+        if state.contact_id.is_some() {
+            state.creating = None;
+            return Ok(());
+        }
+        let found = self.crm.find_contacts_by_email(&email).await?;
+        // Keap's upsert by email picks an existing contact when several share it; the
+        // oldest is the one this system maps everywhere else too.
+        if let Some(id) = found.iter().map(|c| c.id).min() {
+            tracing::info!(
+                contact_id = id,
+                "found the contact an interrupted attempt created; mapping it rather than creating another"
+            );
+            state.contact_id = Some(id);
+            state.mirror.clear();
+            state.tags = None;
+        }
+        state.creating = None;
+        Ok(())
     }
 
     /// After a contact write: the mirror holds what was sent, and the contact's tags as Keap
@@ -184,6 +252,36 @@ impl Writer<'_> {
         if let Some(tag_ids) = &contact.tag_ids {
             state.tags = Some(tag_ids.iter().copied().collect());
             state.mirror_read_at = Some(now);
+        }
+        // A write's answer carries no custom fields (they come only when asked for).
+        self.check_values(state, contact, false, sent);
+    }
+
+    /// Forgets the mirror's values `contact` shows Keap no longer holding (changed or
+    /// cleared by hand), so the next event that sets one writes it again.
+    fn check_values(
+        &self,
+        state: &mut CustomerState,
+        contact: &Contact,
+        custom_fields_listed: bool,
+        just_written: &[String],
+    ) {
+        let Some(fields) = &contact.fields else {
+            return;
+        };
+        let shown = readback::Shown {
+            fields,
+            custom_fields_listed,
+        };
+        let forgotten = readback::forget_values_not_held(state, &shown, just_written, |label| {
+            self.directory.known_custom_field_id(label)
+        });
+        if !forgotten.is_empty() {
+            tracing::info!(
+                contact_id = contact.id,
+                values = forgotten.join(",").as_str(),
+                "Keap no longer holds values this system wrote (changed by hand?); the next event that sets them writes them again"
+            );
         }
     }
 
@@ -406,8 +504,9 @@ impl Writer<'_> {
         Ok(())
     }
 
-    /// Reads the contact back and corrects the mirror of its tags: a retry, a periodic
-    /// check for tags changed by hand in Keap, or a contact whose tags were never listed.
+    /// Reads the contact back and corrects the mirror of its tags and values: a retry, a
+    /// periodic check for changes made by hand in Keap, or a contact whose tags were never
+    /// listed.
     pub async fn refresh(
         &self,
         state: &mut CustomerState,
@@ -421,6 +520,8 @@ impl Writer<'_> {
                 if let Some(tag_ids) = &contact.tag_ids {
                     state.tags = Some(tag_ids.iter().copied().collect());
                 }
+                // `get_contact` asks for the custom fields: every value can be checked.
+                self.check_values(state, &contact, true, &[]);
                 state.mirror_read_at = Some(now);
                 Ok(())
             }

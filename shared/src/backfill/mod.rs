@@ -722,6 +722,17 @@ impl Backfill<'_> {
             .rev()
             .find_map(|s| s.plan.contact.email.clone());
         let written = async {
+            // The working copy still has the versions before this fold: a retry folds the
+            // snapshots again exactly as now.
+            let save_first = writer
+                .before_creating(&mut pending.working, &winners, email.as_deref())
+                .await?;
+            if let (true, Some(key), false) = (save_first, &pending.customer, self.settings.dry_run)
+            {
+                self.customers
+                    .save(key, &pending.holder, &pending.working, false)
+                    .await?;
+            }
             let contact = writer
                 .write_contact(
                     &mut pending.working,

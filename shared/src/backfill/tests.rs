@@ -398,11 +398,16 @@ async fn a_failed_bulk_call_leaves_the_page_to_redo_without_double_effects() {
     );
     let error = world.run(false).await.expect_err("bulk call failed");
     assert!(matches!(error, BackfillError::Keap(_)), "{error}");
-    // The leases were given back: the resume redoes page 1 at once (its contacts written
-    // again, the same values) and every tag ends applied once.
+    // The leases were given back: the resume redoes page 1 at once. Its 200 contacts were
+    // created before the failure, so the resume finds each one by the email it was being
+    // created by and writes it again (same values) rather than creating a second; every
+    // tag ends applied once and there is one contact per customer.
     let resumed = world.run(true).await.expect("resume");
     assert_eq!(resumed.total.applied, 250);
-    assert_eq!(world.calls("upsert_contact"), 450);
+    assert_eq!(world.calls("upsert_contact"), 250, "no contact created twice");
+    assert_eq!(world.calls("find_contacts"), 200, "page 1 looked up");
+    assert_eq!(world.calls("update_contact"), 200, "page 1 written again");
+    assert_eq!(world.crm.state().contacts.len(), 250);
     let tags = world.tags_by_email();
     assert!(
         tags.values().all(|t| t.len() == 2),

@@ -23,6 +23,11 @@ pub struct CustomerState {
     pub subscriptions: BTreeMap<String, OffsetDateTime>,
     /// When the mirror was last read back from Keap in full.
     pub mirror_read_at: Option<OffsetDateTime>,
+    /// The email a contact is being found or created by, saved before the call and cleared
+    /// with its answer: set with no `contact_id`, an attempt stopped between the two (a
+    /// crash) and Keap may hold a contact this state does not name yet. The only personal
+    /// data the identity map keeps, and only for that moment.
+    pub creating: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -44,6 +49,8 @@ struct Wire {
     /// Seconds since the epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     mirror_read_at: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    creating: Option<String>,
 }
 
 fn nanos(at: OffsetDateTime) -> i64 {
@@ -64,6 +71,7 @@ impl CustomerState {
                 .map(|(s, at)| (s.clone(), nanos(*at)))
                 .collect(),
             mirror_read_at: self.mirror_read_at.map(|t| t.unix_timestamp()),
+            creating: self.creating.clone(),
         };
         // A map of strings and integers always serialises.
         serde_json::to_string(&wire).unwrap_or_else(|_| "{}".into())
@@ -90,16 +98,19 @@ impl CustomerState {
             tags: wire.tags,
             subscriptions,
             mirror_read_at,
+            creating: wire.creating,
         })
     }
 
     /// Takes what `keap` knows of Keap (the contact, the value digests, the tags, when they
-    /// were read), keeping this state's versions: the calls' outcome over the fold's clocks.
+    /// were read, a creation in flight), keeping this state's versions: the calls' outcome
+    /// over the fold's clocks.
     pub fn take_mirror(&mut self, keap: &CustomerState) {
         self.contact_id = keap.contact_id;
         self.mirror = keap.mirror.clone();
         self.tags = keap.tags.clone();
         self.mirror_read_at = keap.mirror_read_at;
+        self.creating = keap.creating.clone();
     }
 
     /// Whether subscription `id` was applied as of `updated_at` or later.
@@ -139,6 +150,7 @@ mod tests {
         state.mirror.insert("field:P".into(), "ab".into());
         state.note_subscription("s1", at);
         state.mirror_read_at = Some(OffsetDateTime::from_unix_timestamp(1_790_000_000).unwrap());
+        state.creating = Some("jane@example.com".into());
         let back = CustomerState::from_json(Some(7), &state.to_json()).unwrap();
         assert_eq!(back, state);
         assert!(back.has_applied("s1", at));

@@ -215,6 +215,13 @@ impl Directory {
         lock(&self.fields).is_some()
     }
 
+    /// The id of the custom field labelled `label`, if the model was read; never a call.
+    pub fn known_custom_field_id(&self, label: &str) -> Option<i64> {
+        lock(&self.fields)
+            .as_ref()
+            .and_then(|(fields, _)| fields.get(label).copied())
+    }
+
     /// The name of tag `id`, if the list (or a look-up) has seen it.
     pub fn name_of(&self, id: TagId) -> Option<String> {
         lock(&self.tags).names.get(&id).cloned()

@@ -328,6 +328,13 @@ impl Processor {
                 writer.refresh(&mut working, now).await?;
             }
             let email = newest_email(started);
+            if writer
+                .before_creating(&mut working, &fold.winners, email)
+                .await?
+            {
+                self.save_midway(customer, holder, &before, &working)
+                    .await?;
+            }
             let id = writer
                 .write_contact(&mut working, &fold.winners, email, now, &mut report)
                 .await?;
@@ -343,12 +350,9 @@ impl Processor {
         // Goals and notes come after the values, so a campaign they start sees the contact
         // as it now is. Before them, what Keap now holds is saved (the versions are not yet:
         // a retry after a failing goal must fold these webhooks exactly as now).
-        if steps_to_fire {
-            if let (Some(key), true) = (customer, working != before) {
-                let mut midway = before.clone();
-                midway.take_mirror(&working);
-                self.customers.save(key, holder, &midway, false).await?;
-            }
+        if steps_to_fire && working != before {
+            self.save_midway(customer, holder, &before, &working)
+                .await?;
         }
         for s in started.iter_mut() {
             s.applied.contact_id = contact;
@@ -367,6 +371,25 @@ impl Processor {
         let mut after = fold.state;
         after.take_mirror(&working);
         Ok(after)
+    }
+}
+
+impl Processor {
+    /// Saves what Keap now holds (`working`'s mirror) over `before`'s versions, the lock kept:
+    /// a later failure or crash must not lose what calls already did.
+    async fn save_midway(
+        &self,
+        customer: Option<&CustomerKey>,
+        holder: &str,
+        before: &CustomerState,
+        working: &CustomerState,
+    ) -> Result<(), ProcessError> {
+        if let Some(key) = customer {
+            let mut midway = before.clone();
+            midway.take_mirror(working);
+            self.customers.save(key, holder, &midway, false).await?;
+        }
+        Ok(())
     }
 }
 

@@ -825,3 +825,31 @@ async fn a_normal_renewal_costs_no_keap_call() {
         .collect();
     assert!(made.is_empty(), "0 Keap calls, made {made:?}");
 }
+
+#[tokio::test]
+async fn the_contacts_tag_list_is_kept_so_a_renewal_after_the_signup_costs_no_call() {
+    use crate::fixtures::history::{Change, Rng, Subscriber, SITE};
+    let world = world();
+    let (mut rng, mut next_id) = (Rng::new(1), 1);
+    let at = time::macros::datetime!(2026-06-01 09:00:00 UTC);
+    let mut subscriber = Subscriber::new(5, at, false, 0, None);
+    for sent in subscriber.send(Change::Signup, at, &mut rng, &mut next_id) {
+        process(&world, &sent.body).await.expect("applied");
+    }
+    let key = crate::identity::CustomerKey::new(SITE, "5");
+    let state = world.customers.all().remove(&key).expect("the customer");
+    assert!(
+        state.tags.is_some(),
+        "the tags Keap listed, with our own tag calls since, are saved"
+    );
+    let calls = world.crm.call_count();
+    let renewal_at = at + time::Duration::days(30);
+    for sent in subscriber.send(Change::Renewal, renewal_at, &mut rng, &mut next_id) {
+        process(&world, &sent.body).await.expect("applied");
+    }
+    assert_eq!(
+        world.crm.call_count(),
+        calls,
+        "a renewal changes nothing Keap holds: not even a read of the contact"
+    );
+}
