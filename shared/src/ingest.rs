@@ -183,35 +183,29 @@ impl<Q: WebhookQueue> IngestService<Q> {
         }
     }
 
-    /// Every decision that needs no I/O: the HTTP checks (method, size), then [`Self::accept`].
-    /// Public so the benchmark measures exactly the per-webhook CPU work.
+    /// Every decision that needs no I/O: the method, then [`Self::accept`] on the body and
+    /// the signatures the request presents. Public so the benchmark measures exactly the
+    /// per-webhook CPU work.
     pub fn prepare(&self, request: &InboundRequest<'_>) -> Prepared {
-        let outcome = if request.method != Method::POST {
-            Outcome::MethodNotAllowed
-        } else if request.body.len() > MAX_BODY_BYTES {
-            // Checked before any HMAC: an oversized body costs no key a pass over it.
-            Outcome::TooLarge {
-                bytes: request.body.len(),
-            }
-        } else {
-            return match self.accept(request.body, &signature_candidates(request)) {
-                Ok(accepted) => Prepared::Send {
-                    webhook_id: accepted.envelope.webhook_id,
-                    event: accepted.envelope.event,
-                    message: accepted.message,
-                },
-                Err(refusal) => Prepared::Reply(refusal.into()),
-            };
-        };
-        Prepared::Reply(IngestReply {
-            outcome,
-            webhook_id: None,
-            event: None,
-        })
+        if request.method != Method::POST {
+            return Prepared::Reply(IngestReply {
+                outcome: Outcome::MethodNotAllowed,
+                webhook_id: None,
+                event: None,
+            });
+        }
+        match self.accept(request.body, &signature_candidates(request)) {
+            Ok(accepted) => Prepared::Send {
+                webhook_id: accepted.envelope.webhook_id,
+                event: accepted.envelope.event,
+                message: accepted.message,
+            },
+            Err(refusal) => Prepared::Reply(refusal.into()),
+        }
     }
 
-    /// A signed body in, the message to queue out: the signature verified against
-    /// `signatures` (as presented, not yet checked), the form parsed and bounded, the webhook
+    /// A signed body in, the message to queue out: the body's size bounded, the signature
+    /// verified against `signatures` (as presented, not yet checked), the form parsed and bounded, the webhook
     /// read and checked, the envelope built and measured against the queue's limit. No HTTP
     /// and no I/O, so the reconciler puts a stored webhook through exactly ingest's checks.
     pub fn accept(
@@ -219,6 +213,10 @@ impl<Q: WebhookQueue> IngestService<Q> {
         body: &[u8],
         signatures: &[SignatureCandidate<'_>],
     ) -> Result<Accepted, Refusal> {
+        // Before any HMAC: an oversized body costs no key a pass over it.
+        if body.len() > MAX_BODY_BYTES {
+            return Err(Refusal::TooLarge { bytes: body.len() });
+        }
         // The claimed site only decides which keys are tried first; it is not trusted.
         let verified = self.keys.verify(body, signatures, site_hint(body))?;
         let form = FormBody::parse(body).map_err(WebhookError::NotAForm)?;
@@ -280,6 +278,9 @@ pub struct Accepted {
 /// Why [`IngestService::accept`] puts a signed body on no queue.
 #[derive(Debug, thiserror::Error)]
 pub enum Refusal {
+    /// The body is above [`MAX_BODY_BYTES`]; nothing of it was read.
+    #[error("body of {bytes} bytes is above the {MAX_BODY_BYTES}-byte limit")]
+    TooLarge { bytes: usize },
     /// No presented signature verifies the body with a configured key.
     #[error(transparent)]
     Signature(#[from] SignatureError),
@@ -335,6 +336,7 @@ impl From<Refusal> for IngestReply {
 impl From<Refusal> for Outcome {
     fn from(refusal: Refusal) -> Self {
         match refusal {
+            Refusal::TooLarge { bytes } => Self::TooLarge { bytes },
             Refusal::Signature(e) => Self::Unauthorized(e),
             Refusal::Shape(e) => Self::BodyShape(e),
             Refusal::Body(e) => Self::BadBody(e),
@@ -598,6 +600,12 @@ mod tests {
         assert!(matches!(
             accept(r#"{"id":"1"}"#, KEY),
             Err(Refusal::Body(WebhookError::Missing(_)))
+        ));
+        // The size is bounded before any key is tried: a stored body too (the reconciler).
+        let huge = "a".repeat(MAX_BODY_BYTES + 1);
+        assert!(matches!(
+            accept(&huge, KEY),
+            Err(Refusal::TooLarge { bytes }) if bytes == MAX_BODY_BYTES + 1
         ));
         // Nothing is sent: accepting is not queueing.
         assert!(svc.queue().messages().is_empty());
