@@ -50,6 +50,7 @@ use crate::chargify::snapshot::snapshot_envelope;
 use crate::chargify::Webhook;
 use crate::converge::{Fold, Verdict};
 use crate::cursor_store::CursorStore;
+use crate::envelope::WebhookEnvelope;
 use crate::idempotency::{
     new_token, payload_hash, Begin, IdempotencyKey, IdempotencyStore, Lease, Received,
     RecordStatus, StoreError, DEFAULT_RECORD_TTL,
@@ -64,6 +65,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use time::OffsetDateTime;
+
+/// A subscription of a page as its snapshot's plan and envelope ([`Backfill::plan_page`]).
+type SnapshotPlan = Option<Result<(Plan, WebhookEnvelope), String>>;
 
 /// Chargify's largest page, and so the most contacts one bulk tag call carries here.
 pub const PAGE_SIZE: usize = crate::chargify::api::MAX_PER_PAGE as usize;
@@ -318,8 +322,9 @@ impl Backfill<'_> {
                 .subscriptions_page(&query, cursor.page)
                 .await?;
             // The longest prefix of the page the run can still pay for.
+            let mut plans = self.plan_page(&cursor, &page);
             let affordable = match self.settings.max_keap_calls {
-                Some(limit) => self.affordable(&cursor, &page, limit.saturating_sub(used)),
+                Some(limit) => self.affordable(&plans, limit.saturating_sub(used)),
                 None => page.len(),
             };
             if affordable == 0 && !page.is_empty() {
@@ -329,8 +334,9 @@ impl Backfill<'_> {
             }
             let cut = affordable < page.len();
             let page = &page[..affordable];
+            plans.truncate(affordable);
             let (calls_before, throttled_before) = (self.meter.calls(), self.meter.throttled());
-            let outcome = self.page(&cursor, page).await;
+            let outcome = self.page(page, plans).await;
             if budget.refused() {
                 // The page cost more than priced: stop at the last page done (its work is
                 // redone by the next run at no extra effect).
@@ -468,24 +474,40 @@ impl Backfill<'_> {
         Some(u64::from(end - first) * PAGE_SIZE as u64 + end_len as u64)
     }
 
-    /// How many subscriptions of `page`, from the first, the run can pay for with `left`
-    /// Keap requests, priced at their worst ([`budget::worst_case`]).
-    fn affordable(&self, cursor: &Cursor, page: &[Subscription], left: u64) -> usize {
+    /// Each subscription of `page` as its snapshot and plan, made once: the budget prices
+    /// these plans and the page applies them. `None` for a subscription the cursor shows
+    /// done; an error when no snapshot can be made of it.
+    fn plan_page(&self, cursor: &Cursor, page: &[Subscription]) -> Vec<SnapshotPlan> {
         let now = OffsetDateTime::now_utc();
-        let plans: Vec<Option<Plan>> = page
-            .iter()
+        page.iter()
             .map(|subscription| {
                 if cursor.already_done(subscription.id, subscription.updated_at) {
                     return None;
                 }
-                let envelope = snapshot_envelope(self.site, subscription, now).ok()?;
-                let webhook = Webhook::parse(envelope.raw_body.as_bytes()).ok()?;
-                self.rules.plan(&webhook, self.site).ok()
+                let planned = snapshot_envelope(self.site, subscription, now)
+                    .map_err(|e| e.to_string())
+                    .and_then(|envelope| {
+                        let webhook = Webhook::parse(envelope.raw_body.as_bytes())
+                            .map_err(|e| e.to_string())?;
+                        self.rules
+                            .plan(&webhook, self.site)
+                            .map_err(|e| e.to_string())
+                            .map(|plan| (plan, envelope))
+                    });
+                Some(planned)
             })
-            .collect();
+            .collect()
+    }
+
+    /// How many subscriptions of a page, from the first, the run can pay for with `left`
+    /// Keap requests, their `plans` priced at their worst ([`budget::worst_case`]).
+    fn affordable(&self, plans: &[SnapshotPlan], left: u64) -> usize {
         let mut affordable = 0;
         for k in 1..=plans.len() {
-            let cost = budget::worst_case(plans[..k].iter().flatten(), self.directory);
+            let priced = plans[..k]
+                .iter()
+                .filter_map(|p| p.as_ref()?.as_ref().ok().map(|(plan, _)| plan));
+            let cost = budget::worst_case(priced, self.directory);
             if cost > left {
                 break;
             }
@@ -494,29 +516,23 @@ impl Backfill<'_> {
         affordable
     }
 
-    /// One page: steps 1–4 of the module docs. Returns its totals (without Keap calls).
-    async fn page(&self, cursor: &Cursor, page: &[Subscription]) -> Result<Totals, BackfillError> {
+    /// One page, planned by [`Self::plan_page`]: steps 1–4 of the module docs. Returns its
+    /// totals (without Keap calls).
+    async fn page(
+        &self,
+        page: &[Subscription],
+        plans: Vec<SnapshotPlan>,
+    ) -> Result<Totals, BackfillError> {
         let mut totals = Totals::default();
-        let now = OffsetDateTime::now_utc();
         // Step 1: envelopes and plans, grouped by customer in list order.
         let mut groups: BTreeMap<String, Vec<(Plan, String, Received)>> = BTreeMap::new();
         let mut order: Vec<String> = Vec::new();
-        for subscription in page {
-            if cursor.already_done(subscription.id, subscription.updated_at) {
+        for (subscription, planned) in page.iter().zip(plans) {
+            let Some(planned) = planned else {
                 continue;
-            }
+            };
             totals.seen += 1;
-            let plan = snapshot_envelope(self.site, subscription, now)
-                .map_err(|e| e.to_string())
-                .and_then(|envelope| {
-                    let webhook =
-                        Webhook::parse(envelope.raw_body.as_bytes()).map_err(|e| e.to_string())?;
-                    self.rules
-                        .plan(&webhook, self.site)
-                        .map_err(|e| e.to_string())
-                        .map(|plan| (plan, envelope))
-                });
-            let (plan, envelope) = match plan {
+            let (plan, envelope) = match planned {
                 Ok(planned) => planned,
                 Err(reason) => {
                     tracing::warn!(
