@@ -272,6 +272,8 @@ impl Writer<'_> {
         let shown = readback::Shown {
             fields,
             custom_fields_listed,
+            // A read-back lists every field; a write's answer shows what the write left.
+            exact: custom_fields_listed,
         };
         let forgotten = readback::forget_values_not_held(state, &shown, just_written, |label| {
             self.directory.known_custom_field_id(label)

@@ -6,13 +6,19 @@
 //! contact's values, each mirror entry Keap no longer holds is forgotten, so the next event
 //! that sets it writes it again.
 //!
-//! Only a clear difference forgets an entry: Keap stores some values in its own form (phone
-//! numbers, addresses, company links, dates), and forgetting an entry Keap does hold would
-//! cost one write that changes nothing, again at every check. So names and text custom fields
-//! are compared by digest, a date on its day, a number in its usual spellings, and the others
-//! only for presence: an email (Keap may change its case), phone, address or company removed
-//! by hand is written back, one edited by hand is not until the rules set another value. The
-//! opt-in reason cannot be read back at all.
+//! In the answer to one of our writes, only a clear difference forgets an entry: Keap stores
+//! some values in its own form (phone numbers, addresses, company links, dates), and
+//! forgetting an entry Keap does hold would cost one write that changes nothing, again at
+//! every write. So names and text custom fields are compared by digest, a date on its day, a
+//! number in its usual spellings, and the others only for presence: an email (Keap may change
+//! its case), phone, address or company removed by hand is written back, one edited by hand
+//! is not until the rules set another value. The opt-in reason cannot be read back at all.
+//!
+//! A read-back ([`Shown::exact`]) checks those too, as written: it comes after a retry, when
+//! a write of ours may have reached Keap after the mirror was saved (a process killed between
+//! Keap's answer and the save leaves Keap with a value the mirror does not know), and every
+//! `MIRROR_MAX_AGE_DAYS`. A value Keap keeps in its own form then costs one more write, at most
+//! once per read-back; presence alone would let the mirror vouch for a value Keap lost.
 
 use crate::converge::{digest, ContactAttr, CustomerState, Desired, Target};
 use crate::keap::ContactFields;
@@ -24,6 +30,9 @@ pub struct Shown<'a> {
     /// Whether the answer lists custom fields (Keap leaves them out unless asked; a contact
     /// read with them asked for and none listed has none set).
     pub custom_fields_listed: bool,
+    /// A read-back: email, phone, address and company must show as written, not only be
+    /// present (see the module docs).
+    pub exact: bool,
 }
 
 /// Forgets the mirror entries `shown` proves Keap does not hold, except those in `keep`
@@ -43,11 +52,25 @@ pub fn forget_values_not_held(
         }
         let still_held = match Target::parse(key) {
             Some(Target::Contact(attr)) => match attr {
+                ContactAttr::Email if shown.exact => fields.email.as_deref().is_some_and(|e| {
+                    text_held(held, Some(e)) || text_held(held, Some(&e.to_lowercase()))
+                }),
                 ContactAttr::Email => fields.email.as_deref().is_some_and(|e| !e.is_empty()),
                 ContactAttr::GivenName => text_held(held, fields.given_name.as_deref()),
                 ContactAttr::FamilyName => text_held(held, fields.family_name.as_deref()),
+                ContactAttr::Phone if shown.exact => text_held(held, fields.phone.as_deref()),
                 ContactAttr::Phone => fields.phone.as_deref().is_some_and(|p| !p.is_empty()),
+                ContactAttr::Address if shown.exact => fields
+                    .address
+                    .as_ref()
+                    .is_some_and(|a| digest(&Desired::Address(a.clone())).as_deref() == Some(held)),
                 ContactAttr::Address => fields.address.is_some(),
+                // A read-back names the company only by id when Keap leaves the name out;
+                // the name is then all that can be compared, when shown.
+                ContactAttr::Company if shown.exact => match fields.company.as_deref() {
+                    Some(name) => text_held(held, Some(name)),
+                    None => fields.company_id.is_some(),
+                },
                 ContactAttr::Company => fields.company_id.is_some() || fields.company.is_some(),
                 ContactAttr::OptInReason => true,
             },
@@ -195,6 +218,7 @@ mod tests {
         let shown = Shown {
             fields: &fields,
             custom_fields_listed: true,
+            exact: false,
         };
         let forgotten = forget_values_not_held(&mut state, &shown, &[], ids);
         assert_eq!(
@@ -220,12 +244,73 @@ mod tests {
     }
 
     #[test]
+    fn a_read_back_forgets_what_is_present_but_not_as_written() {
+        // The mirror holds what the last saved state wrote; Keap shows an older write of
+        // ours that reached it after the save (the process was killed in between).
+        let written = Address {
+            line1: Some("1 New St".into()),
+            country_code: Some("USA".into()),
+            ..Address::default()
+        };
+        let mut state = state_holding(&[
+            ("contact:email", "jane@example.com"),
+            ("contact:phone", "555-555-1234"),
+            ("contact:company", "Acme"),
+        ]);
+        state.mirror.insert(
+            "contact:address".into(),
+            digest(&Desired::Address(written.clone())).unwrap_or_default(),
+        );
+        let older = ContactFields {
+            email: Some("jane.old@example.com".into()),
+            phone: Some("555-0103".into()),
+            address: Some(Address {
+                line1: Some("9 Old Rd".into()),
+                ..written.clone()
+            }),
+            company: Some("Acme Old".into()),
+            ..ContactFields::default()
+        };
+        let shown = |fields, exact| Shown {
+            fields,
+            custom_fields_listed: true,
+            exact,
+        };
+        // A write's answer only checks presence: all four kept.
+        let mut answer = state.clone();
+        assert!(forget_values_not_held(&mut answer, &shown(&older, false), &[], ids).is_empty());
+        // A read-back: all four forgotten, so the next event writes them again.
+        let mut read_back = state.clone();
+        assert_eq!(
+            forget_values_not_held(&mut read_back, &shown(&older, true), &[], ids),
+            [
+                "contact:address",
+                "contact:company",
+                "contact:email",
+                "contact:phone"
+            ]
+        );
+        // As written (the email in Keap's lower case): all kept.
+        let same = ContactFields {
+            email: Some("Jane@Example.com".to_lowercase()),
+            phone: Some("555-555-1234".into()),
+            address: Some(written),
+            company: Some("Acme".into()),
+            ..ContactFields::default()
+        };
+        let mut read_back = state.clone();
+        assert!(forget_values_not_held(&mut read_back, &shown(&same, true), &[], ids).is_empty());
+        assert_eq!(read_back, state);
+    }
+
+    #[test]
     fn unlisted_custom_fields_and_values_just_written_are_kept() {
         let mut state = state_holding(&[("field:Plan", "Gold"), ("contact:given_name", "Jane")]);
         let fields = ContactFields::default();
         let shown = Shown {
             fields: &fields,
             custom_fields_listed: false,
+            exact: false,
         };
         let forgotten =
             forget_values_not_held(&mut state, &shown, &["contact:given_name".into()], ids);
@@ -235,6 +320,7 @@ mod tests {
         let shown = Shown {
             fields: &fields,
             custom_fields_listed: true,
+            exact: false,
         };
         assert_eq!(
             forget_values_not_held(&mut state, &shown, &[], ids),
