@@ -336,27 +336,16 @@ async fn three_instances_with_kills_end_as_the_in_order_run() {
     let drained = drain(&cluster, 3, 10, &mut rng, &customer_of).await;
 
     let (got, fired) = standin_view(&cluster.keap);
-    assert_eq!(got.contacts.len(), expected_view.contacts.len());
-    for (customer, contact) in &expected_view.contacts {
-        assert_eq!(
-            got.contacts.get(customer),
-            Some(contact),
-            "seed {seed}: customer {customer}"
-        );
-    }
-    assert_eq!(
-        got.contact_count, expected_view.contact_count,
-        "no extra contact"
-    );
-    assert_eq!(got.duplicate_tag_names, 0, "no duplicate tag");
-    let bodies: BTreeMap<String, String> = sends
-        .iter()
-        .map(|s| (s.id.to_string(), s.body.clone()))
-        .collect();
-    let expected = view::expected_goals(&cluster.rules, SITE, &bodies, &drained.applied);
+    assert_end_state(seed, &got, &expected_view);
     let uncertain = uncertain_skipped(&cluster).await;
-    let missing = view::check_goals(&fired, &expected, uncertain)
-        .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+    let (expected, missing) = check_goals(
+        seed,
+        &cluster.rules,
+        &sends,
+        &drained.applied,
+        &fired,
+        uncertain,
+    );
     let letters =
         integration_tests::drain(&cluster.resources.sqs, &cluster.resources.dead_letter_url).await;
     assert!(letters.is_empty(), "nothing dead-lettered: {letters:?}");
@@ -387,6 +376,45 @@ async fn three_instances_with_kills_end_as_the_in_order_run() {
 }
 
 /// Goals and notes skipped as uncertain, from the records' summaries.
+/// Keap's contacts, fields and tags as the in-order run left them: no extra contact, no
+/// duplicate tag.
+fn assert_end_state(seed: u64, got: &KeapView, expected: &KeapView) {
+    assert_eq!(got.contacts.len(), expected.contacts.len());
+    for (customer, contact) in &expected.contacts {
+        assert_eq!(
+            got.contacts.get(customer),
+            Some(contact),
+            "seed {seed}: customer {customer}"
+        );
+    }
+    assert_eq!(
+        got.contact_count, expected.contact_count,
+        "no extra contact"
+    );
+    assert_eq!(got.duplicate_tag_names, 0, "no duplicate tag");
+}
+
+/// The goals fired against the stated policy for the order the webhooks were applied in:
+/// none doubled, and at most the uncertain steps missing. Returns the policy's goals and the
+/// number missing.
+fn check_goals(
+    seed: u64,
+    rules: &RuleSet,
+    sends: &[Sent],
+    applied: &BTreeMap<String, Vec<String>>,
+    fired: &GoalCounts,
+    uncertain: usize,
+) -> (GoalCounts, usize) {
+    let bodies: BTreeMap<String, String> = sends
+        .iter()
+        .map(|s| (s.id.to_string(), s.body.clone()))
+        .collect();
+    let expected = view::expected_goals(rules, SITE, &bodies, applied);
+    let missing = view::check_goals(fired, &expected, uncertain)
+        .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+    (expected, missing)
+}
+
 async fn uncertain_skipped(cluster: &Cluster) -> usize {
     let mut total = 0;
     let mut next = None;
@@ -603,28 +631,10 @@ async fn cks_serve_killed_twice_ends_as_the_in_order_run() {
     }
     logs.push(serve.log());
     uncertain += serve.uncertain_skipped();
-    let (got, _) = standin_view(&keap);
-    for (customer, contact) in &expected_view.contacts {
-        assert_eq!(
-            got.contacts.get(customer),
-            Some(contact),
-            "seed {seed}: customer {customer}"
-        );
-    }
-    assert_eq!(
-        got.contact_count, expected_view.contact_count,
-        "no extra contact"
-    );
-    assert_eq!(got.duplicate_tag_names, 0, "no duplicate tag");
-    let bodies: BTreeMap<String, String> = sends
-        .iter()
-        .map(|s| (s.id.to_string(), s.body.clone()))
-        .collect();
+    let (got, fired) = standin_view(&keap);
+    assert_end_state(seed, &got, &expected_view);
     let applied = applied_order(&logs, &customer_of);
-    let expected = view::expected_goals(&rules, SITE, &bodies, &applied);
-    let (_, fired) = standin_view(&keap);
-    let missing = view::check_goals(&fired, &expected, uncertain)
-        .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+    let (_, missing) = check_goals(seed, &rules, &sends, &applied, &fired, uncertain);
     keap.assert_no_violations();
     let dead: usize = logs
         .iter()
