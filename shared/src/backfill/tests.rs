@@ -403,7 +403,11 @@ async fn a_failed_bulk_call_leaves_the_page_to_redo_without_double_effects() {
     // tag ends applied once and there is one contact per customer.
     let resumed = world.run(true).await.expect("resume");
     assert_eq!(resumed.total.applied, 250);
-    assert_eq!(world.calls("upsert_contact"), 250, "no contact created twice");
+    assert_eq!(
+        world.calls("upsert_contact"),
+        250,
+        "no contact created twice"
+    );
     assert_eq!(world.calls("find_contacts"), 200, "page 1 looked up");
     assert_eq!(world.calls("update_contact"), 200, "page 1 written again");
     assert_eq!(world.crm.state().contacts.len(), 250);
