@@ -4,6 +4,10 @@
 //! order of checks is deliberate: cheap refusals first, no HMAC over oversized bodies, and
 //! nothing read from the body before a key verifies it.
 //!
+//! Two layers: [`IngestService::accept`] turns a signed body into the message to queue, or a
+//! [`Refusal`] that says why not (the reconciler calls it for the bodies Chargify stored);
+//! [`IngestService::handle`] wraps it in the HTTP checks and answers, logs and counts.
+//!
 //! | answer | when | enqueued |
 //! |---|---|---|
 //! | 200 `enqueued` | verified, parsed, and SQS stored it (or already had it: FIFO dedup) | yes |
@@ -162,80 +166,87 @@ impl<Q: WebhookQueue> IngestService<Q> {
     async fn decide(&self, request: &InboundRequest<'_>) -> IngestReply {
         match self.prepare(request) {
             Prepared::Reply(reply) => reply,
-            Prepared::Send { message, mut reply } => {
-                reply.outcome = match self.queue.send(&message).await {
+            Prepared::Send {
+                message,
+                webhook_id,
+                event,
+            } => IngestReply {
+                outcome: match self.queue.send(&message).await {
                     Ok(sent) => Outcome::Enqueued {
                         message_id: sent.message_id,
                     },
                     Err(e) => Outcome::QueueFailed(e),
-                };
-                reply
-            }
+                },
+                webhook_id: Some(webhook_id),
+                event: Some(event),
+            },
         }
     }
 
-    /// Every decision that needs no I/O: method, size, signature, parsing, the envelope.
-    /// Public so the benchmark measures exactly the per-webhook CPU work.
+    /// Every decision that needs no I/O: the method, then [`Self::accept`] on the body and
+    /// the signatures the request presents. Public so the benchmark measures exactly the
+    /// per-webhook CPU work.
     pub fn prepare(&self, request: &InboundRequest<'_>) -> Prepared {
-        let refuse = |outcome| {
-            Prepared::Reply(IngestReply {
-                outcome,
+        if request.method != Method::POST {
+            return Prepared::Reply(IngestReply {
+                outcome: Outcome::MethodNotAllowed,
                 webhook_id: None,
                 event: None,
-            })
-        };
-        if request.method != Method::POST {
-            return refuse(Outcome::MethodNotAllowed);
+            });
         }
-        let body = request.body;
+        match self.accept(request.body, &signature_candidates(request)) {
+            Ok(accepted) => Prepared::Send {
+                webhook_id: accepted.envelope.webhook_id,
+                event: accepted.envelope.event,
+                message: accepted.message,
+            },
+            Err(refusal) => Prepared::Reply(refusal.into()),
+        }
+    }
+
+    /// A signed body in, the message to queue out: the body's size bounded, the signature
+    /// verified against `signatures` (as presented, not yet checked), the form parsed and bounded, the webhook
+    /// read and checked, the envelope built and measured against the queue's limit. No HTTP
+    /// and no I/O, so the reconciler puts a stored webhook through exactly ingest's checks.
+    pub fn accept(
+        &self,
+        body: &[u8],
+        signatures: &[SignatureCandidate<'_>],
+    ) -> Result<Accepted, Refusal> {
+        // Before any HMAC: an oversized body costs no key a pass over it.
         if body.len() > MAX_BODY_BYTES {
-            return refuse(Outcome::TooLarge { bytes: body.len() });
+            return Err(Refusal::TooLarge { bytes: body.len() });
         }
-        let candidates = signature_candidates(request);
         // The claimed site only decides which keys are tried first; it is not trusted.
-        let site_hint = site_hint(body);
-        let verified = match self.keys.verify(body, &candidates, site_hint) {
-            Ok(verified) => verified,
-            Err(e) => return refuse(Outcome::Unauthorized(e)),
-        };
-        let form = match FormBody::parse(body) {
-            Ok(form) => form,
-            Err(e) => return refuse(Outcome::BadBody(WebhookError::NotAForm(e))),
-        };
+        let verified = self.keys.verify(body, signatures, site_hint(body))?;
+        let form = FormBody::parse(body).map_err(WebhookError::NotAForm)?;
         // Before anything reads the form: its shape bounds every walk that follows.
-        if let Err(e) = form.check_limits(FormLimits::WEBHOOK) {
-            return refuse(Outcome::BodyShape(e));
-        }
-        let webhook = match Webhook::from_form(form) {
-            Ok(webhook) => webhook,
-            Err(e) => return refuse(Outcome::BadBody(e)),
-        };
-        let mut reply = IngestReply {
-            outcome: Outcome::TestAcknowledged,
-            webhook_id: Some(webhook.id.clone()),
-            event: Some(webhook.event.clone()),
+        form.check_limits(FormLimits::WEBHOOK)?;
+        let webhook = Webhook::from_form(form)?;
+        let refuse = |reason| Refusal::Webhook {
+            webhook_id: webhook.id.clone(),
+            event: webhook.event.clone(),
+            reason,
         };
         if verified
             .site_conflict(webhook.site_subdomain.as_deref())
             .is_some()
         {
-            reply.outcome = Outcome::SiteMismatch;
-            return Prepared::Reply(reply);
+            return Err(refuse(NotQueued::SiteMismatch));
         }
         // A snapshot is made from Chargify's API by our own side; one posted here is forged
         // or a mistake, whoever signed it.
         if crate::chargify::webhook::is_internal_event(&webhook.event) {
-            reply.outcome = Outcome::BadBody(WebhookError::InternalEvent(webhook.event.clone()));
-            return Prepared::Reply(reply);
+            let error = WebhookError::InternalEvent(webhook.event.clone());
+            return Err(refuse(NotQueued::Invalid(error)));
         }
         // Chargify numbers its webhooks; any other id was not made by Chargify, and would
         // give the same webhook several deduplication ids (`7`, `007`).
         if !crate::chargify::webhook::is_chargify_webhook_id(&webhook.id) {
-            reply.outcome = Outcome::BadBody(WebhookError::NotAChargifyId);
-            return Prepared::Reply(reply);
+            return Err(refuse(NotQueued::Invalid(WebhookError::NotAChargifyId)));
         }
         if webhook.is_test() {
-            return Prepared::Reply(reply);
+            return Err(refuse(NotQueued::Test));
         }
         // FormBody::parse succeeded, so the body is UTF-8; the fallback is unreachable.
         let raw_body = std::str::from_utf8(body)
@@ -250,10 +261,92 @@ impl<Q: WebhookQueue> IngestService<Q> {
         );
         let message = outbound_message(&envelope);
         if message.body.len() > SQS_MAX_MESSAGE_BYTES {
-            reply.outcome = Outcome::TooLarge { bytes: body.len() };
-            return Prepared::Reply(reply);
+            return Err(refuse(NotQueued::TooLarge { bytes: body.len() }));
         }
-        Prepared::Send { message, reply }
+        Ok(Accepted { envelope, message })
+    }
+}
+
+/// A verified webhook, ready for the queue.
+#[derive(Debug)]
+pub struct Accepted {
+    pub envelope: WebhookEnvelope,
+    /// [`outbound_message`] of `envelope`: serialised once, and within the queue's limit.
+    pub message: OutboundMessage,
+}
+
+/// Why [`IngestService::accept`] puts a signed body on no queue.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    /// The body is above [`MAX_BODY_BYTES`]; nothing of it was read.
+    #[error("body of {bytes} bytes is above the {MAX_BODY_BYTES}-byte limit")]
+    TooLarge { bytes: usize },
+    /// No presented signature verifies the body with a configured key.
+    #[error(transparent)]
+    Signature(#[from] SignatureError),
+    /// Verified, but shaped like no webhook: too deep or too many fields.
+    #[error(transparent)]
+    Shape(#[from] FormLimitError),
+    /// Verified, but not a form, or `id`/`event` missing or malformed.
+    #[error(transparent)]
+    Body(#[from] WebhookError),
+    /// A webhook read far enough to know its id and event, that is not queued.
+    #[error("webhook {webhook_id} ({event}): {reason}")]
+    Webhook {
+        webhook_id: String,
+        event: String,
+        reason: NotQueued,
+    },
+}
+
+/// Why a verified, readable webhook is not queued.
+#[derive(Debug, thiserror::Error)]
+pub enum NotQueued {
+    #[error("the key that signed it belongs to another site")]
+    SiteMismatch,
+    /// An event only our own side makes, or an id Chargify does not make.
+    #[error(transparent)]
+    Invalid(WebhookError),
+    /// Chargify's "Test" button: verified, and nothing to apply.
+    #[error("Chargify's test webhook; nothing to apply")]
+    Test,
+    /// Its envelope, JSON-escaped, is above the queue's message limit.
+    #[error("the envelope of its {bytes}-byte body is above the queue's message limit")]
+    TooLarge { bytes: usize },
+}
+
+/// The HTTP answer to a refusal: the existing outcome codes, with the webhook's id and event
+/// once the body was read far enough to know them.
+impl From<Refusal> for IngestReply {
+    fn from(refusal: Refusal) -> Self {
+        let (webhook_id, event) = match &refusal {
+            Refusal::Webhook {
+                webhook_id, event, ..
+            } => (Some(webhook_id.clone()), Some(event.clone())),
+            _ => (None, None),
+        };
+        Self {
+            outcome: refusal.into(),
+            webhook_id,
+            event,
+        }
+    }
+}
+
+impl From<Refusal> for Outcome {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::TooLarge { bytes } => Self::TooLarge { bytes },
+            Refusal::Signature(e) => Self::Unauthorized(e),
+            Refusal::Shape(e) => Self::BodyShape(e),
+            Refusal::Body(e) => Self::BadBody(e),
+            Refusal::Webhook { reason, .. } => match reason {
+                NotQueued::SiteMismatch => Self::SiteMismatch,
+                NotQueued::Invalid(e) => Self::BadBody(e),
+                NotQueued::Test => Self::TestAcknowledged,
+                NotQueued::TooLarge { bytes } => Self::TooLarge { bytes },
+            },
+        }
     }
 }
 
@@ -275,10 +368,11 @@ pub fn outbound_message(envelope: &WebhookEnvelope) -> OutboundMessage {
 /// The result of [`IngestService::prepare`]: a message to send, or the answer already known.
 #[derive(Debug)]
 pub enum Prepared {
-    /// Send `message`; `reply` carries the webhook's id and event for the answer.
+    /// Send `message`; the webhook's id and event go into the answer.
     Send {
         message: OutboundMessage,
-        reply: IngestReply,
+        webhook_id: String,
+        event: String,
     },
     Reply(IngestReply),
 }
@@ -466,6 +560,55 @@ mod tests {
         let body = fixtures::derive(fixtures::SIGNUP_SUCCESS, "42", "signup_success", &[]);
         let reply = post(&svc, body.as_bytes(), &signed_headers(body.as_bytes(), KEY)).await;
         assert_eq!(reply.status(), 200, "{}", reply.body());
+    }
+
+    #[test]
+    fn accept_says_why_a_signed_body_is_not_queued() {
+        let svc = service();
+        let accept = |body: &str, key: &str| {
+            let value = sign(key, body.as_bytes());
+            let signature = SignatureCandidate {
+                source: SignatureSource::Header,
+                value: &value,
+            };
+            svc.accept(body.as_bytes(), &[signature])
+        };
+        let accepted = accept(fixtures::SIGNUP_SUCCESS, KEY).expect("accepted");
+        assert_eq!(accepted.envelope.raw_body, fixtures::SIGNUP_SUCCESS);
+        assert_eq!(accepted.message, outbound_message(&accepted.envelope));
+        assert!(matches!(
+            accept(fixtures::SIGNUP_SUCCESS, "another-key"),
+            Err(Refusal::Signature(SignatureError::Mismatch))
+        ));
+        assert!(matches!(
+            accept(fixtures::TEST, KEY),
+            Err(Refusal::Webhook {
+                reason: NotQueued::Test,
+                ..
+            })
+        ));
+        let bad_id = fixtures::derive(fixtures::SIGNUP_SUCCESS, "007", "signup_success", &[]);
+        let refusal = accept(&bad_id, KEY).expect_err("not a Chargify id");
+        assert!(
+            matches!(
+                &refusal,
+                Refusal::Webhook { webhook_id, reason: NotQueued::Invalid(WebhookError::NotAChargifyId), .. }
+                    if webhook_id == "007"
+            ),
+            "{refusal}"
+        );
+        assert!(matches!(
+            accept(r#"{"id":"1"}"#, KEY),
+            Err(Refusal::Body(WebhookError::Missing(_)))
+        ));
+        // The size is bounded before any key is tried: a stored body too (the reconciler).
+        let huge = "a".repeat(MAX_BODY_BYTES + 1);
+        assert!(matches!(
+            accept(&huge, KEY),
+            Err(Refusal::TooLarge { bytes }) if bytes == MAX_BODY_BYTES + 1
+        ));
+        // Nothing is sent: accepting is not queueing.
+        assert!(svc.queue().messages().is_empty());
     }
 
     #[tokio::test]

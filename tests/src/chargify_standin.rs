@@ -11,7 +11,7 @@
 //!   requests in flight get Chargify's 429; injected [`Fault`]s serve others.
 //! - **Delivery** ([`ChargifyStandIn::deliver_to`]): every new webhook is POSTed to a URL with
 //!   Chargify's retry schedule (5 attempts: at once, then 10, 15, 90 and 180 s after each
-//!   failure; domain-notes §1.5) compressed by a factor; after 5 failures the webhook is
+//!   failure) compressed by a factor; after 5 failures the webhook is
 //!   `failed`; after `pause_after` failed attempts in a row the endpoint pauses and new
 //!   webhooks are stored `paused`, never sent, until [`ChargifyStandIn::resume_endpoint`]. A
 //!   replay re-sends (even while paused: that is how paused webhooks get out).
@@ -34,7 +34,7 @@ use std::time::Duration;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-/// The answer Chargify gives a request over its concurrency limit (domain-notes §1.10).
+/// The answer Chargify gives a request over its concurrency limit.
 pub const TOO_MANY_REQUESTS: &str =
     "Your request was denied due to a usage violation. Please slow down and try again in a few minutes.";
 /// Most items of each kind the stand-in stores, and calls it logs.

@@ -1,8 +1,8 @@
 //! Keap's REST v1 contract as a checker: does a request match an operation of the vendored
 //! spec (`shared/fixtures/keap/keap-rest-v1.trimmed.openapi.json`), with a body its schema
-//! accepts? The Keap stand-in (issue 3) answers 400 to anything this refuses.
+//! accepts? The Keap stand-in answers 400 to anything this refuses.
 //!
-//! Stricter than Keap in one way, on purpose (domain-notes, appendix): the spec's object
+//! Stricter than Keap in one way, on purpose: the spec's object
 //! schemas do not forbid unknown properties, and Keap silently drops them (a misspelt
 //! `givenname` loses the data), so here every object schema gets
 //! `additionalProperties: false`. And looser in one: `custom_fields[].content` is typed

@@ -122,6 +122,11 @@ async fn ten_thousand_subscriptions_cost_at_most_1_2_keap_calls_each_and_resume_
     assert_eq!(second.count("failed"), 0.0);
 
     let violations = keap.violations();
+    assert_eq!(
+        keap.noop_calls(),
+        Vec::<String>::new(),
+        "a Keap call that changed nothing"
+    );
     let (total_calls, throttled) = {
         let s = keap.state();
         (s.calls.len(), s.throttled)

@@ -1,5 +1,5 @@
 //! The Keap client against the stand-in: every call the spec accepts, state as Keap would
-//! keep it, and each kind of failure handled as domain-notes says.
+//! keep it, and each kind of failure handled as `docs/processor.md` describes.
 
 use integration_tests::keap_standin::{Fault, KeapStandIn};
 use shared::keap::{

@@ -1,6 +1,6 @@
 //! Keap OAuth against the stand-in's token endpoint and the token table in DynamoDB (moto):
 //! concurrent workers refresh once, a rotated or dead refresh token is handled as
-//! domain-notes §2.2 says, a crashed worker's lease is taken over, a revoked access token
+//! `docs/keap-auth.md` says, a crashed worker's lease is taken over, a revoked access token
 //! costs one refresh and one retry, and `cks keap exchange-code` stores the first pair.
 
 use async_trait::async_trait;

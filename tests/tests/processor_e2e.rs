@@ -84,6 +84,9 @@ async fn every_reference_webhook_goes_from_ingest_to_keap() {
         .expect("signup record");
     assert_eq!(record.status, RecordStatus::Completed);
     assert!(drain(&stack.sqs, &stack.dead_letter_url).await.is_empty());
+    // Every Keap call changed something: no tag applied that the contact had, none removed
+    // that it lacked, no contact write of the values it held.
+    assert_eq!(stack.keap.noop_calls(), Vec::<String>::new());
 }
 
 #[tokio::test]

@@ -1,4 +1,4 @@
-//! Issue 7, part 4: a simulated 10-minute SQS outage during which the stand-in Chargify's
+//! A simulated 10-minute SQS outage during which the stand-in Chargify's
 //! retries run out, recovered by the reconciler, compared with a run without the outage.
 //!
 //! - **Chargify**: the stand-in, delivering each webhook to the **built `ingest` binary**

@@ -1,19 +1,31 @@
-//! The Keap side of a fold: the calls that make Keap hold what `crate::converge` decided, and
-//! nothing Keap holds already. Shared by the processor (one customer's webhooks at a time)
-//! and the backfill (a page of snapshots, tags in bulk), over the [`Crm`] port and the
-//! [`Directory`].
+//! The steps shared by the processor and the backfill: the Keap calls that make Keap hold
+//! what `crate::converge` decided for one customer, and nothing Keap holds already, then the
+//! customer's goals and notes. The processor runs them for one customer's webhooks at a time,
+//! the backfill for a page of snapshots with the tags in bulk; what each does around them
+//! (leases, the customer's lock, retries and dead letters, the page's budget) is its own.
+//!
+//! Ports: the [`Crm`] for every Keap call; the [`Directory`] for names to ids (it creates a
+//! missing tag under the shared [`NameLocks`](crate::identity::NameLocks)); the
+//! [`IdempotencyStore`](crate::idempotency::IdempotencyStore) in which [`fire_steps`] records
+//! each goal and note. The customer's [`CustomerState`] comes in and goes out as a value: the
+//! caller reads and saves it through its `CustomerStore`.
 //!
 //! Per customer: [`Writer::write_contact`] resolves the contact (the identity map's id, else an
 //! upsert by email) and writes, in one call, every winning contact value and custom field
 //! the mirror does not show as held; [`Writer::tag_changes`] works out the tag ids to apply
 //! and remove (one call each, [`Writer::write_tags`], or the backfill's bulk calls); the
 //! mirror is corrected from every answer that lists the contact's tags or values
-//! ([`readback`]). Goals and notes are
-//! steps ([`Writer::fire_step`]), recorded by the caller.
+//! ([`readback`]). Then [`fire_steps`] fires each goal and note due ([`Writer::fire_step`]),
+//! recorded once each.
+
+mod steps;
+
+pub use steps::{fire_steps, step_key, StepCounts};
 
 mod readback;
 
 use crate::converge::{digest, holds, ContactAttr, CustomerState, Desired, Target, Winner};
+use crate::idempotency::StoreError;
 use crate::keap::{
     Contact, ContactFields, ContactId, Crm, Directory, IfMissing, KeapError, LookupError, TagId,
 };
@@ -30,6 +42,33 @@ pub enum ApplyError {
     Lookup(#[from] LookupError),
     #[error("no Keap contact can be chosen: {0}")]
     NoContact(String),
+    /// A goal's or note's record could not be written.
+    #[error("idempotency or identity store: {0}")]
+    Store(#[from] StoreError),
+}
+
+impl ApplyError {
+    /// Stable name for logs and metrics.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Keap(e) => e.code(),
+            Self::Lookup(e) => e.code(),
+            Self::NoContact(_) => "no_contact",
+            Self::Store(e) => e.code(),
+        }
+    }
+
+    /// Retrying cannot help, and the failure is about this customer alone: Keap refused its
+    /// contact, or nothing names one. A missing tag or custom field (the rules or the Keap
+    /// account), the credentials, the quota, the network or a store fail every customer alike
+    /// or pass later.
+    pub fn is_permanent_for_customer(&self) -> bool {
+        match self {
+            Self::Keap(e) => e.is_permanent(),
+            Self::NoContact(_) => true,
+            Self::Lookup(_) | Self::Store(_) => false,
+        }
+    }
 }
 
 /// What the calls did, for the log line and the record's summary.
@@ -539,21 +578,4 @@ fn winner_text(winners: &BTreeMap<String, Winner>, attr: ContactAttr) -> Option<
         Some(Desired::Text(text)) => Some(text),
         _ => None,
     }
-}
-
-/// Stable name of a goal or note step: its place in the plan and what it does.
-pub fn step_key(index: usize, action: &Action) -> String {
-    match action {
-        Action::AchieveGoal {
-            integration,
-            call_name,
-        } => format!("{index}:goal:{integration}/{call_name}"),
-        Action::AddNote { .. } => format!("{index}:note"),
-        other => format!("{index}:{other:?}"),
-    }
-}
-
-/// The marker a step's intent is recorded under, before its Keap call.
-pub fn intent_key(step: &str) -> String {
-    format!("intent:{step}")
 }

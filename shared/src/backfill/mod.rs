@@ -1,6 +1,8 @@
 //! Backfill: every existing Chargify subscription synced to Keap as a snapshot, the way a new
-//! installation starts (issue 7). Over ports only: [`ChargifyApi`], [`Crm`], the idempotency
-//! and identity stores, and a [`CursorStore`] (the cursor's meaning is [`cursor::Cursor`]).
+//! installation starts. Over ports only: [`ChargifyApi`], [`Crm`] and its [`KeapMeter`], the
+//! idempotency and identity stores, and a [`CursorStore`] (the cursor's meaning is
+//! [`cursor::Cursor`]). The contact writes, the tag changes and the goals and notes are the
+//! processor's own steps, shared through [`crate::apply`].
 //!
 //! **Per page** (up to 200 subscriptions, oldest change first):
 //! 1. Each subscription becomes its `subscription_snapshot` envelope (id
@@ -39,21 +41,22 @@ pub mod cursor;
 #[cfg(test)]
 mod tests;
 
+pub use crate::keap::KeapMeter;
 pub use cursor::{cursor_key, BackfillQuery, Cursor, CursorError, Totals};
 
-use crate::apply::{Report, TagChanges, Writer};
+use crate::apply::{fire_steps, ApplyError, Report, TagChanges, Writer};
 use crate::chargify::api::{ChargifyApi, ChargifyApiError, Subscription, SubscriptionQuery};
 use crate::chargify::snapshot::snapshot_envelope;
 use crate::chargify::Webhook;
 use crate::converge::{Fold, Verdict};
 use crate::cursor_store::CursorStore;
+use crate::envelope::WebhookEnvelope;
 use crate::idempotency::{
     new_token, payload_hash, Begin, IdempotencyKey, IdempotencyStore, Lease, Received,
     RecordStatus, StoreError, DEFAULT_RECORD_TTL,
 };
 use crate::identity::{CustomerKey, CustomerState, CustomerStore, Locked};
-use crate::keap::{ContactId, Crm, Directory, InMemoryCrm, KeapClient, KeapError, TagId};
-use crate::processor::{Applied, Disposition, ProcessError};
+use crate::keap::{ContactId, Crm, Directory, KeapError, TagId};
 use crate::rules::{Plan, RuleSet};
 use budget::Budgeted;
 use futures::StreamExt;
@@ -62,6 +65,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use time::OffsetDateTime;
+
+/// A subscription of a page as its snapshot's plan and envelope ([`Backfill::plan_page`]).
+type SnapshotPlan = Option<Result<(Plan, WebhookEnvelope), String>>;
 
 /// Chargify's largest page, and so the most contacts one bulk tag call carries here.
 pub const PAGE_SIZE: usize = crate::chargify::api::MAX_PER_PAGE as usize;
@@ -74,57 +80,11 @@ pub const EPOCH: OffsetDateTime = time::macros::datetime!(2000-01-01 00:00:00 UT
 /// of the page's bulk tag calls and lookups.
 pub const ASSUMED_CALLS_PER_CONTACT: f64 = 1.1;
 
-/// What the engine reads of the Keap adapter's own count (retries included: what the quota
-/// counts) and of the budgets Keap reports.
-pub trait KeapMeter: Send + Sync {
-    /// Requests sent so far.
-    fn calls(&self) -> u64;
-    /// 429 answers so far.
-    fn throttled(&self) -> u64 {
-        0
-    }
-    /// The daily quota left, as Keap's last answer reported it.
-    fn daily_quota_left(&self) -> Option<u64> {
-        None
-    }
-    /// The client's pace, calls per second.
-    fn pace(&self) -> Option<f64> {
-        None
-    }
-    /// The most requests one call can make (its retries included).
-    fn max_requests_per_call(&self) -> u64 {
-        1
-    }
-}
-
-impl KeapMeter for KeapClient {
-    fn calls(&self) -> u64 {
-        self.requests_sent()
-    }
-    fn throttled(&self) -> u64 {
-        self.throttled_answers()
-    }
-    fn daily_quota_left(&self) -> Option<u64> {
-        self.throttle_report().daily.available
-    }
-    fn pace(&self) -> Option<f64> {
-        Some(f64::from(self.requests_per_second()))
-    }
-    fn max_requests_per_call(&self) -> u64 {
-        self.max_requests_per_call()
-    }
-}
-
-impl KeapMeter for InMemoryCrm {
-    fn calls(&self) -> u64 {
-        self.call_count() as u64
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct BackfillSettings {
     /// Plan and count only: no store is written and no cursor saved. Pass a CRM that sends
-    /// nothing (an [`InMemoryCrm`]): the engine still makes its calls to count them.
+    /// nothing (an [`InMemoryCrm`](crate::keap::InMemoryCrm)): the engine still makes its calls
+    /// to count them.
     pub dry_run: bool,
     /// Stop (resumably) before a page that would take this run past this many Keap calls.
     pub max_keap_calls: Option<u64>,
@@ -215,7 +175,7 @@ pub enum BackfillError {
     #[error("Keap: {0}; the cursor is saved at the last page done: run again with --resume (anything redone is a duplicate)")]
     Keap(#[from] KeapError),
     #[error("{0}; the cursor is saved at the last page done: fix it and run again with --resume")]
-    Stopped(ProcessError),
+    Stopped(ApplyError),
     #[error("store: {0}; the cursor is saved at the last page done: run again with --resume")]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -362,8 +322,9 @@ impl Backfill<'_> {
                 .subscriptions_page(&query, cursor.page)
                 .await?;
             // The longest prefix of the page the run can still pay for.
+            let mut plans = self.plan_page(&cursor, &page);
             let affordable = match self.settings.max_keap_calls {
-                Some(limit) => self.affordable(&cursor, &page, limit.saturating_sub(used)),
+                Some(limit) => self.affordable(&plans, limit.saturating_sub(used)),
                 None => page.len(),
             };
             if affordable == 0 && !page.is_empty() {
@@ -373,8 +334,9 @@ impl Backfill<'_> {
             }
             let cut = affordable < page.len();
             let page = &page[..affordable];
+            plans.truncate(affordable);
             let (calls_before, throttled_before) = (self.meter.calls(), self.meter.throttled());
-            let outcome = self.page(&cursor, page).await;
+            let outcome = self.page(page, plans).await;
             if budget.refused() {
                 // The page cost more than priced: stop at the last page done (its work is
                 // redone by the next run at no extra effect).
@@ -512,24 +474,40 @@ impl Backfill<'_> {
         Some(u64::from(end - first) * PAGE_SIZE as u64 + end_len as u64)
     }
 
-    /// How many subscriptions of `page`, from the first, the run can pay for with `left`
-    /// Keap requests, priced at their worst ([`budget::worst_case`]).
-    fn affordable(&self, cursor: &Cursor, page: &[Subscription], left: u64) -> usize {
+    /// Each subscription of `page` as its snapshot and plan, made once: the budget prices
+    /// these plans and the page applies them. `None` for a subscription the cursor shows
+    /// done; an error when no snapshot can be made of it.
+    fn plan_page(&self, cursor: &Cursor, page: &[Subscription]) -> Vec<SnapshotPlan> {
         let now = OffsetDateTime::now_utc();
-        let plans: Vec<Option<Plan>> = page
-            .iter()
+        page.iter()
             .map(|subscription| {
                 if cursor.already_done(subscription.id, subscription.updated_at) {
                     return None;
                 }
-                let envelope = snapshot_envelope(self.site, subscription, now).ok()?;
-                let webhook = Webhook::parse(envelope.raw_body.as_bytes()).ok()?;
-                self.rules.plan(&webhook, self.site).ok()
+                let planned = snapshot_envelope(self.site, subscription, now)
+                    .map_err(|e| e.to_string())
+                    .and_then(|envelope| {
+                        let webhook = Webhook::parse(envelope.raw_body.as_bytes())
+                            .map_err(|e| e.to_string())?;
+                        self.rules
+                            .plan(&webhook, self.site)
+                            .map_err(|e| e.to_string())
+                            .map(|plan| (plan, envelope))
+                    });
+                Some(planned)
             })
-            .collect();
+            .collect()
+    }
+
+    /// How many subscriptions of a page, from the first, the run can pay for with `left`
+    /// Keap requests, their `plans` priced at their worst ([`budget::worst_case`]).
+    fn affordable(&self, plans: &[SnapshotPlan], left: u64) -> usize {
         let mut affordable = 0;
         for k in 1..=plans.len() {
-            let cost = budget::worst_case(plans[..k].iter().flatten(), self.directory);
+            let priced = plans[..k]
+                .iter()
+                .filter_map(|p| p.as_ref()?.as_ref().ok().map(|(plan, _)| plan));
+            let cost = budget::worst_case(priced, self.directory);
             if cost > left {
                 break;
             }
@@ -538,29 +516,23 @@ impl Backfill<'_> {
         affordable
     }
 
-    /// One page: steps 1–4 of the module docs. Returns its totals (without Keap calls).
-    async fn page(&self, cursor: &Cursor, page: &[Subscription]) -> Result<Totals, BackfillError> {
+    /// One page, planned by [`Self::plan_page`]: steps 1–4 of the module docs. Returns its
+    /// totals (without Keap calls).
+    async fn page(
+        &self,
+        page: &[Subscription],
+        plans: Vec<SnapshotPlan>,
+    ) -> Result<Totals, BackfillError> {
         let mut totals = Totals::default();
-        let now = OffsetDateTime::now_utc();
         // Step 1: envelopes and plans, grouped by customer in list order.
         let mut groups: BTreeMap<String, Vec<(Plan, String, Received)>> = BTreeMap::new();
         let mut order: Vec<String> = Vec::new();
-        for subscription in page {
-            if cursor.already_done(subscription.id, subscription.updated_at) {
+        for (subscription, planned) in page.iter().zip(plans) {
+            let Some(planned) = planned else {
                 continue;
-            }
+            };
             totals.seen += 1;
-            let plan = snapshot_envelope(self.site, subscription, now)
-                .map_err(|e| e.to_string())
-                .and_then(|envelope| {
-                    let webhook =
-                        Webhook::parse(envelope.raw_body.as_bytes()).map_err(|e| e.to_string())?;
-                    self.rules
-                        .plan(&webhook, self.site)
-                        .map_err(|e| e.to_string())
-                        .map(|plan| (plan, envelope))
-                });
-            let (plan, envelope) = match plan {
+            let (plan, envelope) = match planned {
                 Ok(planned) => planned,
                 Err(reason) => {
                     tracing::warn!(
@@ -789,7 +761,7 @@ impl Backfill<'_> {
             let changes = writer
                 .tag_changes(&pending.working, &winners, &mut pending.report)
                 .await?;
-            Ok::<_, ProcessError>((contact, changes))
+            Ok::<_, ApplyError>((contact, changes))
         }
         .await;
         match written {
@@ -809,16 +781,12 @@ impl Backfill<'_> {
     async fn contact_failed(
         &self,
         pending: Pending,
-        error: ProcessError,
+        error: ApplyError,
         mut counts: Counts,
     ) -> Result<Step, BackfillError> {
         self.release_all(std::slice::from_ref(&pending), &error.to_string())
             .await;
-        let per_contact = matches!(
-            error.disposition(OffsetDateTime::now_utc()),
-            Disposition::DeadLetter { .. }
-        ) && !matches!(error, ProcessError::Lookup(_));
-        if !per_contact {
+        if !error.is_permanent_for_customer() {
             return Err(BackfillError::Stopped(error));
         }
         for s in &pending.snapshots {
@@ -847,15 +815,13 @@ impl Backfill<'_> {
             let Some(lease) = s.lease.as_mut() else {
                 continue;
             };
-            let mut applied = Applied::default();
-            crate::processor::fire_steps(
+            fire_steps(
                 self.idempotency,
                 &writer,
                 Some(p.contact),
                 &s.plan,
                 &s.verdict.steps,
                 lease,
-                &mut applied,
             )
             .await
             .map_err(BackfillError::Stopped)?;

@@ -7,6 +7,7 @@ use crate::cursor_store::InMemoryCursorStore;
 use crate::idempotency::InMemoryIdempotencyStore;
 use crate::identity::InMemoryCustomerStore;
 use crate::identity::InMemoryNameLocks;
+use crate::keap::InMemoryCrm;
 use async_trait::async_trait;
 use serde_json::Value;
 use std::collections::BTreeSet;

@@ -355,7 +355,7 @@ mod tests {
         }
     }
 
-    // Official vectors (domain-notes §1.4): key `123`.
+    // The example from Chargify's webhook documentation: key `123`.
     const DOC_BODY: &[u8] = b"payload[chargify]=testing&event=test";
     const DOC_SIG: &str = "19826d51b9f866b26eda1f154de192593360f8d0bcb63df8a28540a5dcf733f1";
     const TEST_BODY: &[u8] = b"id=123456&event=test&payload[chargify]=testing";

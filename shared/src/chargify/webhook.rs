@@ -12,7 +12,8 @@ pub const TEST_EVENT: &str = "test";
 pub const MAX_ID_LEN: usize = 60;
 
 /// Every event key Chargify can send a webhook for: the 35 subscribable keys of the
-/// `Webhook Subscription` enum in Maxio's spec, and the `test` pseudo-event (domain-notes 1.7).
+/// `Webhook Subscription` enum in Maxio's spec, and the `test` pseudo-event Chargify sends from
+/// its webhook settings page.
 /// Rules naming any other key are refused at load, since such a rule could never run.
 pub const EVENT_KEYS: &[&str] = &[
     "signup_success",

@@ -4,8 +4,8 @@
 
 use super::country::keap_country_code;
 use super::crm::{
-    Address, Company, CompanyId, Contact, ContactFields, ContactId, Crm, CustomField, GoalHit, Tag,
-    TagId, MAX_BULK_TAG_CONTACTS,
+    Address, Company, CompanyId, Contact, ContactFields, ContactId, Crm, CustomField, GoalHit,
+    KeapMeter, Tag, TagId, MAX_BULK_TAG_CONTACTS,
 };
 use super::directory::Directory;
 use super::errors::KeapError;
@@ -340,6 +340,24 @@ fn all_items_applied(results: &Value) -> Result<(), KeapError> {
 
 fn ids_csv(ids: &[i64]) -> String {
     ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",")
+}
+
+impl KeapMeter for KeapClient {
+    fn calls(&self) -> u64 {
+        self.requests_sent()
+    }
+    fn throttled(&self) -> u64 {
+        self.throttled_answers()
+    }
+    fn daily_quota_left(&self) -> Option<u64> {
+        self.throttle_report().daily.available
+    }
+    fn pace(&self) -> Option<f64> {
+        Some(f64::from(self.requests_per_second()))
+    }
+    fn max_requests_per_call(&self) -> u64 {
+        self.max_requests_per_call()
+    }
 }
 
 #[async_trait]

@@ -164,3 +164,27 @@ pub trait Crm: Send + Sync {
     async fn find_companies_by_name(&self, name: &str) -> Result<Vec<Company>, KeapError>;
     async fn create_company(&self, name: &str) -> Result<Company, KeapError>;
 }
+
+/// What a run that budgets its Keap calls (the backfill's `--max-keap-calls` and quota stop)
+/// reads of an adapter: its own count of requests, retries included (what Keap's quota
+/// counts), and the budgets Keap reports. Beside [`Crm`] so each adapter implements both.
+pub trait KeapMeter: Send + Sync {
+    /// Requests sent so far.
+    fn calls(&self) -> u64;
+    /// 429 answers so far.
+    fn throttled(&self) -> u64 {
+        0
+    }
+    /// The daily quota left, as Keap's last answer reported it.
+    fn daily_quota_left(&self) -> Option<u64> {
+        None
+    }
+    /// The client's pace, calls per second.
+    fn pace(&self) -> Option<f64> {
+        None
+    }
+    /// The most requests one call can make (its retries included).
+    fn max_requests_per_call(&self) -> u64 {
+        1
+    }
+}

@@ -54,6 +54,19 @@ pub enum LookupError {
     Store(#[from] StoreError),
 }
 
+impl LookupError {
+    /// Stable name for logs, metrics and the dead-letter `FailureCode`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::MissingTag { .. } => "tag_missing",
+            Self::MissingCustomField { .. } => "custom_field_missing",
+            Self::CreationPending { .. } => "tag_creation_pending",
+            Self::Keap(e) => e.code(),
+            Self::Store(e) => e.code(),
+        }
+    }
+}
+
 /// Whether a tag that does not exist may be created.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IfMissing {

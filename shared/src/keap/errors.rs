@@ -153,6 +153,33 @@ impl KeapError {
         )
     }
 
+    /// Keap refused what was asked of this record (missing, merged, or invalid): neither
+    /// waiting nor a person's fix of the credentials makes the same request pass.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            Self::NotFound { .. } | Self::Permanent { .. } | Self::ItemsRefused { .. }
+        )
+    }
+
+    /// Stable name for logs, metrics and the dead-letter `FailureCode`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Throttled { .. } => "keap_throttled",
+            Self::DailyQuotaExhausted { .. } => "keap_daily_quota",
+            Self::Unauthorized { .. } => "keap_unauthorized",
+            Self::InvalidGrant { .. } => "keap_invalid_grant",
+            Self::ReauthorisationNeeded { .. } => "keap_reauthorisation_needed",
+            Self::TokenStore { .. } => "keap_token_store",
+            Self::RefreshPending { .. } => "keap_refresh_pending",
+            Self::NotFound { .. } => "keap_not_found",
+            Self::Permanent { .. } => "keap_permanent",
+            Self::ItemsRefused { .. } => "keap_items_refused",
+            Self::Network { .. } => "keap_network",
+            Self::Transient { .. } => "keap_transient",
+        }
+    }
+
     /// Classifies a non-success response. `now` decides the wait for a per-minute throttle.
     ///
     /// The status sets (the docs' failure table lists the same):

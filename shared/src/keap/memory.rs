@@ -3,7 +3,7 @@
 //! The HTTP adapter is tested against the stand-in server in `tests/`, never against this.
 
 use super::crm::{
-    Company, Contact, ContactFields, ContactId, Crm, CustomField, GoalHit, Tag, TagId,
+    Company, Contact, ContactFields, ContactId, Crm, CustomField, GoalHit, KeapMeter, Tag, TagId,
 };
 use super::errors::KeapError;
 use async_trait::async_trait;
@@ -172,6 +172,12 @@ fn not_found(what: String) -> KeapError {
     KeapError::NotFound {
         reason: what,
         request_id: None,
+    }
+}
+
+impl KeapMeter for InMemoryCrm {
+    fn calls(&self) -> u64 {
+        self.call_count() as u64
     }
 }
 

@@ -18,8 +18,8 @@ pub mod transport;
 pub use client::KeapClient;
 pub use country::keap_country_code;
 pub use crm::{
-    Address, Company, CompanyId, Contact, ContactFields, ContactId, Crm, CustomField, GoalHit, Tag,
-    TagId, MAX_BULK_TAG_CONTACTS,
+    Address, Company, CompanyId, Contact, ContactFields, ContactId, Crm, CustomField, GoalHit,
+    KeapMeter, Tag, TagId, MAX_BULK_TAG_CONTACTS,
 };
 pub use directory::{Directory, IfMissing, LookupError};
 pub use errors::{ErrorBody, KeapError, ThrottleKind};

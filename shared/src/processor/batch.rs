@@ -18,7 +18,7 @@ use super::failure::{Disposition, ProcessError};
 use super::run::Planned;
 use super::{Processed, Processor};
 use crate::envelope::WebhookEnvelope;
-use crate::queue::{clamp_visibility, DeadLetter, RecordControl};
+use crate::queue::{clamp_visibility, DeadLetter, QueueError, RecordControl};
 use crate::telemetry::metrics::{self, ProcessedOutcome};
 use futures::StreamExt;
 use std::sync::Arc;
@@ -74,6 +74,11 @@ enum Ending {
     DeadLetter(Option<WebhookEnvelope>, ProcessError, &'static str),
 }
 
+/// The record's message id; an empty one is none (Lambda could not be told of it).
+fn message_id(record: &BatchRecord) -> Option<String> {
+    record.message_id.clone().filter(|id| !id.is_empty())
+}
+
 /// Runs `records` through `processor`. `deadline` is when the invocation times out.
 pub async fn process_batch(
     processor: Arc<Processor>,
@@ -94,7 +99,7 @@ pub async fn process_batch(
         };
         let entry = Record {
             position,
-            message_id: record.message_id.clone().filter(|id| !id.is_empty()),
+            message_id: message_id(&record),
             record,
             planned,
         };
@@ -116,7 +121,7 @@ pub async fn process_batch(
     endings.sort_by_key(|(r, _)| r.position);
     let mut result = BatchResult::default();
     for (record, ending) in endings {
-        settle(&control, &record, ending, received, &mut result).await;
+        settle(control.as_ref(), &record, ending, received, &mut result).await;
     }
     result
 }
@@ -158,7 +163,7 @@ async fn group(
                 else {
                     continue;
                 };
-                let ending = decide(envelope, error);
+                let ending = decide(envelope, error, OffsetDateTime::now_utc());
                 if let Ending::Retry(_, _, delay) = &ending {
                     held = Some(*delay);
                 }
@@ -217,7 +222,12 @@ async fn group(
                     None => Ending::HeldBack(Duration::ZERO),
                 },
                 (Err(error), None) => {
-                    let ending = decide_aged(envelope, error, processor);
+                    let ending = decide_aged(
+                        envelope,
+                        error,
+                        OffsetDateTime::now_utc(),
+                        processor.settings.max_webhook_age,
+                    );
                     if let Ending::Retry(_, _, delay) = &ending {
                         held = Some(*delay);
                     }
@@ -264,30 +274,31 @@ async fn run_isolated(
     }
 }
 
-/// What a failure means for its record.
-fn decide(envelope: Option<WebhookEnvelope>, error: ProcessError) -> Ending {
-    match error.disposition(OffsetDateTime::now_utc()) {
+/// What a failure means for its record, at `now`.
+fn decide(envelope: Option<WebhookEnvelope>, error: ProcessError, now: OffsetDateTime) -> Ending {
+    match error.disposition(now) {
         Disposition::RetryAfter(delay) => Ending::Retry(envelope, error, delay),
         Disposition::DeadLetter { code } => Ending::DeadLetter(envelope, error, code),
     }
 }
 
 /// [`decide`], where a record that would be retried but has been failing for longer than
-/// the processor's budget is dead-lettered instead.
+/// `max_age` (the processor's retry budget) since ingest received it is dead-lettered
+/// instead, and a record held back by its run's failure returns at once.
 fn decide_aged(
     envelope: Option<WebhookEnvelope>,
     error: ProcessError,
-    processor: &Processor,
+    now: OffsetDateTime,
+    max_age: Duration,
 ) -> Ending {
     if matches!(error, ProcessError::HeldBack) {
         return Ending::HeldBack(Duration::ZERO);
     }
-    let budget = processor.settings.max_webhook_age;
-    let age = envelope.as_ref().map(|e| {
-        Duration::try_from(OffsetDateTime::now_utc() - e.received_at).unwrap_or(Duration::ZERO)
-    });
-    match decide(envelope, error) {
-        Ending::Retry(envelope, error, _) if age.is_some_and(|age| age > budget) => {
+    let age = envelope
+        .as_ref()
+        .map(|e| Duration::try_from(now - e.received_at).unwrap_or(Duration::ZERO));
+    match decide(envelope, error, now) {
+        Ending::Retry(envelope, error, _) if age.is_some_and(|age| age > max_age) => {
             let error = ProcessError::RetryBudgetExhausted {
                 age: age.unwrap_or_default(),
                 last: Box::new(error),
@@ -298,138 +309,218 @@ fn decide_aged(
     }
 }
 
-/// Tells the queue how a record ended, logs it and counts it.
+/// What the queue is told of one record: the decision, made before any queue call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Settlement {
+    /// Not reported failed: Lambda deletes it. `outcome` names it in the summary.
+    Ack { outcome: &'static str },
+    /// Reported failed and hidden for `delay` (clamped to what SQS allows), so it and the
+    /// rest of its group return when the failure asks.
+    Retry {
+        delay: Duration,
+        outcome: &'static str,
+    },
+    /// Moved to the dead-letter queue as this message, and not reported failed.
+    DeadLetter(DeadLetter),
+}
+
+impl Settlement {
+    /// The decision for `record`, which ended as `ending`, `since_receive` after the batch
+    /// was received. No I/O: [`settle`] carries it out.
+    fn of(record: &BatchRecord, ending: &Ending, since_receive: Duration) -> Self {
+        let retry = |delay, outcome| Self::Retry {
+            delay: clamp_visibility(delay, since_receive),
+            outcome,
+        };
+        match ending {
+            Ending::Done(_, processed) => Self::Ack {
+                outcome: processed.outcome(),
+            },
+            Ending::HeldBack(delay) => retry(*delay, "held_back"),
+            Ending::Retry(_, _, delay) => retry(*delay, "failed"),
+            Ending::DeadLetter(_, error, code) => {
+                Self::DeadLetter(dead_letter(record, &error.to_string(), code))
+            }
+        }
+    }
+
+    /// When the dead-letter queue refuses a record: back to the main queue, to try again.
+    fn dead_letter_refused(since_receive: Duration) -> Self {
+        Self::Retry {
+            delay: clamp_visibility(super::failure::DEFAULT_RETRY_DELAY, since_receive),
+            outcome: "failed",
+        }
+    }
+}
+
+/// Tells the queue how a record ended ([`Settlement::of`]), then logs and counts it.
 async fn settle(
-    control: &Arc<dyn RecordControl>,
+    control: &dyn RecordControl,
     record: &Record,
     ending: Ending,
     received: Instant,
     result: &mut BatchResult,
 ) {
-    let message_id = record.message_id.clone();
-    let fail = |result: &mut BatchResult, outcome: &'static str| {
-        result.outcomes.push(outcome);
-        match &message_id {
-            Some(id) => result.failed.push(id.clone()),
-            None => result.unreportable += 1,
-        }
-    };
-    let hide = |delay: Duration| {
-        let control = Arc::clone(control);
-        let receipt = record.record.receipt_handle.clone();
-        let message_id = message_id.clone().unwrap_or_default();
-        async move {
-            let delay = clamp_visibility(delay, received.elapsed());
-            let Some(receipt) = receipt else {
-                return (message_id, delay, Ok(()));
-            };
-            let answer = control.retry_later(&receipt, delay).await;
-            (message_id, delay, answer)
-        }
-    };
-    let report_delay =
-        |result: &mut BatchResult, (id, delay, answer): (String, Duration, Result<(), _>)| {
-            match answer {
-                Ok(()) => result.delays.push((id, delay)),
-                Err(e) => {
-                    tracing::error!(
-                        message_id = id.as_str(),
-                        delay_s = delay.as_secs(),
-                        error = %e,
-                        "the queue refused to hide the record; it comes back after its visibility timeout"
-                    );
-                    metrics::record_delay_failure();
-                    result.delay_failures.push(id);
-                }
-            }
-        };
-    match ending {
+    let mut settlement = Settlement::of(&record.record, &ending, received.elapsed());
+    match &ending {
         Ending::Done(envelope, processed) => {
-            log_success(&envelope, &processed, message_id.as_deref());
-            result.outcomes.push(processed.outcome());
+            log_success(envelope, processed, record.message_id.as_deref());
         }
-        Ending::HeldBack(delay) => {
-            tracing::info!(
-                message_id = message_id.as_deref().unwrap_or(""),
-                group = record.record.group_id.as_deref().unwrap_or(""),
-                retry_in_s = delay.as_secs(),
-                "held back: an earlier record of its group is not applied yet"
-            );
-            let hidden = hide(delay).await;
-            report_delay(result, hidden);
-            fail(result, "held_back");
-        }
+        Ending::HeldBack(delay) => log_held_back(record, *delay),
         Ending::Retry(envelope, error, delay) => {
-            let event = envelope.as_ref().map(|e| e.event.as_str()).unwrap_or("");
-            tracing::warn!(
-                message_id = message_id.as_deref().unwrap_or(""),
-                webhook_id = envelope.as_ref().map(|e| e.webhook_id.as_str()).unwrap_or(""),
-                event,
-                code = error.code(),
-                error = %crate::telemetry::redact_emails(&error.to_string()),
-                retry_in_s = delay.as_secs(),
-                "webhook failed; retried later"
-            );
-            metrics::webhook_processed(event, ProcessedOutcome::RetryLater);
-            let hidden = hide(delay).await;
-            report_delay(result, hidden);
-            fail(result, "failed");
+            log_retry(record, envelope.as_ref(), error, *delay);
         }
         Ending::DeadLetter(envelope, error, code) => {
-            let event = envelope
-                .as_ref()
-                .map(|e| e.event.clone())
-                .unwrap_or_default();
-            let webhook_id = envelope
-                .as_ref()
-                .map(|e| e.webhook_id.clone())
-                .unwrap_or_default();
-            let group = record.record.group_id.clone().unwrap_or_default();
-            let letter = DeadLetter {
-                body: record.record.body.clone().unwrap_or_default(),
-                group_id: if group.is_empty() {
-                    "unknown".into()
-                } else {
-                    group
-                },
-                deduplication_id: record
-                    .record
-                    .deduplication_id
-                    .clone()
-                    .or_else(|| message_id.clone())
-                    .unwrap_or_else(|| "unknown".into()),
-                reason: error.to_string(),
-                code: code.to_owned(),
-            };
-            match control.dead_letter(&letter).await {
-                Ok(()) => {
-                    tracing::error!(
-                        message_id = message_id.as_deref().unwrap_or(""),
-                        webhook_id = webhook_id.as_str(),
-                        event = event.as_str(),
-                        code,
-                        error = %crate::telemetry::redact_emails(&error.to_string()),
-                        "webhook cannot be applied; moved to the dead-letter queue"
-                    );
-                    metrics::webhook_processed(&event, ProcessedOutcome::DeadLettered);
-                    result.dead_lettered += 1;
-                    result.outcomes.push("dead_lettered");
-                }
-                Err(e) => {
-                    tracing::error!(
-                        message_id = message_id.as_deref().unwrap_or(""),
-                        webhook_id = webhook_id.as_str(),
-                        code,
-                        error = %crate::telemetry::redact_emails(&error.to_string()),
-                        dlq_error = %e,
-                        "webhook cannot be applied and the dead-letter queue refused it; returned to the queue"
-                    );
-                    metrics::webhook_processed(&event, ProcessedOutcome::Failed);
-                    let hidden = hide(super::failure::DEFAULT_RETRY_DELAY).await;
-                    report_delay(result, hidden);
-                    fail(result, "failed");
+            if let Settlement::DeadLetter(letter) = &settlement {
+                let moved = control.dead_letter(letter).await;
+                log_dead_letter(record, envelope.as_ref(), error, code, moved.as_ref().err());
+                if moved.is_err() {
+                    settlement = Settlement::dead_letter_refused(received.elapsed());
                 }
             }
+        }
+    }
+    match settlement {
+        Settlement::Ack { outcome } => result.outcomes.push(outcome),
+        Settlement::DeadLetter(_) => {
+            result.dead_lettered += 1;
+            result.outcomes.push("dead_lettered");
+        }
+        Settlement::Retry { delay, outcome } => {
+            let answer = hide(control, record, delay).await;
+            result.hidden(record, delay, answer);
+            result.fail(record, outcome);
+        }
+    }
+}
+
+/// Asks the queue to hide the record for `delay`. A record without a receipt handle cannot
+/// be hidden: it comes back after its visibility timeout, as any failed record does.
+async fn hide(
+    control: &dyn RecordControl,
+    record: &Record,
+    delay: Duration,
+) -> Result<(), QueueError> {
+    match &record.record.receipt_handle {
+        Some(receipt) => control.retry_later(receipt, delay).await,
+        None => Ok(()),
+    }
+}
+
+/// The dead-letter message of a record: its body unchanged, its group and deduplication id
+/// (or stand-ins where SQS gave none), and why.
+fn dead_letter(record: &BatchRecord, reason: &str, code: &str) -> DeadLetter {
+    let group = record.group_id.clone().unwrap_or_default();
+    DeadLetter {
+        body: record.body.clone().unwrap_or_default(),
+        group_id: if group.is_empty() {
+            "unknown".into()
+        } else {
+            group
+        },
+        deduplication_id: record
+            .deduplication_id
+            .clone()
+            .or_else(|| message_id(record))
+            .unwrap_or_else(|| "unknown".into()),
+        reason: reason.to_owned(),
+        code: code.to_owned(),
+    }
+}
+
+impl BatchResult {
+    /// A record left on the queue: reported failed by its message id, so Lambda does not
+    /// delete it.
+    fn fail(&mut self, record: &Record, outcome: &'static str) {
+        self.outcomes.push(outcome);
+        match &record.message_id {
+            Some(id) => self.failed.push(id.clone()),
+            None => self.unreportable += 1,
+        }
+    }
+
+    /// What the queue answered when asked to hide a record for `delay`.
+    fn hidden(&mut self, record: &Record, delay: Duration, answer: Result<(), QueueError>) {
+        let id = record.message_id.clone().unwrap_or_default();
+        match answer {
+            Ok(()) => self.delays.push((id, delay)),
+            Err(e) => {
+                tracing::error!(
+                    message_id = id.as_str(),
+                    delay_s = delay.as_secs(),
+                    error = %e,
+                    "the queue refused to hide the record; it comes back after its visibility timeout"
+                );
+                metrics::record_delay_failure();
+                self.delay_failures.push(id);
+            }
+        }
+    }
+}
+
+fn log_held_back(record: &Record, delay: Duration) {
+    tracing::info!(
+        message_id = record.message_id.as_deref().unwrap_or(""),
+        group = record.record.group_id.as_deref().unwrap_or(""),
+        retry_in_s = delay.as_secs(),
+        "held back: an earlier record of its group is not applied yet"
+    );
+}
+
+fn log_retry(
+    record: &Record,
+    envelope: Option<&WebhookEnvelope>,
+    error: &ProcessError,
+    delay: Duration,
+) {
+    let event = envelope.map(|e| e.event.as_str()).unwrap_or("");
+    tracing::warn!(
+        message_id = record.message_id.as_deref().unwrap_or(""),
+        webhook_id = envelope.map(|e| e.webhook_id.as_str()).unwrap_or(""),
+        event,
+        code = error.code(),
+        error = %crate::telemetry::redact_emails(&error.to_string()),
+        retry_in_s = delay.as_secs(),
+        "webhook failed; retried later"
+    );
+    metrics::webhook_processed(event, ProcessedOutcome::RetryLater);
+}
+
+/// A record that cannot be applied: moved to the dead-letter queue, or, when that queue
+/// `refused` it, returned to the main queue.
+fn log_dead_letter(
+    record: &Record,
+    envelope: Option<&WebhookEnvelope>,
+    error: &ProcessError,
+    code: &'static str,
+    refused: Option<&QueueError>,
+) {
+    let message_id = record.message_id.as_deref().unwrap_or("");
+    let webhook_id = envelope.map(|e| e.webhook_id.as_str()).unwrap_or("");
+    let event = envelope.map(|e| e.event.as_str()).unwrap_or("");
+    let error = crate::telemetry::redact_emails(&error.to_string());
+    match refused {
+        None => {
+            tracing::error!(
+                message_id,
+                webhook_id,
+                event,
+                code,
+                error = %error,
+                "webhook cannot be applied; moved to the dead-letter queue"
+            );
+            metrics::webhook_processed(event, ProcessedOutcome::DeadLettered);
+        }
+        Some(dlq_error) => {
+            tracing::error!(
+                message_id,
+                webhook_id,
+                code,
+                error = %error,
+                dlq_error = %dlq_error,
+                "webhook cannot be applied and the dead-letter queue refused it; returned to the queue"
+            );
+            metrics::webhook_processed(event, ProcessedOutcome::Failed);
         }
     }
 }
@@ -466,5 +557,182 @@ fn log_success(envelope: &WebhookEnvelope, processed: &Processed, message_id: Op
     // Stale records are applied too (their writes were decided), so they count in the lag.
     if matches!(processed, Processed::Applied(_)) {
         metrics::end_to_end_lag(lag);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keap::{KeapError, ThrottleKind};
+    use crate::queue::MAX_VISIBILITY_DELAY;
+
+    fn record(message_id: Option<&str>, group: Option<&str>, dedup: Option<&str>) -> BatchRecord {
+        BatchRecord {
+            message_id: message_id.map(str::to_owned),
+            receipt_handle: Some("receipt".into()),
+            group_id: group.map(str::to_owned),
+            deduplication_id: dedup.map(str::to_owned),
+            body: Some("{\"the\":\"body\"}".into()),
+        }
+    }
+
+    fn throttled(seconds: u64) -> ProcessError {
+        ProcessError::Keap(KeapError::Throttled {
+            kind: ThrottleKind::Minute,
+            retry_after: Duration::from_secs(seconds),
+            request_id: None,
+        })
+    }
+
+    fn refused() -> ProcessError {
+        ProcessError::Keap(KeapError::Permanent {
+            status: 400,
+            reason: "invalid email".into(),
+            request_id: None,
+        })
+    }
+
+    fn received(ago: time::Duration, now: OffsetDateTime) -> Option<WebhookEnvelope> {
+        crate::fixtures::envelope_at(crate::fixtures::SIGNUP_SUCCESS, now - ago)
+    }
+
+    #[test]
+    fn a_failure_is_retried_when_it_asks_and_dead_lettered_when_permanent() {
+        let now = OffsetDateTime::now_utc();
+        let day = Duration::from_secs(86_400);
+        let fresh = || received(time::Duration::minutes(5), now);
+        assert!(matches!(
+            decide_aged(fresh(), throttled(42), now, day),
+            Ending::Retry(Some(_), ProcessError::Keap(_), d) if d == Duration::from_secs(42)
+        ));
+        assert!(matches!(
+            decide_aged(fresh(), refused(), now, day),
+            Ending::DeadLetter(Some(_), ProcessError::Keap(_), "keap_permanent")
+        ));
+        // Held back behind its run's failure: returns at once, its own record untouched.
+        assert!(matches!(
+            decide_aged(fresh(), ProcessError::HeldBack, now, day),
+            Ending::HeldBack(d) if d == Duration::ZERO
+        ));
+        // A record with no envelope has no age: retried as its failure asks.
+        assert!(matches!(
+            decide_aged(None, throttled(7), now, day),
+            Ending::Retry(None, _, d) if d == Duration::from_secs(7)
+        ));
+    }
+
+    #[test]
+    fn a_record_failing_past_the_retry_budget_is_dead_lettered_with_its_last_failure() {
+        let now = OffsetDateTime::now_utc();
+        let budget = Duration::from_secs(86_400);
+        let old = received(time::Duration::hours(25), now);
+        let Ending::DeadLetter(Some(_), error, code) = decide_aged(old, throttled(42), now, budget)
+        else {
+            panic!("expected a dead letter");
+        };
+        assert_eq!(code, "retry_budget_exhausted");
+        assert!(
+            matches!(&error, ProcessError::RetryBudgetExhausted { last, .. } if matches!(**last, ProcessError::Keap(_))),
+            "{error}"
+        );
+        // A permanent failure keeps its own code, whatever the age.
+        let old = received(time::Duration::hours(25), now);
+        assert!(matches!(
+            decide_aged(old, refused(), now, budget),
+            Ending::DeadLetter(_, _, "keap_permanent")
+        ));
+    }
+
+    #[test]
+    fn each_ending_settles_as_ack_retry_or_dead_letter() {
+        let r = record(Some("m-1"), Some("site:cust"), Some("dedup-1"));
+        let now = Duration::from_secs(3);
+        assert_eq!(
+            Settlement::of(&r, &Ending::Done(envelope(), Processed::Ignored), now),
+            Settlement::Ack {
+                outcome: Processed::Ignored.outcome()
+            }
+        );
+        assert_eq!(
+            Settlement::of(&r, &Ending::HeldBack(Duration::from_secs(30)), now),
+            Settlement::Retry {
+                delay: Duration::from_secs(30),
+                outcome: "held_back"
+            }
+        );
+        assert_eq!(
+            Settlement::of(
+                &r,
+                &Ending::Retry(None, throttled(60), Duration::from_secs(60)),
+                now
+            ),
+            Settlement::Retry {
+                delay: Duration::from_secs(60),
+                outcome: "failed"
+            }
+        );
+        let error = refused();
+        let reason = error.to_string();
+        assert_eq!(
+            Settlement::of(&r, &Ending::DeadLetter(None, error, "keap_permanent"), now),
+            Settlement::DeadLetter(DeadLetter {
+                body: "{\"the\":\"body\"}".into(),
+                group_id: "site:cust".into(),
+                deduplication_id: "dedup-1".into(),
+                reason,
+                code: "keap_permanent".into(),
+            })
+        );
+        assert_eq!(
+            Settlement::dead_letter_refused(now),
+            Settlement::Retry {
+                delay: super::super::failure::DEFAULT_RETRY_DELAY,
+                outcome: "failed"
+            }
+        );
+    }
+
+    #[test]
+    fn a_retry_is_hidden_no_longer_than_sqs_allows_after_the_receive() {
+        let r = record(Some("m-1"), Some("g"), Some("d"));
+        let since = Duration::from_secs(3600);
+        let Settlement::Retry { delay, .. } = Settlement::of(
+            &r,
+            &Ending::Retry(None, throttled(1), Duration::from_secs(86_400)),
+            since,
+        ) else {
+            panic!("expected a retry");
+        };
+        assert_eq!(delay, clamp_visibility(Duration::from_secs(86_400), since));
+        assert!(delay + since < MAX_VISIBILITY_DELAY);
+    }
+
+    #[test]
+    fn a_dead_letter_stands_in_for_what_sqs_did_not_give() {
+        let error = refused();
+        let no_group_no_dedup = record(Some("m-9"), None, None);
+        let Settlement::DeadLetter(letter) = Settlement::of(
+            &no_group_no_dedup,
+            &Ending::DeadLetter(None, error, "keap_permanent"),
+            Duration::ZERO,
+        ) else {
+            panic!("expected a dead letter");
+        };
+        assert_eq!(letter.group_id, "unknown");
+        assert_eq!(letter.deduplication_id, "m-9");
+        let nothing = BatchRecord {
+            message_id: Some(String::new()),
+            ..BatchRecord::default()
+        };
+        let letter = dead_letter(&nothing, "why", "malformed_envelope");
+        assert_eq!(
+            (letter.body.as_str(), letter.group_id.as_str()),
+            ("", "unknown")
+        );
+        assert_eq!(letter.deduplication_id, "unknown");
+    }
+
+    fn envelope() -> WebhookEnvelope {
+        crate::fixtures::envelope(crate::fixtures::SIGNUP_SUCCESS).expect("an envelope")
     }
 }

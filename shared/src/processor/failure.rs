@@ -70,6 +70,7 @@ impl From<crate::apply::ApplyError> for ProcessError {
             ApplyError::Keap(e) => Self::Keap(e),
             ApplyError::Lookup(e) => Self::Lookup(e),
             ApplyError::NoContact(reason) => Self::NoContact(reason),
+            ApplyError::Store(e) => Self::Store(e),
         }
     }
 }
@@ -93,11 +94,8 @@ impl ProcessError {
             Self::BodyShape(e) => e.code(),
             Self::Plan(_) => "rules_failed",
             Self::NoContact(_) => "no_contact",
-            Self::Keap(e) | Self::Lookup(LookupError::Keap(e)) => keap_code(e),
-            Self::Lookup(LookupError::MissingTag { .. }) => "tag_missing",
-            Self::Lookup(LookupError::MissingCustomField { .. }) => "custom_field_missing",
-            Self::Lookup(LookupError::CreationPending { .. }) => "tag_creation_pending",
-            Self::Lookup(LookupError::Store(e)) => e.code(),
+            Self::Keap(e) => e.code(),
+            Self::Lookup(e) => e.code(),
             Self::Store(e) => e.code(),
             Self::InProgressElsewhere { .. } => "in_progress_elsewhere",
             Self::CustomerBusy { .. } => "customer_busy",
@@ -138,23 +136,6 @@ impl ProcessError {
     }
 }
 
-fn keap_code(error: &KeapError) -> &'static str {
-    match error {
-        KeapError::Throttled { .. } => "keap_throttled",
-        KeapError::DailyQuotaExhausted { .. } => "keap_daily_quota",
-        KeapError::Unauthorized { .. } => "keap_unauthorized",
-        KeapError::InvalidGrant { .. } => "keap_invalid_grant",
-        KeapError::ReauthorisationNeeded { .. } => "keap_reauthorisation_needed",
-        KeapError::TokenStore { .. } => "keap_token_store",
-        KeapError::RefreshPending { .. } => "keap_refresh_pending",
-        KeapError::NotFound { .. } => "keap_not_found",
-        KeapError::Permanent { .. } => "keap_permanent",
-        KeapError::ItemsRefused { .. } => "keap_items_refused",
-        KeapError::Network { .. } => "keap_network",
-        KeapError::Transient { .. } => "keap_transient",
-    }
-}
-
 fn keap_disposition(error: &KeapError, now: OffsetDateTime) -> Disposition {
     match error {
         KeapError::Throttled { retry_after, .. } => {
@@ -178,9 +159,7 @@ fn keap_disposition(error: &KeapError, now: OffsetDateTime) -> Disposition {
         }
         KeapError::NotFound { .. }
         | KeapError::Permanent { .. }
-        | KeapError::ItemsRefused { .. } => Disposition::DeadLetter {
-            code: keap_code(error),
-        },
+        | KeapError::ItemsRefused { .. } => Disposition::DeadLetter { code: error.code() },
     }
 }
 
@@ -237,5 +216,59 @@ mod tests {
             ProcessError::Store(StoreError::Throttled { detail: "x".into() }).disposition(now),
             Disposition::RetryAfter(DEFAULT_RETRY_DELAY)
         );
+    }
+
+    /// The backfill skips a customer on exactly the Keap failures the processor dead-letters
+    /// (`KeapError::is_permanent`); the two must not drift apart.
+    #[test]
+    fn the_keap_failures_dead_lettered_are_the_permanent_ones() {
+        let now = OffsetDateTime::now_utc();
+        let reason = || "r".to_owned();
+        let failures = [
+            KeapError::Throttled {
+                kind: crate::keap::ThrottleKind::Minute,
+                retry_after: Duration::from_secs(5),
+                request_id: None,
+            },
+            KeapError::DailyQuotaExhausted {
+                resets_at: None,
+                request_id: None,
+            },
+            KeapError::Unauthorized {
+                reason: reason(),
+                request_id: None,
+            },
+            KeapError::InvalidGrant { reason: reason() },
+            KeapError::ReauthorisationNeeded { reason: reason() },
+            KeapError::TokenStore { detail: reason() },
+            KeapError::RefreshPending {
+                waited: Duration::from_secs(1),
+            },
+            KeapError::NotFound {
+                reason: reason(),
+                request_id: None,
+            },
+            KeapError::Permanent {
+                status: 422,
+                reason: reason(),
+                request_id: None,
+            },
+            KeapError::ItemsRefused {
+                failures: vec![(1, "NOT_FOUND".into())],
+            },
+            KeapError::Network { detail: reason() },
+            KeapError::Transient {
+                status: 503,
+                reason: reason(),
+                request_id: None,
+            },
+        ];
+        for error in failures {
+            let dead = matches!(
+                ProcessError::Keap(error.clone()).disposition(now),
+                Disposition::DeadLetter { .. }
+            );
+            assert_eq!(dead, error.is_permanent(), "{error}");
+        }
     }
 }

@@ -24,13 +24,11 @@ pub mod batch;
 pub mod failure;
 mod run;
 
-pub(crate) use run::fire_steps;
-
 pub use batch::{process_batch, BatchRecord, BatchResult};
 pub use failure::{Disposition, ProcessError};
 pub use run::Planned;
 
-use crate::apply::Report;
+use crate::apply::{Report, StepCounts};
 use crate::chargify::Webhook;
 use crate::envelope::WebhookEnvelope;
 use crate::idempotency::{IdempotencyStore, DEFAULT_MAX_LEASE, DEFAULT_RECORD_TTL};
@@ -41,8 +39,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// How often a contact's tags are read back from Keap by default, to catch a tag changed by
-/// hand: rarely enough that a monthly renewal costs no call, often enough that a hand change
-/// is corrected within a quarter (any write's answer corrects it sooner).
+/// hand: a customer whose only events are monthly renewals pays one read about every third
+/// renewal (the renewals between cost no call), and a hand change is corrected within a
+/// quarter (any write's answer corrects it sooner).
 pub const DEFAULT_MIRROR_MAX_AGE: Duration = Duration::from_secs(90 * 24 * 3600);
 
 /// How long a failing record is retried by default: well inside SQS's 14-day retention (the
@@ -137,16 +136,8 @@ pub struct Applied {
     pub superseded: usize,
     /// Every value it writes was superseded.
     pub stale: bool,
-    pub goals: usize,
-    pub notes: usize,
-    /// Goals and notes an earlier attempt already did.
-    pub steps_done_before: usize,
-    /// Goals and notes skipped because their rule was stale.
-    pub steps_stale: usize,
-    /// Goals and notes found sent but not recorded done: skipped or sent again, as the
-    /// rule's `on_uncertain` says.
-    pub uncertain_skipped: usize,
-    pub uncertain_repeated: usize,
+    /// Its goals and notes.
+    pub steps: StepCounts,
     /// The Keap writes of the run this webhook was applied in.
     pub run: Report,
     /// Webhooks in that run (more than one: a customer's backlog merged into one write).
@@ -182,28 +173,29 @@ impl Applied {
                 self.run.tags_applied, self.run.tags_removed
             ));
         }
-        if self.goals > 0 {
-            parts.push(format!("goals {}", self.goals));
+        let steps = &self.steps;
+        if steps.goals > 0 {
+            parts.push(format!("goals {}", steps.goals));
         }
-        if self.notes > 0 {
-            parts.push(format!("notes {}", self.notes));
+        if steps.notes > 0 {
+            parts.push(format!("notes {}", steps.notes));
         }
-        if self.steps_done_before > 0 {
-            parts.push(format!("{} steps already done", self.steps_done_before));
+        if steps.done_before > 0 {
+            parts.push(format!("{} steps already done", steps.done_before));
         }
-        if self.steps_stale > 0 {
-            parts.push(format!("{} steps skipped as stale", self.steps_stale));
+        if steps.stale > 0 {
+            parts.push(format!("{} steps skipped as stale", steps.stale));
         }
-        if self.uncertain_skipped > 0 {
+        if steps.uncertain_skipped > 0 {
             parts.push(format!(
                 "{} uncertain steps skipped",
-                self.uncertain_skipped
+                steps.uncertain_skipped
             ));
         }
-        if self.uncertain_repeated > 0 {
+        if steps.uncertain_repeated > 0 {
             parts.push(format!(
                 "{} uncertain steps repeated",
-                self.uncertain_repeated
+                steps.uncertain_repeated
             ));
         }
         if self.stale {

@@ -3,12 +3,12 @@
 
 use super::failure::ProcessError;
 use super::{Applied, Processed, Processor};
-use crate::apply::{intent_key, step_key, Report, Writer};
+use crate::apply::{fire_steps, step_key, Report, Writer};
 use crate::converge::{Fold, Verdict};
 use crate::envelope::WebhookEnvelope;
 use crate::idempotency::{new_token, payload_hash, Begin, IdempotencyKey, Lease, Received};
 use crate::identity::{CustomerKey, CustomerState, Locked};
-use crate::rules::{Action, OnUncertain, Plan};
+use crate::rules::Plan;
 use std::time::Duration;
 use time::OffsetDateTime;
 
@@ -357,14 +357,13 @@ impl Processor {
         for s in started.iter_mut() {
             s.applied.contact_id = contact;
             s.applied.run = report.clone();
-            fire_steps(
+            s.applied.steps = fire_steps(
                 self.idempotency.as_ref(),
                 &writer,
                 contact,
                 &s.item.plan,
                 &s.verdict.steps,
                 &mut s.lease,
-                &mut s.applied,
             )
             .await?;
         }
@@ -392,82 +391,6 @@ impl Processor {
         }
         Ok(())
     }
-}
-
-/// One webhook's goals and notes, in plan order: each recorded in the webhook's idempotency
-/// record as an intent before its call and as done after it. `steps` are the verdict's (plan
-/// action index, fires). Shared with the backfill.
-pub(crate) async fn fire_steps(
-    idempotency: &dyn crate::idempotency::IdempotencyStore,
-    writer: &Writer<'_>,
-    contact: Option<crate::keap::ContactId>,
-    plan: &Plan,
-    steps: &[(usize, bool)],
-    lease: &mut Lease,
-    applied: &mut Applied,
-) -> Result<(), ProcessError> {
-    let webhook_id = plan.webhook_id.as_str();
-    for &(index, fire) in steps {
-        let planned = &plan.actions[index];
-        let step = step_key(index, &planned.action);
-        if lease.is_done(&step) {
-            applied.steps_done_before += 1;
-            continue;
-        }
-        if !fire {
-            applied.steps_stale += 1;
-            tracing::info!(
-                webhook_id,
-                step = step.as_str(),
-                rule = planned.rule.as_str(),
-                "stale: newer values already held, so this step is skipped (on_stale = skip)"
-            );
-            continue;
-        }
-        let Some(contact) = contact else {
-            return Err(ProcessError::NoContact(
-                "a goal or note is due but the customer has no Keap contact".into(),
-            ));
-        };
-        let kind = match planned.action {
-            Action::AchieveGoal { .. } => "goal",
-            _ => "note",
-        };
-        let intent = intent_key(&step);
-        if lease.is_done(&intent) {
-            let decision = match planned.on_uncertain {
-                OnUncertain::Skip => "skipped",
-                OnUncertain::Repeat => "repeated",
-            };
-            tracing::warn!(
-                webhook_id,
-                step = step.as_str(),
-                decision,
-                "an earlier attempt sent this step but died before recording it; Keap may or may not have it (on_uncertain)"
-            );
-            crate::telemetry::metrics::uncertain_step(kind, decision);
-            if planned.on_uncertain == OnUncertain::Skip {
-                applied.uncertain_skipped += 1;
-                idempotency.record_step(lease, &step).await?;
-                lease.steps_done.insert(step);
-                continue;
-            }
-            applied.uncertain_repeated += 1;
-        } else {
-            idempotency.record_step(lease, &intent).await?;
-            lease.steps_done.insert(intent);
-        }
-        writer
-            .fire_step(contact, &planned.action, webhook_id)
-            .await?;
-        idempotency.record_step(lease, &step).await?;
-        lease.steps_done.insert(step);
-        match kind {
-            "goal" => applied.goals += 1,
-            _ => applied.notes += 1,
-        }
-    }
-    Ok(())
 }
 
 /// The email of the newest contact data among the run's webhooks, to find or create the

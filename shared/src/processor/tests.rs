@@ -251,7 +251,7 @@ async fn a_failure_after_the_goal_does_not_fire_the_goal_again_on_retry() {
     else {
         panic!("expected applied");
     };
-    assert_eq!(applied.steps_done_before, 1);
+    assert_eq!(applied.steps.done_before, 1);
     assert_eq!(
         world.crm.state().goals.len(),
         goals_before + 1,
@@ -638,8 +638,8 @@ async fn the_record_keeps_the_envelope_and_a_forced_replay_repeats_no_goal() {
     let Processed::Applied(applied) = outcome else {
         panic!("expected applied, got {outcome:?}");
     };
-    assert_eq!(applied.goals, 0, "the goal is a step already done");
-    assert_eq!(applied.steps_done_before, 1);
+    assert_eq!(applied.steps.goals, 0, "the goal is a step already done");
+    assert_eq!(applied.steps.done_before, 1);
     assert_eq!(
         world.crm.call_count(),
         calls + 1,

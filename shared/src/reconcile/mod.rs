@@ -1,4 +1,4 @@
-//! The reconciler: recovers what Chargify never got to deliver (issue 7, part 2).
+//! The reconciler: recovers what Chargify never got to deliver.
 //!
 //! Chargify makes 5 delivery attempts over about 5 minutes and then marks a webhook `failed`;
 //! after 25 failures in a row it pauses the endpoint, and webhooks created while paused are
@@ -7,7 +7,7 @@
 //!
 //! 1. **Failed and paused webhooks** (`GET /webhooks.json?status=failed|paused` since the
 //!    webhook cursor). Each stored body is checked against its `signature_hmac_sha_256` with
-//!    the site's shared keys, through the same [`IngestService::prepare`] ingest runs, so the
+//!    the site's shared keys, through the same [`IngestService::accept`] ingest runs, so the
 //!    envelope, the FIFO group and the deduplication id are exactly ingest's; then it goes on
 //!    the queue. This does not depend on our endpoint being up and does not count against
 //!    Chargify's pause counter. A webhook whose idempotency record is `COMPLETED` was in
@@ -44,17 +44,15 @@ mod tests;
 use crate::chargify::api::{
     ChargifyApi, ChargifyApiError, EventQuery, WebhookQuery, WebhookRecord, WebhookStatus,
 };
-use crate::chargify::signature::SIGNATURE_HEADER;
 use crate::chargify::snapshot::{snapshot_envelope, SnapshotError};
+use crate::chargify::{SignatureCandidate, SignatureSource};
 use crate::cursor_store::CursorStore;
-use crate::envelope::WebhookEnvelope;
 use crate::idempotency::{IdempotencyKey, IdempotencyStore, RecordStatus, StoreError};
 use crate::identity::{CustomerKey, CustomerStore};
-use crate::ingest::{outbound_message, IngestService, Outcome, Prepared};
+use crate::ingest::{outbound_message, Accepted, IngestService, NotQueued, Outcome, Refusal};
 use crate::queue::{QueueError, WebhookQueue};
 use crate::telemetry::metrics::{self, RecoveredOutcome, SnapshotOutcome};
 use cursor::{DayPosition, EventCursor, WebhookCursor};
-use http::{HeaderMap, HeaderValue, Method};
 use serde::Serialize;
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -287,48 +285,37 @@ impl Reconciler {
             record.body.as_deref(),
             record.signature_hmac_sha_256.as_deref(),
         ) else {
-            {
-                self.unusable(id, event, "no stored body or signature", report);
-                return Ok(());
-            }
+            self.unusable(id, event, "no stored body or signature", report);
+            return Ok(());
         };
-        let mut headers = HeaderMap::new();
-        match HeaderValue::from_str(signature) {
-            Ok(value) => {
-                headers.insert(SIGNATURE_HEADER, value);
-            }
-            Err(_) => {
+        // Chargify sent it in the header; the envelope records it so, as ingest would have.
+        let signature = [SignatureCandidate {
+            source: SignatureSource::Header,
+            value: signature,
+        }];
+        let Accepted { envelope, message } = match self.ingest.accept(body.as_bytes(), &signature) {
+            Ok(accepted) => accepted,
+            Err(
+                Refusal::Signature(_)
+                | Refusal::Webhook {
+                    reason: NotQueued::SiteMismatch,
+                    ..
+                },
+            ) => {
                 self.unverified(id, event, report, replay);
                 return Ok(());
             }
-        }
-        let request = crate::ingest::InboundRequest {
-            method: &Method::POST,
-            headers: &headers,
-            query_signatures: Vec::new(),
-            body: body.as_bytes(),
-        };
-        let message = match self.ingest.prepare(&request) {
-            Prepared::Send { message, .. } => message,
-            Prepared::Reply(reply) => {
-                match reply.outcome {
-                    Outcome::Unauthorized(_) | Outcome::SiteMismatch => {
-                        self.unverified(id, event, report, replay)
-                    }
-                    // Chargify's "Test" webhook is acknowledged by ingest, never queued.
-                    Outcome::TestAcknowledged => {
-                        report.webhooks_unusable += 1;
-                        metrics::reconciler_webhook(RecoveredOutcome::Unusable);
-                    }
-                    other => self.unusable(id, event, other.code(), report),
-                }
+            // Chargify's "Test" webhook is acknowledged by ingest, never queued.
+            Err(Refusal::Webhook {
+                reason: NotQueued::Test,
+                ..
+            }) => {
+                report.webhooks_unusable += 1;
+                metrics::reconciler_webhook(RecoveredOutcome::Unusable);
                 return Ok(());
             }
-        };
-        // prepare() built this very envelope; reading it back cannot fail.
-        let Ok(envelope) = WebhookEnvelope::from_json(&message.body) else {
-            {
-                self.unusable(id, event, "envelope", report);
+            Err(refusal) => {
+                self.unusable(id, event, Outcome::from(refusal).code(), report);
                 return Ok(());
             }
         };

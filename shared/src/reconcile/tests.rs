@@ -7,6 +7,7 @@ use crate::chargify::api::{Event, Subscription, SubscriptionQuery};
 use crate::chargify::signature::sign;
 use crate::chargify::SharedKeySet;
 use crate::cursor_store::InMemoryCursorStore;
+use crate::envelope::WebhookEnvelope;
 use crate::idempotency::{InMemoryIdempotencyStore, Received};
 use crate::identity::InMemoryCustomerStore;
 use crate::queue::InMemoryQueue;

@@ -2,8 +2,9 @@
 //! the processor, the CLI's `plan` and the tests all see the same answer for the same body.
 
 use super::action::Rendered;
+use super::file::Filter;
 use super::template::{context, context_json, parse_chargify_time, TemplateError, Text};
-use super::{Action, ContactField, OnStale, OnUncertain, RuleSet};
+use super::{Action, CompiledRule, ContactField, OnStale, OnUncertain, RuleSet};
 use crate::chargify::Webhook;
 use serde::Serialize;
 use serde_json::Value;
@@ -103,93 +104,138 @@ pub enum PlanError {
     BadGoal { rule: String, goal: String },
 }
 
-/// The Keap actions the rules ask for, for a verified webhook of `site`.
+/// The Keap actions the rules ask for, for a verified webhook of `site`: the rules that match,
+/// in file order, each rendering its actions against the webhook's template context.
 pub fn plan(webhook: &Webhook, site: &str, rules: &RuleSet) -> Result<Plan, PlanError> {
     // Built once: the JSON answers the filters and clocks, its template form the templates.
     let json = context_json(webhook, site);
     let ctx = context(&json);
-    let text = |path: &[&str]| -> Option<String> {
-        let mut value = &json;
-        for key in path {
-            value = value.get(key)?;
-        }
-        value
-            .as_str()
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-    };
-    let time = |path: &[&str]| text(path).as_deref().and_then(parse_chargify_time);
-    let state = text(&["subscription", "state"]);
-    let previous_state = text(&["subscription", "previous_state"]);
-    let product_handle = text(&["product", "handle"]);
-    let product_family = text(&["product_family", "handle"]);
-    let matches = |allowed: &[String], value: &Option<String>| {
-        allowed.is_empty() || value.as_ref().is_some_and(|v| allowed.contains(v))
-    };
-    let excluded = |denied: &[String], value: &Option<String>| {
-        value.as_ref().is_some_and(|v| denied.contains(v))
-    };
-    let subscription_updated_at = time(&["subscription", "updated_at"]);
-    let customer_updated_at = time(&["customer", "updated_at"]);
-
-    let mut plan = Plan {
-        webhook_id: webhook.id.clone(),
-        event: webhook.event.clone(),
-        site: site.to_owned(),
-        rules: Vec::new(),
-        customer_id: text(&["customer", "id"]).or_else(|| webhook.customer_id.clone()),
-        contact: ContactDetails::default(),
-        subscription: text(&["subscription", "id"]).map(|id| SubscriptionVersion {
-            id,
-            updated_at: subscription_updated_at,
-            state: state.clone(),
-        }),
-        customer_updated_at,
-        event_time: time(&["transaction", "created_at"])
-            .or(subscription_updated_at)
-            .or(customer_updated_at),
-        actions: Vec::new(),
-        notes: Vec::new(),
-    };
-
+    let facts = Facts::of(&json);
+    let mut plan = facts.plan_header(webhook, site);
     for rule in &rules.rules {
-        let applies = rule.events.contains(&webhook.event)
-            && matches(&rule.when.state, &state)
-            && !excluded(&rule.when.state_not, &state)
-            && matches(&rule.when.previous_state, &previous_state)
-            && matches(&rule.when.product_handle, &product_handle)
-            && matches(&rule.when.product_family, &product_family);
-        if !applies {
-            continue;
-        }
-        plan.rules.push(rule.name.clone());
-        for action in &rule.actions {
-            match action.render(&rule.name, &rules.templates, &rules.groups, &ctx)? {
-                Rendered::Action(action) => {
-                    let on_uncertain = rule.on_uncertain.unwrap_or(match action {
-                        // A goal starts or moves a campaign: never twice (at most once).
-                        Action::AchieveGoal { .. } => OnUncertain::Skip,
-                        // A note is for people: a duplicate shows as one and harms nothing.
-                        _ => OnUncertain::Repeat,
-                    });
-                    plan.actions.push(PlannedAction {
-                        rule: rule.name.clone(),
-                        action,
-                        on_stale: rule.on_stale,
-                        on_uncertain,
-                    });
-                }
-                Rendered::Note(note) => plan.notes.push(note),
-                Rendered::Nothing => {}
-            }
+        if rule.events.contains(&webhook.event) && facts.pass(&rule.when) {
+            plan.rules.push(rule.name.clone());
+            add_actions(&mut plan, rule, rules, &ctx)?;
         }
     }
-
     if !plan.actions.is_empty() {
         plan.contact = render_contact(rules, &ctx)?;
     }
     Ok(plan)
+}
+
+/// What the filters and the plan's clocks read of a webhook's context.
+struct Facts {
+    state: Option<String>,
+    previous_state: Option<String>,
+    product_handle: Option<String>,
+    product_family: Option<String>,
+    subscription_id: Option<String>,
+    customer_id: Option<String>,
+    subscription_updated_at: Option<OffsetDateTime>,
+    customer_updated_at: Option<OffsetDateTime>,
+    transaction_created_at: Option<OffsetDateTime>,
+}
+
+impl Facts {
+    fn of(json: &Value) -> Self {
+        // A value at `path`, trimmed; blank is absent.
+        let text = |path: &[&str]| -> Option<String> {
+            let mut value = json;
+            for key in path {
+                value = value.get(key)?;
+            }
+            value
+                .as_str()
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+        };
+        let time = |path: &[&str]| text(path).as_deref().and_then(parse_chargify_time);
+        Self {
+            state: text(&["subscription", "state"]),
+            previous_state: text(&["subscription", "previous_state"]),
+            product_handle: text(&["product", "handle"]),
+            product_family: text(&["product_family", "handle"]),
+            subscription_id: text(&["subscription", "id"]),
+            customer_id: text(&["customer", "id"]),
+            subscription_updated_at: time(&["subscription", "updated_at"]),
+            customer_updated_at: time(&["customer", "updated_at"]),
+            transaction_created_at: time(&["transaction", "created_at"]),
+        }
+    }
+
+    /// Whether a rule's `when` lets this webhook through (an empty list allows anything).
+    fn pass(&self, when: &Filter) -> bool {
+        let matches = |allowed: &[String], value: &Option<String>| {
+            allowed.is_empty() || value.as_ref().is_some_and(|v| allowed.contains(v))
+        };
+        let excluded = |denied: &[String], value: &Option<String>| {
+            value.as_ref().is_some_and(|v| denied.contains(v))
+        };
+        matches(&when.state, &self.state)
+            && !excluded(&when.state_not, &self.state)
+            && matches(&when.previous_state, &self.previous_state)
+            && matches(&when.product_handle, &self.product_handle)
+            && matches(&when.product_family, &self.product_family)
+    }
+
+    /// The plan before any rule: which webhook, customer and subscription, and its clocks.
+    fn plan_header(&self, webhook: &Webhook, site: &str) -> Plan {
+        Plan {
+            webhook_id: webhook.id.clone(),
+            event: webhook.event.clone(),
+            site: site.to_owned(),
+            rules: Vec::new(),
+            customer_id: self
+                .customer_id
+                .clone()
+                .or_else(|| webhook.customer_id.clone()),
+            contact: ContactDetails::default(),
+            subscription: self.subscription_id.clone().map(|id| SubscriptionVersion {
+                id,
+                updated_at: self.subscription_updated_at,
+                state: self.state.clone(),
+            }),
+            customer_updated_at: self.customer_updated_at,
+            event_time: self
+                .transaction_created_at
+                .or(self.subscription_updated_at)
+                .or(self.customer_updated_at),
+            actions: Vec::new(),
+            notes: Vec::new(),
+        }
+    }
+}
+
+/// A matching rule's actions, rendered against `ctx`, added to `plan` in the rule's order.
+fn add_actions(
+    plan: &mut Plan,
+    rule: &CompiledRule,
+    rules: &RuleSet,
+    ctx: &minijinja::Value,
+) -> Result<(), PlanError> {
+    for action in &rule.actions {
+        match action.render(&rule.name, &rules.templates, &rules.groups, ctx)? {
+            Rendered::Action(action) => {
+                let on_uncertain = rule.on_uncertain.unwrap_or(match action {
+                    // A goal starts or moves a campaign: never twice (at most once).
+                    Action::AchieveGoal { .. } => OnUncertain::Skip,
+                    // A note is for people: a duplicate shows as one and harms nothing.
+                    _ => OnUncertain::Repeat,
+                });
+                plan.actions.push(PlannedAction {
+                    rule: rule.name.clone(),
+                    action,
+                    on_stale: rule.on_stale,
+                    on_uncertain,
+                });
+            }
+            Rendered::Note(note) => plan.notes.push(note),
+            Rendered::Nothing => {}
+        }
+    }
+    Ok(())
 }
 
 fn render_contact(

@@ -1,5 +1,5 @@
 //! The stand-in's OAuth2 token endpoint (`POST /token`) and its bearer tokens, as Keap does
-//! them (domain-notes §2.2): the code exchange checks `client_secret` in the form body, the
+//! them: the code exchange checks `client_secret` in the form body, the
 //! refresh checks HTTP Basic client authentication, every refresh rotates the refresh token
 //! and the old one dies at once (`400 invalid_grant`), and parameters in the query string
 //! are refused.

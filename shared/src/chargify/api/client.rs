@@ -1,6 +1,6 @@
 //! The [`ChargifyApi`] adapter over HTTPS (reqwest, rustls).
 //!
-//! Chargify limits each site to about 4 concurrent requests (domain-notes §1.10) and answers
+//! Chargify limits each site to about 4 concurrent requests and answers
 //! 429 beyond that. The client holds a semaphore of [`MAX_CONCURRENT_REQUESTS`] permits, so one
 //! client never has more in flight; several processes (a reconciler and a backfill, say)
 //! share the site's budget, so give each a smaller `max_concurrency`, or expect the 429s they

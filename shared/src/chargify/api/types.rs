@@ -12,7 +12,8 @@ use time::{Date, OffsetDateTime};
 #[serde(try_from = "Value", into = "Value")]
 pub struct Subscription {
     pub id: i64,
-    /// An open string: Chargify has states outside its documented enum (domain-notes §1.9).
+    /// An open string: Chargify has states outside its documented enum (`inactive` appears in
+    /// Chargify's test-page samples), so an unknown one must pass through, not fail the parse.
     pub state: Option<String>,
     /// The stale-event clock of a snapshot (RFC 3339 in the API).
     pub updated_at: Option<OffsetDateTime>,

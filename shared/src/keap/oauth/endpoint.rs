@@ -1,4 +1,4 @@
-//! Keap's OAuth2 token endpoint (domain-notes §2.2): the one-time code exchange and the
+//! Keap's OAuth2 token endpoint: the one-time code exchange and the
 //! refresh, and the URL a person opens to authorise the app.
 //!
 //! Parameters always travel in the form body, never the query string: Keap answers

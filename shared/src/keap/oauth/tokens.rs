@@ -1,8 +1,8 @@
 //! The bearer token a Keap call sends, kept fresh by one worker at a time.
 //!
 //! Every refresh kills the refresh token it spends, so concurrent workers (Lambda instances)
-//! that each refreshed would lock the integration out (domain-notes §2.2, "Lambda concurrency
-//! pitfall"). The protocol:
+//! that each refreshed would lock the integration out: the one that refreshed second spends a
+//! token already dead. The protocol:
 //!
 //! 1. Use the stored access token while more than [`RefreshPolicy::refresh_before`] of it is
 //!    left (and it was not just rejected).
