@@ -17,8 +17,8 @@ use shared::backfill::{
     Backfill, BackfillError, BackfillQuery, BackfillSettings, Eta, Finish, Outcome, Progress,
     StopReason, Totals,
 };
-use shared::chargify::api::{build_client as chargify_client, ChargifySettings};
-use shared::config::{ConfigError, CUSTOMERS_TABLE, IDEMPOTENCY_TABLE};
+use shared::chargify::api::ChargifySettings;
+use shared::config::{ConfigError, Secret, Vars, CUSTOMERS_TABLE, IDEMPOTENCY_TABLE};
 use shared::cursor_store::{CursorStore, DynamoDbCursorStore};
 use shared::dynamodb::Table;
 use shared::idempotency::{DynamoDbIdempotencyStore, IdempotencyStore};
@@ -124,24 +124,18 @@ pub async fn run(args: BackfillArgs) -> Result<ExitCode, BackfillCliError> {
         product_id: args.product,
         updated_since,
     };
-    let rules = RuleSet::from_env()?;
-    let chargify_settings = ChargifySettings::from_env()?;
-    // Only a secret ARN or the DynamoDB tables need AWS: skip the SDK's credential and
-    // region discovery otherwise (it probes instance metadata on a laptop).
-    let needs_aws = args.local.is_none()
-        || matches!(
-            chargify_settings.api_key,
-            shared::keap::settings::SecretSource::Arn(_)
-        );
+    let vars = Vars::from_env();
+    let rules = RuleSet::from_vars(&vars)?;
+    let chargify_settings = ChargifySettings::from_vars(&vars)?;
+    // Only a secret ARN or the DynamoDB tables need AWS.
+    let needs_aws = args.local.is_none() || matches!(chargify_settings.api_key, Secret::Arn(_));
     let aws = if needs_aws {
-        shared::entrypoints::aws_config(AWS_TIMEOUT, None).await
+        shared::aws::sdk_config(AWS_TIMEOUT, None).await
     } else {
-        aws_config::SdkConfig::builder()
-            .behavior_version(aws_config::BehaviorVersion::latest())
-            .build()
+        shared::aws::offline_config()
     };
-    let chargify = chargify_client(&chargify_settings, &aws).await?;
-    let (keap_settings, client) = keap_mode::client_from_env().await?;
+    let chargify = chargify_settings.build(&aws).await?;
+    let (keap_settings, client) = keap_mode::client(&vars).await?;
 
     // Keap: the real client, or for a dry run an in-memory one that only counts.
     let dry_crm = InMemoryCrm::new();
@@ -153,7 +147,7 @@ pub async fn run(args: BackfillArgs) -> Result<ExitCode, BackfillCliError> {
         (None, false) => return Err(BackfillCliError::NoKeap),
         (_, true) => (&dry_crm, &dry_crm),
     };
-    let stores = Stores::open(&args, &aws).await?;
+    let stores = Stores::open(&args, &vars, &aws).await?;
     let directory = Directory::new(stores.locks.clone());
     let mode = if args.dry_run {
         "DRY RUN: nothing is sent to Keap or written to the stores; the calls are counted"
@@ -219,21 +213,16 @@ struct Stores {
 impl Stores {
     async fn open(
         args: &BackfillArgs,
+        vars: &Vars,
         aws: &aws_config::SdkConfig,
     ) -> Result<Self, BackfillCliError> {
-        let env = |name: &str| {
-            std::env::var(name)
-                .ok()
-                .map(|v| v.trim().to_owned())
-                .filter(|v| !v.is_empty())
-        };
         let tables = (
             args.idempotency_table
                 .clone()
-                .or_else(|| env(IDEMPOTENCY_TABLE)),
+                .or_else(|| vars.value(IDEMPOTENCY_TABLE)),
             args.customers_table
                 .clone()
-                .or_else(|| env(CUSTOMERS_TABLE)),
+                .or_else(|| vars.value(CUSTOMERS_TABLE)),
         );
         if args.local.is_some()
             && (args.idempotency_table.is_some() || args.customers_table.is_some())

@@ -49,7 +49,7 @@ const AWS_TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn run(command: KeapCommand) -> Result<(), KeapAuthError> {
     let settings = KeapSettings::from_env()?;
     let oauth = settings.oauth()?;
-    let aws = shared::entrypoints::aws_config(AWS_TIMEOUT, None).await;
+    let aws = shared::aws::sdk_config(AWS_TIMEOUT, None).await;
     match command {
         KeapCommand::AuthorizeUrl {
             redirect_uri,

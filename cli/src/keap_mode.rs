@@ -1,8 +1,8 @@
 //! Which Keap the local commands talk to: the real one when credentials are configured (the
-//! same variables and `build_client` as the processor Lambda), else none (dry run).
+//! same variables and `KeapSettings::build` as the processor Lambda), else none (dry run).
 
-use shared::config::ConfigError;
-use shared::keap::settings::{build_client, KeapAuth, KeapSettings, SecretSource};
+use shared::config::{ConfigError, Secret, Vars};
+use shared::keap::settings::{KeapAuth, KeapSettings};
 use shared::keap::KeapClient;
 use std::time::Duration;
 
@@ -10,19 +10,14 @@ use std::time::Duration;
 const AWS_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The Keap client, or `None` for a dry run, and the settings it came from.
-pub async fn client_from_env() -> Result<(KeapSettings, Option<KeapClient>), ConfigError> {
-    let settings = KeapSettings::from_env()?;
-    // An inline key (or none) needs no AWS: skip the SDK's credential and region discovery,
-    // which probes instance metadata on a laptop.
+pub async fn client(vars: &Vars) -> Result<(KeapSettings, Option<KeapClient>), ConfigError> {
+    let settings = KeapSettings::from_vars(vars)?;
+    // An inline key (or none) needs no AWS.
     let aws = match &settings.auth {
-        KeapAuth::None | KeapAuth::ApiKey(SecretSource::Inline(_)) => {
-            aws_config::SdkConfig::builder()
-                .behavior_version(aws_config::BehaviorVersion::latest())
-                .build()
-        }
-        _ => shared::entrypoints::aws_config(AWS_TIMEOUT, None).await,
+        KeapAuth::None | KeapAuth::ApiKey(Secret::Inline(_)) => shared::aws::offline_config(),
+        _ => shared::aws::sdk_config(AWS_TIMEOUT, None).await,
     };
-    let client = build_client(&settings, &aws).await?;
+    let client = settings.build(&aws).await?;
     Ok((settings, client))
 }
 

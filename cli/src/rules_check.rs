@@ -3,7 +3,7 @@
 //! and custom fields exist.
 
 use crate::keap_mode;
-use shared::config::ConfigError;
+use shared::config::{ConfigError, Vars};
 use shared::keap::{Crm, KeapError};
 use shared::rules::{MissingFieldPolicy, RuleSet, RulesError, RULES_TOML_VAR};
 use std::path::PathBuf;
@@ -37,6 +37,7 @@ pub enum RulesCheckError {
 
 pub async fn run(command: RulesCommand) -> Result<(), RulesCheckError> {
     let RulesCommand::Check { file } = command;
+    let vars = Vars::from_env();
     let (origin, text) = match file {
         Some(path) => {
             let text = std::fs::read_to_string(&path).map_err(|source| RulesCheckError::Read {
@@ -45,9 +46,9 @@ pub async fn run(command: RulesCommand) -> Result<(), RulesCheckError> {
             })?;
             (path.display().to_string(), text)
         }
-        None => match std::env::var(RULES_TOML_VAR) {
-            Ok(text) if !text.trim().is_empty() => (RULES_TOML_VAR.to_owned(), text),
-            _ => (
+        None => match vars.text(RULES_TOML_VAR) {
+            Some(text) => (RULES_TOML_VAR.to_owned(), text.to_owned()),
+            None => (
                 "the built-in default rules".to_owned(),
                 shared::rules::DEFAULT_RULES.to_owned(),
             ),
@@ -59,7 +60,7 @@ pub async fn run(command: RulesCommand) -> Result<(), RulesCheckError> {
     })?;
     print!("{}", summary(&origin, &rules));
 
-    let (settings, client) = keap_mode::client_from_env().await?;
+    let (settings, client) = keap_mode::client(&vars).await?;
     let Some(client) = client else {
         println!("\nKeap: no credentials (KEAP_API_KEY or the OAuth variables), so tags and custom fields were not checked against Keap.");
         return Ok(());

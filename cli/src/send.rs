@@ -93,10 +93,9 @@ pub async fn run(args: SendArgs) -> Result<(), SendError> {
 /// The server's key when it is a single plain key (no `site=` binding, no list), else the
 /// demo key the server uses by default.
 fn default_key() -> String {
-    match std::env::var(shared::config::CHARGIFY_SHARED_KEYS) {
-        Ok(spec) if !spec.trim().is_empty() && !spec.contains([',', '=', '{', '\n']) => {
-            spec.trim().to_owned()
-        }
+    let vars = shared::config::Vars::from_env();
+    match vars.text(shared::config::CHARGIFY_SHARED_KEYS) {
+        Some(spec) if !spec.contains([',', '=', '{', '\n']) => spec.trim().to_owned(),
         _ => DEMO_SHARED_KEY.to_owned(),
     }
 }

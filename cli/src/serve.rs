@@ -24,12 +24,12 @@ use axum::response::Response;
 use shared::chargify::signature::KeySetError;
 use shared::chargify::signature::SIGNATURE_QUERY_PARAM;
 use shared::chargify::SharedKeySet;
-use shared::config::{ConfigError, CHARGIFY_SHARED_KEYS};
+use shared::config::{ConfigError, Vars, CHARGIFY_SHARED_KEYS};
 use shared::envelope::{WebhookEnvelope, MAX_BODY_BYTES};
 use shared::identity::InMemoryNameLocks;
 use shared::ingest::{InboundRequest, IngestReply, IngestService, Outcome};
 use shared::keap::{Crm, Directory, InMemoryCrm};
-use shared::processor::{process_batch, BatchRecord, BatchResult, Processor, ProcessorSettings};
+use shared::processor::{process_batch, BatchRecord, BatchResult, Limits, Processor};
 use shared::queue::RecordControl;
 use shared::rules::{RuleSet, RulesError};
 use std::net::SocketAddr;
@@ -134,20 +134,21 @@ struct Timing {
 }
 
 impl Timing {
-    fn from_env() -> Result<Self, ServeError> {
-        let visibility = match std::env::var(VISIBILITY_TIMEOUT_VAR) {
-            Ok(value) => match value.trim().parse::<u64>() {
+    fn from_vars(vars: &Vars) -> Result<Self, ServeError> {
+        // Set but blank is refused too: a blank timeout is a mistake, not a default.
+        let visibility = match vars.raw(VISIBILITY_TIMEOUT_VAR) {
+            Some(value) => match value.trim().parse::<u64>() {
                 Ok(secs @ 11..=43_200) => Duration::from_secs(secs),
                 _ => {
                     return Err(ServeError::Visibility {
                         name: VISIBILITY_TIMEOUT_VAR,
-                        value,
+                        value: value.to_owned(),
                     })
                 }
             },
-            Err(_) => DEFAULT_VISIBILITY_TIMEOUT,
+            None => DEFAULT_VISIBILITY_TIMEOUT,
         };
-        let pause = std::env::var(TEST_PAUSE_VAR).unwrap_or_default();
+        let pause = vars.raw(TEST_PAUSE_VAR).unwrap_or_default();
         let pause_at = |point: &str| {
             pause
                 .strip_prefix(point)
@@ -166,18 +167,19 @@ impl Timing {
 
 pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
     shared::telemetry::init(shared::telemetry::metrics::function::CLI);
-    let timing = Timing::from_env()?;
-    let key_spec = match std::env::var(CHARGIFY_SHARED_KEYS) {
-        Ok(spec) if !spec.trim().is_empty() => spec,
-        _ => {
+    let vars = Vars::from_env();
+    let timing = Timing::from_vars(&vars)?;
+    let key_spec = match vars.text(CHARGIFY_SHARED_KEYS) {
+        Some(spec) => spec.to_owned(),
+        None => {
             eprintln!("WARNING: {CHARGIFY_SHARED_KEYS} is not set; using the demo key {DEMO_SHARED_KEY:?}. Anyone who knows it can post webhooks here: set your site's key before exposing this server.");
             DEMO_SHARED_KEY.to_owned()
         }
     };
     let keys = SharedKeySet::parse(&key_spec)?;
     refuse_demo_key_off_loopback(&keys, args.listen)?;
-    let rules = Arc::new(RuleSet::from_env()?);
-    let (keap_settings, client) = keap_mode::client_from_env().await?;
+    let rules = Arc::new(RuleSet::from_vars(&vars)?);
+    let (keap_settings, client) = keap_mode::client(&vars).await?;
     eprintln!(
         "Keap: {}",
         keap_mode::describe(&keap_settings, client.is_some())
@@ -198,7 +200,7 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
         directory: Arc::new(Directory::new(Arc::new(InMemoryNameLocks::new()))),
         idempotency: Arc::new(SqliteIdempotencyStore::new(db.clone())),
         customers: Arc::new(SqliteCustomerStore::new(db)),
-        settings: ProcessorSettings::default(),
+        settings: Limits::default(),
     });
 
     let listener = tokio::net::TcpListener::bind(args.listen)

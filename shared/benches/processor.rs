@@ -15,7 +15,7 @@ use shared::fixtures;
 use shared::idempotency::InMemoryIdempotencyStore;
 use shared::identity::InMemoryCustomerStore;
 use shared::keap::{Directory, InMemoryCrm};
-use shared::processor::{Processed, Processor, ProcessorSettings};
+use shared::processor::{Limits, Processed, Processor};
 use shared::rules::RuleSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -96,7 +96,7 @@ fn main() {
         ))),
         idempotency: idempotency.clone(),
         customers: customers.clone(),
-        settings: ProcessorSettings::default(),
+        settings: Limits::default(),
     };
     let run = |body: &str| -> (Processed, Duration) {
         let envelope: WebhookEnvelope =

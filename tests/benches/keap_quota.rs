@@ -41,7 +41,7 @@ use shared::identity::{
     CustomerKey, CustomerStore, InMemoryCustomerStore, InMemoryNameLocks, Locked, NameLocks,
 };
 use shared::keap::{Credential, Crm, Directory, KeapClient, KeapClientConfig};
-use shared::processor::{process_batch, Processor, ProcessorSettings};
+use shared::processor::{process_batch, Limits, Processor};
 use shared::queue::{InMemoryRecordControl, RecordControl};
 use shared::rules::RuleSet;
 use std::collections::BTreeMap;
@@ -105,7 +105,7 @@ impl Account {
             directory: Arc::new(Directory::new(locks)),
             idempotency,
             customers,
-            settings: ProcessorSettings::default(),
+            settings: Limits::default(),
         })
     }
 

@@ -40,7 +40,7 @@ pub async fn aws_config_for(endpoint: &str) -> aws_config::SdkConfig {
         .operation_timeout(Duration::from_secs(5))
         .build();
     aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .http_client(shared::entrypoints::https_client())
+        .http_client(shared::aws::https_client())
         .endpoint_url(endpoint)
         .region(aws_config::Region::new("us-east-1"))
         .credentials_provider(aws_sdk_sqs::config::Credentials::new(

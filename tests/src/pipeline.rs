@@ -16,7 +16,7 @@ use shared::identity::DynamoDbCustomerStore;
 use shared::identity::DynamoDbNameLocks;
 use shared::ingest::{InboundRequest, IngestService};
 use shared::keap::{Credential, Directory, KeapClient, KeapClientConfig};
-use shared::processor::{Processor, ProcessorSettings};
+use shared::processor::{Limits, Processor};
 use shared::queue::{RecordControl, SqsRecordControl, SqsWebhookQueue};
 use shared::rules::RuleSet;
 use std::sync::Arc;
@@ -76,7 +76,7 @@ impl Pipeline {
                 dynamodb,
                 &customers_table,
             ))),
-            settings: ProcessorSettings::default(),
+            settings: Limits::default(),
         });
         let control: Arc<dyn RecordControl> = Arc::new(SqsRecordControl::new(
             sqs.clone(),

@@ -625,7 +625,7 @@ async fn a_subscription_read_from_the_api_syncs_through_the_processor_once() {
     use shared::idempotency::InMemoryIdempotencyStore;
     use shared::identity::InMemoryCustomerStore;
     use shared::keap::{Directory, InMemoryCrm};
-    use shared::processor::{Processed, Processor, ProcessorSettings};
+    use shared::processor::{Limits, Processed, Processor};
 
     let standin = ChargifyStandIn::start().await;
     let ids = add(&standin, 1, "active");
@@ -648,7 +648,7 @@ async fn a_subscription_read_from_the_api_syncs_through_the_processor_once() {
         ))),
         idempotency: Arc::new(InMemoryIdempotencyStore::new()),
         customers: Arc::new(InMemoryCustomerStore::new()),
-        settings: ProcessorSettings::default(),
+        settings: Limits::default(),
     };
     let now = time::OffsetDateTime::now_utc();
     let envelope = snapshot_envelope("acme", &sub, now).expect("snapshot");

@@ -3,7 +3,7 @@
 use integration_tests::{aws_config_for, create_secret, moto_endpoint, repo_root};
 use shared::chargify::signature::sign;
 use shared::chargify::{SignatureCandidate, SignatureSource};
-use shared::config::{load_shared_keys, ConfigError, KeySource};
+use shared::config::{load_shared_keys, ConfigError, Secret};
 use std::process::Command;
 
 #[tokio::test]
@@ -15,7 +15,7 @@ async fn keys_load_from_a_secret_in_either_format() {
         r#"{"keys":["old-key"],"sites":{"acme":["new-key"]}}"#,
     ] {
         let arn = create_secret("keys", spec).await;
-        let keys = load_shared_keys(&KeySource::Secret { arn }, &config)
+        let keys = load_shared_keys(&Secret::Arn(arn), &config)
             .await
             .expect("keys load");
         assert_eq!(keys.keys().len(), 2, "{spec}");
@@ -34,9 +34,8 @@ async fn keys_load_from_a_secret_in_either_format() {
 #[tokio::test]
 async fn an_unreadable_or_invalid_secret_is_a_clear_start_error() {
     let config = aws_config_for(&moto_endpoint()).await;
-    let missing = KeySource::Secret {
-        arn: "arn:aws:secretsmanager:us-east-1:123456789012:secret:nope-AbCdEf".into(),
-    };
+    let missing =
+        Secret::Arn("arn:aws:secretsmanager:us-east-1:123456789012:secret:nope-AbCdEf".into());
     let err = load_shared_keys(&missing, &config)
         .await
         .expect_err("no such secret");
@@ -47,7 +46,7 @@ async fn an_unreadable_or_invalid_secret_is_a_clear_start_error() {
     );
 
     let arn = create_secret("empty-entry", "acme=").await;
-    let err = load_shared_keys(&KeySource::Secret { arn }, &config)
+    let err = load_shared_keys(&Secret::Arn(arn), &config)
         .await
         .expect_err("bad spec");
     assert!(err.to_string().contains("contains `=`"), "{err}");
@@ -70,7 +69,7 @@ async fn a_secret_the_stack_created_empty_says_how_to_fill_it() {
         .expect("create an empty secret")
         .arn
         .expect("arn");
-    let err = load_shared_keys(&KeySource::Secret { arn: arn.clone() }, &config)
+    let err = load_shared_keys(&Secret::Arn(arn.clone()), &config)
         .await
         .expect_err("no value yet");
     assert!(matches!(err, ConfigError::SecretHasNoValue { .. }), "{err}");

@@ -30,7 +30,7 @@ use shared::identity::{
 };
 use shared::ingest::IngestService;
 use shared::keap::{Credential, Crm, Directory, InMemoryCrm, KeapClient, KeapClientConfig};
-use shared::processor::{Processor, ProcessorSettings};
+use shared::processor::{Limits, Processor};
 use shared::queue::{RecordControl, SqsRecordControl, SqsWebhookQueue, MAX_VISIBILITY_DELAY};
 use shared::rules::RuleSet;
 use std::collections::BTreeMap;
@@ -99,7 +99,7 @@ impl Cluster {
             directory: Arc::new(Directory::new(Killable::new(locks, switch.clone()))),
             idempotency: Killable::new(idempotency, switch.clone()),
             customers: Killable::new(customers, switch.clone()),
-            settings: ProcessorSettings::default(),
+            settings: Limits::default(),
         })
     }
 
@@ -176,7 +176,7 @@ async fn reference(sends: &[Sent], rules: &Arc<RuleSet>) -> (KeapView, GoalCount
         directory: Arc::new(Directory::new(Arc::new(InMemoryNameLocks::new()))),
         idempotency: Arc::new(InMemoryIdempotencyStore::new()),
         customers: customers.clone(),
-        settings: ProcessorSettings::default(),
+        settings: Limits::default(),
     };
     let mut ordered = sends.to_vec();
     ordered.sort_by_key(|s| s.id);

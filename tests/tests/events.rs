@@ -295,7 +295,7 @@ async fn every_processor_event_file_is_processed_without_a_failed_record() {
     use shared::idempotency::InMemoryIdempotencyStore;
     use shared::identity::InMemoryCustomerStore;
     use shared::keap::{Directory, InMemoryCrm};
-    use shared::processor::{Processor, ProcessorSettings};
+    use shared::processor::{Limits, Processor};
     use shared::queue::{InMemoryRecordControl, RecordControl};
     use shared::rules::RuleSet;
     use std::sync::Arc;
@@ -318,7 +318,7 @@ async fn every_processor_event_file_is_processed_without_a_failed_record() {
             ))),
             idempotency: Arc::new(InMemoryIdempotencyStore::new()),
             customers: Arc::new(InMemoryCustomerStore::new()),
-            settings: ProcessorSettings::default(),
+            settings: Limits::default(),
         });
         let control = Arc::new(InMemoryRecordControl::new());
         let as_port: Arc<dyn RecordControl> = control.clone();

@@ -6,6 +6,7 @@
 use async_trait::async_trait;
 use integration_tests::keap_standin::{Fault, KeapStandIn};
 use integration_tests::{aws_config_for, dynamodb_client, moto_endpoint, unique_name};
+use shared::config::Vars;
 use shared::keap::oauth::{
     ClientCredentials, DynamoDbTokenStore, KeapTokenEndpoint, OAuthTokens, RefreshPolicy,
     StoreError, TokenIssuer, TokenPair, TokenRecord, TokenStore,
@@ -103,7 +104,7 @@ async fn eight_workers_with_an_expired_token_refresh_once() {
     let first = keap.grant_tokens(Duration::ZERO);
     assert_eq!(store.replace(&first).await.expect("seed"), 1);
 
-    // Built the way the functions build it: settings, then build_client.
+    // Built the way the functions build it: settings, then build.
     let credentials = client_credentials(&keap);
     let vars: HashMap<&str, String> = HashMap::from([
         (settings::KEAP_CLIENT_ID, credentials.client_id),
@@ -112,11 +113,12 @@ async fn eight_workers_with_an_expired_token_refresh_once() {
         (settings::KEAP_TOKEN_URL_VAR, keap.token_url()),
         (settings::KEAP_BASE_URL_VAR, keap.base_url()),
     ]);
-    let settings = KeapSettings::from_lookup(|name| vars.get(name).cloned()).expect("settings");
+    let settings = KeapSettings::from_vars(&Vars::from_pairs(vars)).expect("settings");
     let aws = aws_config_for(&moto_endpoint()).await;
     let mut tasks = Vec::new();
     for _ in 0..8 {
-        let crm = settings::build_client(&settings, &aws)
+        let crm = settings
+            .build(&aws)
             .await
             .expect("client")
             .expect("OAuth is configured");

@@ -16,7 +16,7 @@ use shared::idempotency::DynamoDbIdempotencyStore;
 use shared::identity::{DynamoDbCustomerStore, DynamoDbNameLocks};
 use shared::ingest::IngestService;
 use shared::keap::{Credential, Directory, KeapClient, KeapClientConfig};
-use shared::processor::{Processor, ProcessorSettings};
+use shared::processor::{Limits, Processor};
 use shared::queue::{SqsRecordControl, SqsWebhookQueue, MAX_VISIBILITY_DELAY};
 use shared::rules::RuleSet;
 use std::sync::Arc;
@@ -64,7 +64,7 @@ impl Stack {
             customers: Arc::new(DynamoDbCustomerStore::new(table(
                 &resources.customers_table,
             ))),
-            settings: ProcessorSettings::default(),
+            settings: Limits::default(),
         });
         let control = Arc::new(RecordingControl::new(SqsRecordControl::new(
             resources.sqs.clone(),

@@ -9,7 +9,7 @@
 //!   connection while the outage lasts: ingest answers 503 as in a real SQS outage.
 //! - **Processor**: its Lambda handler in process on each batch (as the event source mapping
 //!   delivers it), DynamoDB in moto, the Keap stand-in.
-//! - **Reconciler**: in process, wired by `ReconcilerConfig::build` exactly as the Lambda's
+//! - **Reconciler**: in process, wired by `ReconcilerSettings::build` exactly as the Lambda's
 //!   cold start wires it (configuration from variables, SQS, DynamoDB, the Chargify client).
 //!
 //! The outage lasts 10 compressed minutes (6 s) and at least until every webhook created in
@@ -24,7 +24,7 @@ use integration_tests::lambda_watch::LambdaWatch;
 use integration_tests::pipeline::{Pipeline, KEY};
 use integration_tests::{aws_config_for, http_request, moto_endpoint};
 use serde_json::Value;
-use shared::entrypoints::reconciler_lambda::ReconcilerConfig;
+use shared::config::{ReconcilerSettings, Vars};
 use shared::idempotency::{IdempotencyKey, IdempotencyStore, RecordStatus};
 use shared::reconcile::{ReconcileReport, Reconciler};
 use shared::rules::RuleSet;
@@ -148,13 +148,13 @@ impl World {
 
     async fn reconciler(&self) -> Reconciler {
         let vars = reconciler_vars(&self.pipeline, &self.chargify);
-        let mut config =
-            ReconcilerConfig::from_lookup(|name| vars.get(name).cloned()).expect("configuration");
+        let mut settings =
+            ReconcilerSettings::from_vars(&Vars::from_pairs(vars)).expect("configuration");
         // The stand-in's clock starts on this day; a first run would otherwise start
         // yesterday (UTC), which is another day when the test runs on another date.
-        config.settings.since_date = Some(time::macros::date!(2026 - 11 - 27));
+        settings.run.since_date = Some(time::macros::date!(2026 - 11 - 27));
         let aws = aws_config_for(&moto_endpoint()).await;
-        config.build(&aws).await.expect("reconciler")
+        settings.build(&aws).await.expect("reconciler")
     }
 
     async fn reconcile(&self) -> ReconcileReport {
@@ -497,7 +497,7 @@ async fn an_event_without_a_webhook_is_recovered_by_a_snapshot_and_applied_ones_
     assert!(pipeline.drain_through_processor().await.is_empty());
     let vars = reconciler_vars(&pipeline, &chargify);
     let aws = aws_config_for(&moto_endpoint()).await;
-    let reconciler = ReconcilerConfig::from_lookup(|name| vars.get(name).cloned())
+    let reconciler = ReconcilerSettings::from_vars(&Vars::from_pairs(vars))
         .expect("configuration")
         .build(&aws)
         .await

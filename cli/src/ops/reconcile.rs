@@ -1,16 +1,17 @@
 //! `cks reconcile`: one reconciler run from the operator's machine, with the very code the
-//! scheduled Lambda runs (`shared::reconcile` wired by `ReconcilerConfig::build`). Resources
+//! scheduled Lambda runs (`shared::reconcile` wired by `ReconcilerSettings::build`). Resources
 //! come from the stack's outputs (or flags), the Chargify settings and, when set, the shared
 //! keys from the environment (`CHARGIFY_SITE`, `CHARGIFY_API_KEY`…, `CHARGIFY_SHARED_KEYS`),
 //! else the stack's `SharedKeysSecretArn`.
 
 use super::stack::{Deployed, SHARED_KEYS_OUTPUT};
 use super::{OpsError, StackArgs};
-use shared::config::{ConfigError, CHARGIFY_SHARED_KEYS, CHARGIFY_SHARED_KEYS_SECRET_ARN};
-use shared::entrypoints::reconciler_lambda::ReconcilerConfig;
+use shared::config::{
+    ConfigError, ReconcilerSettings, Vars, CHARGIFY_SHARED_KEYS, CHARGIFY_SHARED_KEYS_SECRET_ARN,
+    CUSTOMERS_TABLE, IDEMPOTENCY_TABLE, QUEUE_URL,
+};
 use shared::reconcile::cursor::parse_day;
 use shared::reconcile::ReconcileError;
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 #[derive(clap::Args, Debug)]
@@ -64,31 +65,32 @@ pub async fn run(args: ReconcileArgs) -> Result<(), ReconcileCliError> {
         }
     };
     let deployed = Deployed::connect(args.stack.clone()).await?;
-    let mut overlay: HashMap<&str, String> = HashMap::from([
-        ("QUEUE_URL", deployed.queue_url().await?),
-        ("IDEMPOTENCY_TABLE", deployed.idempotency_table().await?),
-        (
-            "CUSTOMERS_TABLE",
+    // The stack's resources are laid over the environment; the shared keys too, unless the
+    // environment names them.
+    let mut vars = Vars::from_env()
+        .with(QUEUE_URL, deployed.queue_url().await?)
+        .with(IDEMPOTENCY_TABLE, deployed.idempotency_table().await?)
+        .with(
+            CUSTOMERS_TABLE,
             deployed.customers_table(&args.customers_table).await?,
-        ),
-    ]);
-    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-    if env(CHARGIFY_SHARED_KEYS).is_none() && env(CHARGIFY_SHARED_KEYS_SECRET_ARN).is_none() {
-        overlay.insert(
+        );
+    if vars.value(CHARGIFY_SHARED_KEYS).is_none()
+        && vars.value(CHARGIFY_SHARED_KEYS_SECRET_ARN).is_none()
+    {
+        vars = vars.with(
             CHARGIFY_SHARED_KEYS_SECRET_ARN,
             deployed
-                .resource(&None, SHARED_KEYS_OUTPUT, "CHARGIFY_SHARED_KEYS")
+                .resource(&None, SHARED_KEYS_OUTPUT, CHARGIFY_SHARED_KEYS)
                 .await?,
         );
     }
-    let mut config =
-        ReconcilerConfig::from_lookup(|name| overlay.get(name).cloned().or_else(|| env(name)))?;
-    config.settings.dry_run = args.dry_run;
-    config.settings.replay_unverified |= args.replay_unverified;
-    config.settings.max_pages = args.max_pages.max(1);
-    config.settings.since_date = since_date;
-    config.settings.since_event_id = args.since_event_id;
-    let reconciler = config.build(deployed.aws()).await?;
+    let mut settings = ReconcilerSettings::from_vars(&vars)?;
+    settings.run.dry_run = args.dry_run;
+    settings.run.replay_unverified |= args.replay_unverified;
+    settings.run.max_pages = args.max_pages.max(1);
+    settings.run.since_date = since_date;
+    settings.run.since_event_id = args.since_event_id;
+    let reconciler = settings.build(deployed.aws()).await?;
     let report = reconciler.run(Instant::now() + RUN_LIMIT).await?;
     if args.json {
         println!("{}", serde_json::to_string(&report).unwrap_or_default());

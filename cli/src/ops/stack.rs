@@ -29,7 +29,7 @@ impl Deployed {
     /// AWS configuration from the default chain (`AWS_PROFILE`, `AWS_REGION`,
     /// `AWS_ENDPOINT_URL`…) and a check that it finds credentials.
     pub async fn connect(args: StackArgs) -> Result<Self, OpsError> {
-        let aws = shared::entrypoints::aws_config(AWS_TIMEOUT, None).await;
+        let aws = shared::aws::sdk_config(AWS_TIMEOUT, None).await;
         let Some(provider) = aws.credentials_provider() else {
             return Err(OpsError::NoCredentials {
                 detail: "no credentials provider is configured".into(),

@@ -1,7 +1,8 @@
 //! The ingest function: API Gateway HTTP API (payload v2) or a Lambda function URL in front
 //! of [`IngestService`].
 
-use crate::config::{load_shared_keys, IngestSettings};
+use crate::aws;
+use crate::config::{ConfigError, IngestSettings};
 use crate::ingest::{InboundRequest, IngestService};
 use crate::queue::{SqsWebhookQueue, WebhookQueue};
 use crate::telemetry;
@@ -11,34 +12,11 @@ use lambda_http::{
 };
 use std::sync::Arc;
 
-/// Cold start: configuration, keys (Secrets Manager is read here, once), SQS client; then
-/// serve invocations. A configuration error ends the process with a message naming the fix.
+/// Cold start, then serve invocations. A configuration error ends the process with a
+/// message naming the fix.
 pub async fn run() -> Result<(), Error> {
     telemetry::init(telemetry::metrics::function::INGEST);
-    let settings = IngestSettings::from_env().inspect_err(|e| {
-        tracing::error!(error = %e, "ingest cannot start: configuration");
-    })?;
-    let aws = super::aws_config(
-        settings.sqs_timeout,
-        super::region_of_queue_url(&settings.queue_url),
-    )
-    .await;
-    let keys = load_shared_keys(&settings.keys, &aws)
-        .await
-        .inspect_err(|e| {
-            tracing::error!(error = %e, "ingest cannot start: shared keys");
-        })?;
-    // Which scope each key has (`acme#0`: bound to site acme; `*#0`: any site), never the
-    // key: a key read as site-bound by mistake shows here.
-    let labels: Vec<String> = keys.keys().iter().map(|k| k.label()).collect();
-    tracing::info!(
-        keys = keys.keys().len(),
-        key_scopes = labels.join(",").as_str(),
-        queue_url = settings.queue_url.as_str(),
-        "ingest ready"
-    );
-    let queue = SqsWebhookQueue::new(aws_sdk_sqs::Client::new(&aws), settings.queue_url);
-    let service = Arc::new(IngestService::new(keys, queue));
+    let service = Arc::new(cold_start().await?);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<serde_json::Value>| {
         let service = Arc::clone(&service);
         async move {
@@ -53,6 +31,21 @@ pub async fn run() -> Result<(), Error> {
         }
     }))
     .await
+}
+
+/// Configuration, keys (Secrets Manager is read here, once), SQS client.
+async fn cold_start() -> Result<IngestService<SqsWebhookQueue>, ConfigError> {
+    let settings = IngestSettings::from_env().inspect_err(|e| {
+        tracing::error!(error = %e, "ingest cannot start: configuration");
+    })?;
+    let aws = aws::sdk_config(
+        settings.sqs_timeout,
+        aws::region_of_queue_url(&settings.queue_url),
+    )
+    .await;
+    settings.build(&aws).await.inspect_err(|e| {
+        tracing::error!(error = %e, "ingest cannot start: shared keys");
+    })
 }
 
 /// Clears `isBase64Encoded` when the body does not decode as base64 (see [`run`]).

@@ -4,15 +4,10 @@
 //! fails loudly naming the fix; each invocation then runs its batch through
 //! [`process_batch`] and reports the records to retry.
 
-use crate::config::ProcessorConfig;
-use crate::dynamodb::Table;
-use crate::idempotency::DynamoDbIdempotencyStore;
-use crate::identity::{DynamoDbCustomerStore, DynamoDbNameLocks};
-use crate::keap::settings::{build_client, KeapSettings};
-use crate::keap::Directory;
-use crate::processor::{process_batch, BatchRecord, Processor, ProcessorSettings};
-use crate::queue::{RecordControl, SqsRecordControl};
-use crate::rules::RuleSet;
+use crate::aws;
+use crate::config::{ConfigError, ProcessorService, ProcessorSettings};
+use crate::processor::{process_batch, BatchRecord, Processor};
+use crate::queue::RecordControl;
 use crate::telemetry;
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 use lambda_runtime::{service_fn, Error, LambdaEvent};
@@ -29,7 +24,7 @@ pub struct UnreportableFailures(pub usize);
 
 pub async fn run() -> Result<(), Error> {
     telemetry::init(telemetry::metrics::function::PROCESSOR);
-    let (processor, control) = cold_start().await.inspect_err(|e| {
+    let ProcessorService { processor, control } = cold_start().await.inspect_err(|e| {
         tracing::error!(error = %e, "processor cannot start");
     })?;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| {
@@ -52,54 +47,21 @@ pub async fn run() -> Result<(), Error> {
     .await
 }
 
-async fn cold_start() -> Result<(Arc<Processor>, Arc<dyn RecordControl>), Error> {
-    let config = ProcessorConfig::from_env()?;
-    let rules = RuleSet::from_env()?;
-    let keap = KeapSettings::from_env()?;
-    let aws = super::aws_config(
+async fn cold_start() -> Result<ProcessorService, ConfigError> {
+    let settings = ProcessorSettings::from_env()?;
+    let aws = aws::sdk_config(
         AWS_CALL_TIMEOUT,
-        super::region_of_queue_url(&config.queue_url),
+        aws::region_of_queue_url(&settings.queue_url),
     )
     .await;
-    let crm = build_client(&keap, &aws).await?.ok_or(
-        "no Keap credentials: set KEAP_API_KEY_SECRET_ARN (or KEAP_API_KEY), or the OAuth variables (docs/keap-auth.md)",
-    )?;
+    let service = settings.build(&aws).await?;
     tracing::info!(
-        rules = rules.handled_events().len(),
-        idempotency_table = config.idempotency_table.as_str(),
-        customers_table = config.customers_table.as_str(),
+        rules = settings.rules.handled_events().len(),
+        idempotency_table = settings.idempotency_table.as_str(),
+        customers_table = settings.customers_table.as_str(),
         "processor ready"
     );
-    let processor = Arc::new(Processor {
-        rules: Arc::new(rules),
-        crm: Arc::new(crm),
-        directory: Arc::new(Directory::new(Arc::new(DynamoDbNameLocks::new(
-            Table::from_config(&aws, &config.customers_table),
-        )))),
-        idempotency: Arc::new(DynamoDbIdempotencyStore::new(Table::from_config(
-            &aws,
-            &config.idempotency_table,
-        ))),
-        customers: Arc::new(DynamoDbCustomerStore::new(Table::from_config(
-            &aws,
-            &config.customers_table,
-        ))),
-        settings: ProcessorSettings {
-            record_ttl: config.record_ttl,
-            max_lease: config.max_lease,
-            max_webhook_age: config.max_webhook_age,
-            mirror_max_age: config.mirror_max_age,
-            max_event_age: config.max_event_age,
-            seen_marker_ttl: config.seen_marker_ttl,
-            ..ProcessorSettings::default()
-        },
-    });
-    let control: Arc<dyn RecordControl> = Arc::new(SqsRecordControl::new(
-        aws_sdk_sqs::Client::new(&aws),
-        &config.queue_url,
-        &config.dead_letter_queue_url,
-    ));
-    Ok((processor, control))
+    Ok(service)
 }
 
 /// Runs one SQS event. `deadline` is when the invocation times out.

@@ -8,7 +8,7 @@ use super::oauth::{
     KEAP_TOKEN_URL,
 };
 use super::transport::{Credential, KeapClientConfig, KEAP_BASE_URL};
-use crate::config::{read_secret, ConfigError};
+use crate::config::{ConfigError, Secret, Vars};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,26 +30,10 @@ pub const DEFAULT_TOKEN_KEY: &str = "keap-oauth";
 /// refresh that got an answer can always store it while it still holds the lease.
 pub const TOKEN_ENDPOINT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A secret given inline (local runs) or as a Secrets Manager ARN (AWS).
-#[derive(Clone, PartialEq, Eq)]
-pub enum SecretSource<T> {
-    Inline(T),
-    Arn(String),
-}
-
-impl<T> std::fmt::Debug for SecretSource<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Inline(_) => f.write_str("Inline(<redacted>)"),
-            Self::Arn(arn) => f.debug_tuple("Arn").field(arn).finish(),
-        }
-    }
-}
-
 /// Where the OAuth pair lives and how to renew it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OAuthSettings {
-    pub client: SecretSource<ClientCredentials>,
+    pub client: Secret<ClientCredentials>,
     pub token_table: String,
     pub token_key: String,
     pub token_url: String,
@@ -59,7 +43,7 @@ pub struct OAuthSettings {
 pub enum KeapAuth {
     /// Nothing configured: the caller runs without Keap (dry run).
     None,
-    ApiKey(SecretSource<String>),
+    ApiKey(Secret),
     OAuth(OAuthSettings),
 }
 
@@ -92,15 +76,17 @@ struct ClientSecretJson {
 }
 
 impl KeapSettings {
-    /// Reads the settings through `var` (the process environment, or a map in tests).
-    pub fn from_lookup(var: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let set = |name: &str| {
-            var(name)
-                .map(|v| v.trim().to_owned())
-                .filter(|v| !v.is_empty())
-        };
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_vars(&Vars::from_env())
+    }
+
+    pub fn from_vars(vars: &Vars) -> Result<Self, ConfigError> {
         let present = |names: &[&'static str]| -> Vec<&'static str> {
-            names.iter().copied().filter(|n| set(n).is_some()).collect()
+            names
+                .iter()
+                .copied()
+                .filter(|n| vars.value(n).is_some())
+                .collect()
         };
         let key_vars = present(&[KEAP_API_KEY, KEAP_API_KEY_SECRET_ARN]);
         let oauth_vars = present(&[
@@ -111,27 +97,19 @@ impl KeapSettings {
         if !key_vars.is_empty() && !oauth_vars.is_empty() {
             return Err(ConfigError::Conflict {
                 set: [key_vars, oauth_vars].concat().join(", "),
-                fix: "use an API key (KEAP_API_KEY or KEAP_API_KEY_SECRET_ARN) or OAuth (KEAP_CLIENT_ID + KEAP_CLIENT_SECRET, or KEAP_OAUTH_CLIENT_SECRET_ARN), not both",
+                fix: "use an API key (KEAP_API_KEY or KEAP_API_KEY_SECRET_ARN) or OAuth (KEAP_CLIENT_ID + KEAP_CLIENT_SECRET, or KEAP_OAUTH_CLIENT_SECRET_ARN), not both".into(),
             });
         }
-        let auth = if !key_vars.is_empty() {
-            KeapAuth::ApiKey(match (set(KEAP_API_KEY), set(KEAP_API_KEY_SECRET_ARN)) {
-                (Some(key), None) => SecretSource::Inline(key),
-                (None, Some(arn)) => SecretSource::Arn(arn),
-                _ => {
-                    return Err(ConfigError::Conflict {
-                        set: key_vars.join(", "),
-                        fix:
-                            "set only one of KEAP_API_KEY (local) and KEAP_API_KEY_SECRET_ARN (AWS)",
-                    })
-                }
-            })
+        let auth = if let Some(key) = vars.secret(KEAP_API_KEY, KEAP_API_KEY_SECRET_ARN)? {
+            KeapAuth::ApiKey(key)
         } else if !oauth_vars.is_empty() {
-            KeapAuth::OAuth(Self::oauth_from(&set)?)
+            KeapAuth::OAuth(Self::oauth_from(vars)?)
         } else {
             KeapAuth::None
         };
-        let base_url = set(KEAP_BASE_URL_VAR).unwrap_or_else(|| KEAP_BASE_URL.to_owned());
+        let base_url = vars
+            .value(KEAP_BASE_URL_VAR)
+            .unwrap_or_else(|| KEAP_BASE_URL.to_owned());
         // The ceiling protects Keap's spike limits; a stand-in on this machine has its own
         // (the backfill test runs 10,000 contacts through one at hundreds a second).
         let ceiling = if is_loopback(&base_url) {
@@ -139,17 +117,12 @@ impl KeapSettings {
         } else {
             MAX_REQUESTS_PER_SECOND
         };
-        let requests_per_second = match set(KEAP_REQUESTS_PER_SECOND) {
-            None => std::num::NonZeroU32::MIN.saturating_add(9),
-            Some(text) => text
-                .parse::<std::num::NonZeroU32>()
-                .ok()
-                .filter(|n| n.get() <= ceiling)
-                .ok_or_else(|| ConfigError::Invalid {
-                    name: KEAP_REQUESTS_PER_SECOND,
-                    reason: format!("`{text}` is not a whole number from 1 to {ceiling} (Keap's spike limit is 10/s for a key, 25/s for an OAuth app)"),
-                })?,
-        };
+        let requests_per_second = vars
+            .bounded(KEAP_REQUESTS_PER_SECOND, &(1..=ceiling), |text| {
+                format!("`{text}` is not a whole number from 1 to {ceiling} (Keap's spike limit is 10/s for a key, 25/s for an OAuth app)")
+            })?
+            .and_then(std::num::NonZeroU32::new)
+            .unwrap_or(std::num::NonZeroU32::MIN.saturating_add(9));
         Ok(Self {
             base_url,
             auth,
@@ -157,19 +130,17 @@ impl KeapSettings {
         })
     }
 
-    fn oauth_from(set: &dyn Fn(&str) -> Option<String>) -> Result<OAuthSettings, ConfigError> {
+    fn oauth_from(vars: &Vars) -> Result<OAuthSettings, ConfigError> {
         let client = match (
-            set(KEAP_CLIENT_ID),
-            set(KEAP_CLIENT_SECRET),
-            set(KEAP_OAUTH_CLIENT_SECRET_ARN),
+            vars.value(KEAP_CLIENT_ID),
+            vars.value(KEAP_CLIENT_SECRET),
+            vars.value(KEAP_OAUTH_CLIENT_SECRET_ARN),
         ) {
-            (Some(client_id), Some(client_secret), None) => {
-                SecretSource::Inline(ClientCredentials {
-                    client_id,
-                    client_secret,
-                })
-            }
-            (None, None, Some(arn)) => SecretSource::Arn(arn),
+            (Some(client_id), Some(client_secret), None) => Secret::Inline(ClientCredentials {
+                client_id,
+                client_secret,
+            }),
+            (None, None, Some(arn)) => Secret::Arn(arn),
             (Some(_), None, None) => {
                 return Err(ConfigError::Missing(
                     KEAP_CLIENT_SECRET,
@@ -185,24 +156,24 @@ impl KeapSettings {
             _ => {
                 return Err(ConfigError::Conflict {
                     set: format!("{KEAP_OAUTH_CLIENT_SECRET_ARN} and {KEAP_CLIENT_ID}/{KEAP_CLIENT_SECRET}"),
-                    fix: "set KEAP_CLIENT_ID + KEAP_CLIENT_SECRET (local) or KEAP_OAUTH_CLIENT_SECRET_ARN (AWS), not both",
+                    fix: "set KEAP_CLIENT_ID + KEAP_CLIENT_SECRET (local) or KEAP_OAUTH_CLIENT_SECRET_ARN (AWS), not both".into(),
                 })
             }
         };
-        let token_table = set(KEAP_TOKEN_TABLE).ok_or(ConfigError::Missing(
+        let token_table = vars.required(
             KEAP_TOKEN_TABLE,
             "OAuth keeps the token pair in DynamoDB: set it to the token table's name",
-        ))?;
+        )?;
         Ok(OAuthSettings {
             client,
             token_table,
-            token_key: set(KEAP_TOKEN_KEY).unwrap_or_else(|| DEFAULT_TOKEN_KEY.to_owned()),
-            token_url: set(KEAP_TOKEN_URL_VAR).unwrap_or_else(|| KEAP_TOKEN_URL.to_owned()),
+            token_key: vars
+                .value(KEAP_TOKEN_KEY)
+                .unwrap_or_else(|| DEFAULT_TOKEN_KEY.to_owned()),
+            token_url: vars
+                .value(KEAP_TOKEN_URL_VAR)
+                .unwrap_or_else(|| KEAP_TOKEN_URL.to_owned()),
         })
-    }
-
-    pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_lookup(|name| std::env::var(name).ok())
     }
 
     /// The OAuth settings, for commands that only make sense with OAuth.
@@ -223,10 +194,8 @@ impl OAuthSettings {
         &self,
         aws: &aws_config::SdkConfig,
     ) -> Result<ClientCredentials, ConfigError> {
-        match &self.client {
-            SecretSource::Inline(client) => Ok(client.clone()),
-            SecretSource::Arn(arn) => {
-                let text = read_secret(arn, aws).await?;
+        self.client
+            .read(aws, |arn, text| {
                 // serde's message could quote the secret's content: say what is wanted instead.
                 let json: ClientSecretJson =
                     serde_json::from_str(&text).map_err(|_| ConfigError::Invalid {
@@ -237,8 +206,8 @@ impl OAuthSettings {
                     client_id: json.client_id,
                     client_secret: json.client_secret,
                 })
-            }
-        }
+            })
+            .await
     }
 
     pub async fn token_endpoint(
@@ -262,40 +231,34 @@ impl OAuthSettings {
     }
 }
 
-/// A ready Keap client, or `None` when no credentials are configured (dry run). Secrets are
-/// read here, once.
-pub async fn build_client(
-    settings: &KeapSettings,
-    aws: &aws_config::SdkConfig,
-) -> Result<Option<KeapClient>, ConfigError> {
-    let credential = match &settings.auth {
-        KeapAuth::None => return Ok(None),
-        KeapAuth::ApiKey(SecretSource::Inline(key)) => Credential::ApiKey(key.clone()),
-        KeapAuth::ApiKey(SecretSource::Arn(arn)) => {
-            Credential::ApiKey(read_secret(arn, aws).await?.trim().to_owned())
-        }
-        KeapAuth::OAuth(oauth) => Credential::OAuth(Arc::new(OAuthTokens::new(
-            Arc::new(oauth.token_store(aws)),
-            Arc::new(oauth.token_endpoint(aws).await?),
-            RefreshPolicy::default(),
-        ))),
-    };
-    let mut config = KeapClientConfig::new(&settings.base_url, credential);
-    config.requests_per_second = settings.requests_per_second;
-    Ok(Some(KeapClient::new(config)?))
+impl KeapSettings {
+    /// A ready Keap client, or `None` when no credentials are configured (dry run). Secrets
+    /// are read here, once.
+    pub async fn build(
+        &self,
+        aws: &aws_config::SdkConfig,
+    ) -> Result<Option<KeapClient>, ConfigError> {
+        let credential = match &self.auth {
+            KeapAuth::None => return Ok(None),
+            KeapAuth::ApiKey(key) => Credential::ApiKey(key.read_trimmed(aws).await?),
+            KeapAuth::OAuth(oauth) => Credential::OAuth(Arc::new(OAuthTokens::new(
+                Arc::new(oauth.token_store(aws)),
+                Arc::new(oauth.token_endpoint(aws).await?),
+                RefreshPolicy::default(),
+            ))),
+        };
+        let mut config = KeapClientConfig::new(&self.base_url, credential);
+        config.requests_per_second = self.requests_per_second;
+        Ok(Some(KeapClient::new(config)?))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
 
     fn settings(vars: &[(&str, &str)]) -> Result<KeapSettings, ConfigError> {
-        let map: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        KeapSettings::from_lookup(|name| map.get(name).cloned())
+        KeapSettings::from_vars(&Vars::from_pairs(vars.iter().copied()))
     }
 
     fn message(vars: &[(&str, &str)]) -> String {
@@ -339,16 +302,10 @@ mod tests {
             (KEAP_BASE_URL_VAR, "http://127.0.0.1:1/crm/rest"),
         ])
         .expect("valid");
-        assert_eq!(
-            s.auth,
-            KeapAuth::ApiKey(SecretSource::Inline("sak-1".into()))
-        );
+        assert_eq!(s.auth, KeapAuth::ApiKey(Secret::Inline("sak-1".into())));
         assert_eq!(s.base_url, "http://127.0.0.1:1/crm/rest");
         let s = settings(&[(KEAP_API_KEY_SECRET_ARN, "arn:key")]).expect("valid");
-        assert_eq!(
-            s.auth,
-            KeapAuth::ApiKey(SecretSource::Arn("arn:key".into()))
-        );
+        assert_eq!(s.auth, KeapAuth::ApiKey(Secret::Arn("arn:key".into())));
 
         let s = settings(&[
             (KEAP_CLIENT_ID, "id"),
@@ -368,7 +325,7 @@ mod tests {
         ])
         .expect("valid");
         let oauth = s.oauth().expect("oauth");
-        assert_eq!(oauth.client, SecretSource::Arn("arn:client".into()));
+        assert_eq!(oauth.client, Secret::Arn("arn:client".into()));
         assert_eq!(
             (oauth.token_key.as_str(), oauth.token_url.as_str()),
             ("tenant-b", "http://127.0.0.1:1/token")

@@ -5,14 +5,14 @@
 //! **Failures.** At a group's first failure, that record and every later record of the group
 //! go back to the queue unprocessed, all hidden for the delay the failure asks for (so the
 //! group resumes when the failure says, not when the visibility timeout ends); other groups
-//! go on. A permanent failure, or a record still failing [`ProcessorSettings::max_webhook_age`]
+//! go on. A permanent failure, or a record still failing [`Limits::max_webhook_age`]
 //! after ingest received it, is moved to the dead-letter queue with its reason, and the rest
 //! of its group goes on. A run of several records that fails permanently or panics is run
 //! again one record at a time, so only the record at fault is dead-lettered. A panic fails
 //! its own run only (each run is a task). The queue's redrive limit is set far above what
 //! this policy uses: it only catches a record that kills its invocation every time.
 //!
-//! [`ProcessorSettings::max_webhook_age`]: super::ProcessorSettings::max_webhook_age
+//! [`Limits::max_webhook_age`]: super::Limits::max_webhook_age
 
 use super::failure::{Disposition, ProcessError};
 use super::run::Planned;

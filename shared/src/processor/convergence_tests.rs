@@ -61,7 +61,7 @@ impl World {
             directory: Arc::new(Directory::new(Killable::new(locks, switch.clone()))),
             idempotency: Killable::new(idempotency, switch.clone()),
             customers: Killable::new(customers, switch.clone()),
-            settings: ProcessorSettings::default(),
+            settings: Limits::default(),
         })
     }
 

@@ -53,8 +53,11 @@ pub const DEFAULT_MAX_WEBHOOK_AGE: Duration = Duration::from_secs(4 * 24 * 3600)
 /// that the client's rate limit, not the task count, sets the pace.
 pub const DEFAULT_GROUP_CONCURRENCY: usize = 4;
 
+/// The processor's limits: how long records, markers and leases last, how old a webhook or
+/// a mirror may be, and how many customers run at once. The processor function reads them
+/// from its environment ([`crate::config::ProcessorSettings`]); `cks serve` keeps the defaults.
 #[derive(Debug, Clone)]
-pub struct ProcessorSettings {
+pub struct Limits {
     /// Completed records are kept this long (DynamoDB TTL).
     pub record_ttl: Duration,
     /// A lease lasts the invocation's remaining time, but never longer than this.
@@ -76,7 +79,7 @@ pub struct ProcessorSettings {
     pub seen_marker_ttl: Duration,
 }
 
-impl Default for ProcessorSettings {
+impl Default for Limits {
     fn default() -> Self {
         Self {
             record_ttl: DEFAULT_RECORD_TTL,
@@ -211,7 +214,7 @@ pub struct Processor {
     pub directory: Arc<Directory>,
     pub idempotency: Arc<dyn IdempotencyStore>,
     pub customers: Arc<dyn CustomerStore>,
-    pub settings: ProcessorSettings,
+    pub settings: Limits,
 }
 
 impl Processor {

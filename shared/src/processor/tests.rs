@@ -18,10 +18,10 @@ struct World {
 }
 
 fn world() -> World {
-    world_with(ProcessorSettings::default())
+    world_with(Limits::default())
 }
 
-fn world_with(settings: ProcessorSettings) -> World {
+fn world_with(settings: Limits) -> World {
     let rules = Arc::new(RuleSet::default_rules().expect("default rules"));
     let crm = Arc::new(InMemoryCrm::new());
     for label in rules.custom_field_labels() {
@@ -655,9 +655,9 @@ async fn the_record_keeps_the_envelope_and_a_forced_replay_repeats_no_goal() {
 /// `max_event_age` is acknowledged and not applied.
 #[tokio::test]
 async fn a_replay_after_the_record_expired_is_a_duplicate_and_one_too_old_is_not_applied() {
-    let world = world_with(ProcessorSettings {
+    let world = world_with(Limits {
         max_event_age: Some(Duration::from_secs(365 * 24 * 3600)),
-        ..ProcessorSettings::default()
+        ..Limits::default()
     });
     // A signup from this year: applied, marked seen.
     let now = OffsetDateTime::now_utc() - time::Duration::days(40);

@@ -61,7 +61,7 @@ use time::{Date, OffsetDateTime};
 
 /// What a run may do, and how much.
 #[derive(Debug, Clone)]
-pub struct ReconcileSettings {
+pub struct RunOptions {
     /// The Chargify site (subdomain) the API key belongs to.
     pub site: String,
     /// Most pages per list (failed webhooks, paused webhooks, events) per run.
@@ -80,7 +80,7 @@ pub struct ReconcileSettings {
     pub time_margin: Duration,
 }
 
-impl ReconcileSettings {
+impl RunOptions {
     pub fn new(site: impl Into<String>) -> Self {
         Self {
             site: site.into(),
@@ -151,7 +151,7 @@ pub struct Reconciler {
     pub cursors: Arc<dyn CursorStore>,
     pub idempotency: Arc<dyn IdempotencyStore>,
     pub customers: Arc<dyn CustomerStore>,
-    pub settings: ReconcileSettings,
+    pub settings: RunOptions,
 }
 
 /// Per-run state of pass 1 that pass 2 reads.

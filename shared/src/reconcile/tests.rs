@@ -181,7 +181,7 @@ impl World {
         }
     }
 
-    fn reconciler(&self, settings: ReconcileSettings) -> Reconciler {
+    fn reconciler(&self, settings: RunOptions) -> Reconciler {
         let queue: Arc<dyn WebhookQueue> = self.queue.clone();
         Reconciler {
             api: self.api.clone(),
@@ -193,7 +193,7 @@ impl World {
         }
     }
 
-    async fn run(&self, settings: ReconcileSettings) -> ReconcileReport {
+    async fn run(&self, settings: RunOptions) -> ReconcileReport {
         self.reconciler(settings)
             .run(Instant::now() + Duration::from_secs(600))
             .await
@@ -215,12 +215,12 @@ impl World {
     }
 }
 
-fn settings() -> ReconcileSettings {
-    ReconcileSettings::new(SITE)
+fn settings() -> RunOptions {
+    RunOptions::new(SITE)
 }
 
-fn since(day: Date) -> ReconcileSettings {
-    ReconcileSettings {
+fn since(day: Date) -> RunOptions {
+    RunOptions {
         since_date: Some(day),
         ..settings()
     }
@@ -257,7 +257,7 @@ async fn unverified_bodies_go_to_chargify_replay_only_when_configured() {
     w.api
         .add_webhook(7, WebhookStatus::Failed, DAY1, 3, "some-other-key");
     let report = w
-        .run(ReconcileSettings {
+        .run(RunOptions {
             replay_unverified: true,
             ..since(date!(2026 - 11 - 20))
         })
@@ -320,7 +320,7 @@ async fn the_webhook_cursor_moves_by_day_with_overlap_and_pages_are_bounded() {
     }
     // First run: one page per list. The page ends on day 0 = the start: next page.
     let first = w
-        .run(ReconcileSettings {
+        .run(RunOptions {
             max_pages: 1,
             ..since(date!(2026 - 11 - 20))
         })
@@ -337,7 +337,7 @@ async fn the_webhook_cursor_moves_by_day_with_overlap_and_pages_are_bounded() {
     );
     // Second run from the cursor: page 2 of day 0 ends on day 1 → day 1, page 1.
     let second = w
-        .run(ReconcileSettings {
+        .run(RunOptions {
             max_pages: 1,
             ..settings()
         })
@@ -378,7 +378,7 @@ async fn a_dry_run_writes_nothing() {
     w.api.add_event(100, Some(10));
     w.api.add_subscription(10, 1, "active", DAY1);
     let report = w
-        .run(ReconcileSettings {
+        .run(RunOptions {
             dry_run: true,
             ..since(date!(2026 - 11 - 20))
         })

@@ -3,7 +3,7 @@
 //! file; [`plan`] turns a webhook into the Keap actions it asks for, as a pure function.
 //!
 //! The shipped default (`shared/rules/default.toml`) is compiled in; deployments override it
-//! with `RULES_TOML` (see [`RuleSet::from_env`]).
+//! with `RULES_TOML` (see [`RuleSet::from_vars`]).
 
 pub mod action;
 pub mod file;
@@ -110,9 +110,15 @@ impl RuleSet {
 
     /// `RULES_TOML` when set and not blank, else the default.
     pub fn from_env() -> Result<Self, RulesError> {
-        match std::env::var(RULES_TOML_VAR) {
-            Ok(text) if !text.trim().is_empty() => Self::from_toml(&text),
-            _ => Self::default_rules(),
+        Self::from_vars(&crate::config::Vars::from_env())
+    }
+
+    /// `RULES_TOML` of `vars` when set and not blank, else the default. The text is compiled
+    /// as set, so a syntax error's line and column are those of the variable's value.
+    pub fn from_vars(vars: &crate::config::Vars) -> Result<Self, RulesError> {
+        match vars.text(RULES_TOML_VAR) {
+            Some(text) => Self::from_toml(text),
+            None => Self::default_rules(),
         }
     }
 

@@ -31,11 +31,9 @@ pub fn init(function: &'static str) {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::Layer;
-    let level = log_level(std::env::var("RUST_LOG").ok().as_deref());
-    let function_name = std::env::var("AWS_LAMBDA_FUNCTION_NAME")
-        .ok()
-        .filter(|name| !name.trim().is_empty())
-        .unwrap_or_else(|| function.to_owned());
+    let vars = crate::config::Vars::from_env();
+    let level = log_level(vars.raw(RUST_LOG));
+    let function_name = function_name(&vars, function);
     let cold = invocation::ColdStart::default();
     let format = tracing_subscriber::fmt::format()
         .json()
@@ -76,6 +74,18 @@ pub fn init(function: &'static str) {
     });
 }
 
+/// The log level's variable.
+pub const RUST_LOG: &str = "RUST_LOG";
+/// The function's name as Lambda (and `cargo lambda`) sets it.
+pub const AWS_LAMBDA_FUNCTION_NAME: &str = "AWS_LAMBDA_FUNCTION_NAME";
+
+/// The `function_name` of each log line: Lambda's name for the function, else `function`.
+fn function_name(vars: &crate::config::Vars, function: &str) -> String {
+    vars.text(AWS_LAMBDA_FUNCTION_NAME)
+        .unwrap_or(function)
+        .to_owned()
+}
+
 /// A plain level rather than a full filter expression: the regex engine behind per-target
 /// filters would add about a megabyte to every Lambda bootstrap.
 fn log_level(value: Option<&str>) -> tracing::Level {
@@ -96,7 +106,8 @@ pub fn flush_metrics() {
 
 #[cfg(test)]
 mod tests {
-    use super::log_level;
+    use super::*;
+    use crate::config::Vars;
     use tracing::Level;
 
     #[test]
@@ -105,5 +116,14 @@ mod tests {
         assert_eq!(log_level(Some("debug")), Level::DEBUG);
         assert_eq!(log_level(Some(" WARN ")), Level::WARN);
         assert_eq!(log_level(Some("shared=debug,info")), Level::INFO);
+    }
+
+    #[test]
+    fn lambdas_function_name_wins_unless_blank() {
+        let named = Vars::from_pairs([(AWS_LAMBDA_FUNCTION_NAME, "stack-Ingest-1")]);
+        assert_eq!(function_name(&named, "ingest"), "stack-Ingest-1");
+        let blank = Vars::from_pairs([(AWS_LAMBDA_FUNCTION_NAME, " ")]);
+        assert_eq!(function_name(&blank, "ingest"), "ingest");
+        assert_eq!(function_name(&Vars::default(), "ingest"), "ingest");
     }
 }

@@ -14,8 +14,8 @@ pub use client::{
     ChargifyClient, ChargifyClientConfig, Region, MAX_CONCURRENT_REQUESTS, MAX_PER_PAGE,
 };
 pub use settings::{
-    build_client, ChargifySettings, CHARGIFY_API_KEY, CHARGIFY_API_KEY_SECRET_ARN,
-    CHARGIFY_BASE_URL, CHARGIFY_REGION, CHARGIFY_SITE,
+    ChargifySettings, CHARGIFY_API_KEY, CHARGIFY_API_KEY_SECRET_ARN, CHARGIFY_BASE_URL,
+    CHARGIFY_REGION, CHARGIFY_SITE,
 };
 pub use types::{
     Customer, Event, EventQuery, Product, Subscription, SubscriptionQuery, WebhookOrder,
