@@ -20,7 +20,7 @@ use integration_tests::{processor_resources, receive_as_lambda_event, ProcessorR
 use shared::chargify::SharedKeySet;
 use shared::dynamodb::Table;
 use shared::entrypoints::processor_lambda::handle;
-use shared::fixtures::history::{histories, weather, Rng, Sent, SITE};
+use shared::fixtures::history::{histories, knob, weather, Rng, Sent, SITE};
 use shared::fixtures::kill::{KillSwitch, Killable};
 use shared::fixtures::view::{self, GoalCounts, KeapView};
 use shared::idempotency::{DynamoDbIdempotencyStore, IdempotencyStore, InMemoryIdempotencyStore};
@@ -243,10 +243,7 @@ async fn drain(
                     event.clone(),
                     Instant::now() + Duration::from_secs(60),
                 );
-                tokio::select! {
-                    result = handled => (event, Some(result)),
-                    _ = switch.tripped() => (event, None),
-                }
+                (event, switch.run(handled).await)
             }
         });
         for (event, result) in futures::future::join_all(runs).await {
@@ -300,14 +297,8 @@ async fn drain(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_instances_with_kills_end_as_the_in_order_run() {
-    let seed: u64 = std::env::var("CONVERGENCE_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(7_2026);
-    let customers: usize = std::env::var("CONVERGENCE_LAMBDA_HISTORIES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(30);
+    let seed: u64 = knob("CONVERGENCE_SEED", 7_2026);
+    let customers: usize = knob("CONVERGENCE_LAMBDA_HISTORIES", 30);
     let mut rng = Rng::new(seed);
     let all = histories(&mut rng, 20_000, customers);
     let sends: Vec<Sent> = all.iter().flatten().cloned().collect();
@@ -558,14 +549,8 @@ fn applied_order(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cks_serve_killed_twice_ends_as_the_in_order_run() {
-    let seed: u64 = std::env::var("CONVERGENCE_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(11_2026);
-    let customers: usize = std::env::var("CONVERGENCE_SERVE_HISTORIES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(30);
+    let seed: u64 = knob("CONVERGENCE_SEED", 11_2026);
+    let customers: usize = knob("CONVERGENCE_SERVE_HISTORIES", 30);
     let mut rng = Rng::new(seed);
     let all = histories(&mut rng, 40_000, customers);
     let sends: Vec<Sent> = all.iter().flatten().cloned().collect();

@@ -11,7 +11,7 @@
 
 use super::*;
 use crate::fixtures::fifo::Fifo;
-use crate::fixtures::history::{histories, weather, Rng, Sent, SITE};
+use crate::fixtures::history::{histories, knob, weather, Rng, Sent, SITE};
 use crate::fixtures::kill::{KillSwitch, Killable};
 use crate::fixtures::view::{self, GoalCounts, KeapView};
 use crate::idempotency::InMemoryIdempotencyStore;
@@ -127,10 +127,7 @@ async fn deliver(
                     records.clone(),
                     Instant::now() + Duration::from_secs(120),
                 );
-                tokio::select! {
-                    result = batch => (records, Some(result)),
-                    _ = switch.tripped() => (records, None),
-                }
+                (records, switch.run(batch).await)
             }
         });
         for (records, result) in futures::future::join_all(runs).await {
@@ -231,18 +228,12 @@ fn check(
 }
 
 fn seed() -> u64 {
-    std::env::var("CONVERGENCE_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(20_261_130)
+    knob("CONVERGENCE_SEED", 20_261_130)
 }
 
 /// Histories per run: `CONVERGENCE_HISTORIES` for a longer run.
 fn count(default: usize) -> usize {
-    std::env::var("CONVERGENCE_HISTORIES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
+    knob("CONVERGENCE_HISTORIES", default)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
